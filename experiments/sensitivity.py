@@ -1,0 +1,22 @@
+"""AutoQuant sensitivity of one (model, dataset, dtype pair, granularity) combination, or a sweep (-m).
+
+    python experiments/sensitivity.py quant_pair=wint4_afp16 quant_granularity=w_group64
+    python experiments/sensitivity.py -m quant_pair=wint4_aint8,wint8_aint8 quant_granularity=default,w_group64
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from autoquant_sweep.app import sensitivity_task
+from autoquant_sweep.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="sensitivity")
+def main(cfg: DictConfig) -> float:
+    return sensitivity_task(cfg)
+
+
+if __name__ == "__main__":
+    main()

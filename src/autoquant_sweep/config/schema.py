@@ -1,0 +1,127 @@
+"""Typed schemas for every config group.
+
+The primary config ``conf/sensitivity.yaml`` extends :class:`SensitivityConfig`, so Hydra validates
+each group option against these dataclasses while composing: an unknown key or a value of the wrong
+type stops the run before anything is loaded, with Hydra's message naming the key.
+
+Example:
+    >>> from hydra import compose, initialize_config_dir
+    >>> register_configs()  # doctest: +SKIP
+    >>> with initialize_config_dir(config_dir="/path/to/conf", version_base="1.3"):  # doctest: +SKIP
+    ...     cfg = compose("sensitivity", overrides=["quant_pair=wint4_afp16"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    """A checkpoint on disk, loaded with ``from_pretrained(path)``.
+
+    ``embedded`` names a tiny checkpoint the project generates (``qwen3_tiny``, ``qwen3_vl_tiny``);
+    then ``path`` stays null and is filled from the embedded cache.
+    """
+
+    name: str = MISSING
+    path: str | None = None
+    embedded: str | None = None
+    # causal_lm -> AutoModelForCausalLM; image_text_to_text -> AutoModelForImageTextToText (LM-only scoring)
+    kind: str = "causal_lm"
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    # Never quantized nor scored (fnmatch patterns on module names), e.g. lm_head and the vision tower.
+    disabled_layers: list[str] = field(default_factory=lambda: ["*lm_head*"])
+
+
+@dataclass
+class DatasetConfig:
+    """Caption lines used for calibration and scoring (one sample per line)."""
+
+    name: str = "captions"
+    # null -> the embedded, generated captions; else a folder holding <size>.txt files
+    root: str | None = None
+    size: str = "small"
+    # explicit file; null -> <root>/<size>.txt
+    path: str | None = None
+    max_samples: int | None = None
+    seq_len: int = 32
+
+
+@dataclass
+class QuantPairConfig:
+    """A (weight dtype, activation dtype) pair and the ModelOpt format that realises it."""
+
+    name: str = MISSING
+    weight: str = MISSING
+    activation: str = MISSING
+    format_name: str = MISSING
+    description: str = ""
+
+
+@dataclass
+class GranularityConfig:
+    """A named overlay of quantizer attributes (axis / block_sizes / type) keyed by quantizer pattern."""
+
+    name: str = MISSING
+    description: str = ""
+    quant_cfg_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AutoQuantConfig:
+    """Settings of the ``mtq.auto_quantize`` call."""
+
+    method: str = "gradient"
+    device: str = "auto"
+    batch_size: int = 4
+    num_calib_samples: int = 16
+    num_score_samples: int = 16
+    effective_bits: float = 10.0
+    objective: str = "total_sensitivity"
+    seed: int = 0
+    cache: bool = True
+
+
+@dataclass
+class OutputLayoutConfig:
+    """Where a run's report lands: ``tmp`` (the Hydra run dir) or ``publish`` (a stable tree)."""
+
+    name: str = "tmp"
+    publish_root: str = "results"
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking: ``off``, ``local`` (embedded SQLite store) or ``server`` (URI from the environment)."""
+
+    mode: str = "off"
+    tracking_uri: str | None = None
+    artifact_location: str | None = None
+    experiment_name: str | None = None
+    registry: bool = True
+
+
+@dataclass
+class SensitivityConfig:
+    """The whole run: one (model, dataset, pair, granularity, AutoQuant settings) combination."""
+
+    experiment: str = "sensitivity"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    quant_pair: QuantPairConfig = field(default_factory=QuantPairConfig)
+    quant_granularity: GranularityConfig = field(default_factory=GranularityConfig)
+    autoquant: AutoQuantConfig = field(default_factory=AutoQuantConfig)
+    output_layout: OutputLayoutConfig = field(default_factory=OutputLayoutConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="sensitivity_schema", node=SensitivityConfig)

@@ -1,0 +1,100 @@
+"""Calibration / scoring batches from a captions file (one caption per line)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autoquant_sweep.embedded.captions import CAPTION_SUBSET_SIZES
+from autoquant_sweep.errors import UserInputError
+
+__all__ = ["CAPTION_SUBSET_SIZES", "BatchPlan", "plan_batches", "read_captions", "resolve_caption_path", "tokenize_batches"]
+
+
+def read_captions(path: Path, required: int) -> list[str]:
+    """Read non-empty caption lines from ``path``; at least ``required`` of them must exist.
+
+    Example:
+        >>> read_captions(Path("captions/small.txt"), 16)  # doctest: +SKIP
+    """
+    if not path.is_file():
+        raise UserInputError(f"dataset.path: captions file '{path}' does not exist")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserInputError(
+            f"dataset.path: captions file '{path}' is not valid UTF-8 (byte {exc.start}): re-encode it as UTF-8"
+        ) from exc
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise UserInputError(f"dataset.path: captions file '{path}' is empty")
+    if len(lines) < required:
+        raise UserInputError(
+            f"dataset.size: captions file '{path}' has {len(lines)} lines, fewer than the {required} requested"
+        )
+    return lines[:required]
+
+
+def resolve_caption_path(root: str | None, size: str, path: str | None, embedded_dir: Path | None) -> Path:
+    """The captions file a dataset config points at (explicit path, else ``<root>/<size>.txt``)."""
+    if size not in CAPTION_SUBSET_SIZES:
+        raise UserInputError(
+            f"dataset.size: unknown size '{size}'; choose one of {', '.join(CAPTION_SUBSET_SIZES)}"
+        )
+    if path:
+        return Path(path).expanduser()
+    base = Path(root).expanduser() if root else embedded_dir
+    if base is None:
+        raise UserInputError("dataset.root: no captions root given and no embedded captions available")
+    return base / f"{size}.txt"
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How many batches ModelOpt calibrates and scores on."""
+
+    batch_size: int
+    num_batches: int
+    num_calib_steps: int
+    num_score_steps: int
+
+
+def plan_batches(num_samples: int, batch_size: int, calib_samples: int, score_samples: int) -> BatchPlan:
+    """Steps for ``mtq.auto_quantize``: ceil(samples / batch_size), capped by the batches available."""
+    for key, value in (
+        ("autoquant.batch_size", batch_size),
+        ("autoquant.num_calib_samples", calib_samples),
+        ("autoquant.num_score_samples", score_samples),
+    ):
+        if value <= 0:
+            raise UserInputError(f"{key}: must be a positive integer, got {value}")
+    num_batches = math.ceil(num_samples / batch_size)
+    return BatchPlan(
+        batch_size=batch_size,
+        num_batches=num_batches,
+        num_calib_steps=min(math.ceil(calib_samples / batch_size), num_batches),
+        num_score_steps=min(math.ceil(score_samples / batch_size), num_batches),
+    )
+
+
+def tokenize_batches(tokenizer: Any, captions: list[str], seq_len: int, batch_size: int) -> list[dict]:
+    """Pad/truncate every caption to ``seq_len`` and batch them; padding is masked out of the loss.
+
+    The exact call is ``tokenizer(chunk, padding="max_length", truncation=True, max_length=seq_len,
+    return_tensors="pt")`` so that anyone can rebuild the same batches independently.
+    """
+    if seq_len < 2:
+        raise UserInputError(f"dataset.seq_len: must be at least 2, got {seq_len}")
+    batches = []
+    for start in range(0, len(captions), batch_size):
+        chunk = captions[start : start + batch_size]
+        enc = tokenizer(chunk, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
+        labels = enc["input_ids"].clone()
+        labels[enc["attention_mask"] == 0] = -100
+        batches.append(
+            {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+        )
+    return batches

@@ -1,0 +1,205 @@
+"""``ensure_embedded_assets``: build-once, cached, lock-protected embedded default assets."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .captions import CAPTION_SUBSET_SIZES, generate_captions, generate_training_captions
+
+__all__ = [
+    "ASSETS_VERSION",
+    "COMPLETE_MARKER",
+    "EmbeddedAssets",
+    "default_cache_root",
+    "ensure_embedded_assets",
+]
+
+#: Bump when the generator changes in a way that alters any output byte.
+ASSETS_VERSION = 1
+COMPLETE_MARKER = "COMPLETE.json"
+
+
+@dataclass(frozen=True)
+class EmbeddedAssets:
+    """Paths of one built embedded-assets tree (see :func:`ensure_embedded_assets`)."""
+
+    root: Path
+    captions_dir: Path
+    tokenizer_dir: Path
+    qwen3_tiny_dir: Path
+    qwen3_vl_tiny_dir: Path
+
+    @classmethod
+    def at(cls, root: Path) -> EmbeddedAssets:
+        """Return the (possibly not yet built) layout rooted at ``root``."""
+        return cls(
+            root=root,
+            captions_dir=root / "captions",
+            tokenizer_dir=root / "tokenizer",
+            qwen3_tiny_dir=root / "qwen3-tiny",
+            qwen3_vl_tiny_dir=root / "qwen3-vl-tiny",
+        )
+
+    def caption_file(self, size: str) -> Path:
+        """Path of the ``small`` / ``medium`` / ``large`` caption subset (one caption per line)."""
+        if size not in CAPTION_SUBSET_SIZES:
+            raise ValueError(
+                f"unknown caption subset size {size!r}; expected one of {sorted(CAPTION_SUBSET_SIZES)}"
+            )
+        return self.captions_dir / f"{size}.txt"
+
+
+def default_cache_root() -> Path:
+    """Cache root: ``$AUTOQUANT_SWEEP_CACHE`` if set, else ``<project>/.cache/autoquant_sweep``.
+
+    The project root is used only for a source checkout (``pyproject.toml`` next to ``src/``);
+    installed copies fall back to ``~/.cache/autoquant_sweep``.
+    """
+    env = os.environ.get("AUTOQUANT_SWEEP_CACHE")
+    if env:
+        return Path(env).expanduser()
+    project_root = Path(__file__).resolve().parents[3]
+    if (project_root / "pyproject.toml").exists():
+        return project_root / ".cache" / "autoquant_sweep"
+    return Path.home() / ".cache" / "autoquant_sweep"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_complete(root: Path) -> bool:
+    marker = root / COMPLETE_MARKER
+    if not marker.is_file():
+        return False
+    try:
+        files = json.loads(marker.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return all((root / rel).is_file() for rel in files)
+
+
+@contextlib.contextmanager
+def _file_lock(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.write_bytes("".join(f"{line}\n" for line in lines).encode("utf-8"))
+
+
+def _build(tmp_root: Path, seed: int, verbose: bool) -> None:
+    """Generate every asset under ``tmp_root`` (not yet visible under the final name)."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from .tiny_models import build_qwen3_vl_tiny, save_model, train_qwen3_tiny
+    from .tokenizer import train_tokenizer
+
+    layout = EmbeddedAssets.at(tmp_root)
+    layout.captions_dir.mkdir(parents=True)
+    eval_captions = generate_captions(max(CAPTION_SUBSET_SIZES.values()), seed)
+    for size, count in CAPTION_SUBSET_SIZES.items():
+        _write_lines(layout.caption_file(size), eval_captions[:count])
+    train_captions = generate_training_captions(seed=seed)
+    _write_lines(layout.captions_dir / "train.txt", train_captions)
+
+    tokenizer = train_tokenizer(train_captions)
+    tokenizer.save_pretrained(layout.tokenizer_dir)
+
+    held_out = eval_captions[: CAPTION_SUBSET_SIZES["medium"]]
+    prev_threads = torch.get_num_threads()
+    prev_verbosity = hf_logging.get_verbosity()
+    prev_progress = hf_logging.is_progress_bar_enabled()
+    torch.set_num_threads(1)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        lm, lm_result = train_qwen3_tiny(tokenizer, train_captions, held_out, seed, verbose=verbose)
+        save_model(lm, tokenizer, layout.qwen3_tiny_dir, seed, lm_result, {"held_out": "captions/medium.txt"})
+        vl, vl_result = build_qwen3_vl_tiny(tokenizer, lm, held_out, seed, lm_result.steps, verbose=verbose)
+        save_model(
+            vl,
+            tokenizer,
+            layout.qwen3_vl_tiny_dir,
+            seed,
+            vl_result,
+            {"held_out": "captions/medium.txt", "language_model_source": "qwen3-tiny (copied)"},
+        )
+    finally:
+        torch.set_num_threads(prev_threads)
+        hf_logging.set_verbosity(prev_verbosity)
+        if prev_progress:
+            hf_logging.enable_progress_bar()
+
+    files = sorted(p.relative_to(tmp_root).as_posix() for p in tmp_root.rglob("*") if p.is_file())
+    manifest = {
+        "version": ASSETS_VERSION,
+        "seed": seed,
+        "files": {rel: _sha256(tmp_root / rel) for rel in files},
+    }
+    (tmp_root / COMPLETE_MARKER).write_text(
+        json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+
+
+def ensure_embedded_assets(
+    cache_root: Path | None = None, seed: int = 0, *, verbose: bool = True
+) -> EmbeddedAssets:
+    """Return the embedded captions/tokenizer/tiny checkpoints for ``seed``, building them on first use.
+
+    The tree lives at ``<cache_root>/embedded-v1-seed<seed>`` and is byte-identical for a given seed
+    (and torch/transformers version). It is built in a temporary sibling directory and renamed into
+    place, under an exclusive ``flock`` so concurrent processes build it only once; later calls
+    return immediately once ``COMPLETE.json`` exists.
+
+    Example::
+
+        assets = ensure_embedded_assets()
+        model = AutoModelForCausalLM.from_pretrained(assets.qwen3_tiny_dir)
+        captions = assets.caption_file("small").read_text().splitlines()
+    """
+    cache_root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
+    root = cache_root / f"embedded-v{ASSETS_VERSION}-seed{seed}"
+    assets = EmbeddedAssets.at(root)
+    if _is_complete(root):
+        return assets
+    with _file_lock(cache_root / f"{root.name}.lock"):
+        if _is_complete(root):  # another process finished while we waited
+            return assets
+        start = time.perf_counter()
+        if verbose:
+            print(f"[embedded] building embedded assets (seed={seed}) into {root}")
+        tmp_root = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=cache_root))
+        try:
+            tmp_root.chmod(0o755)  # mkdtemp creates 0o700; the final tree should be readable like any cache
+            _build(tmp_root, seed, verbose)
+            if root.exists():  # stale, incomplete tree (e.g. created by hand): replace it
+                shutil.rmtree(root)
+            os.replace(tmp_root, root)
+        except BaseException:
+            shutil.rmtree(tmp_root, ignore_errors=True)
+            raise
+        if verbose:
+            print(f"[embedded] built embedded assets in {time.perf_counter() - start:.1f} s")
+    return assets

@@ -1,0 +1,98 @@
+"""Where a run's report lands, and how it gets there without ever being half-written.
+
+Two layouts (config group ``output_layout``):
+
+* ``tmp``: ``<hydra run dir>/report/`` where the run dir is
+  ``outputs/<experiment>/<model>/<quant_pair>/<quant_granularity>/<dataset.size>/<time>`` (sweeps:
+  ``multirun/<experiment>/<time>/<model>/<quant_pair>/<quant_granularity>/<dataset.size>/job<N>``);
+* ``publish``: ``<publish_root>/<experiment>/weight-<w>-act-<a>/<granularity>/<model>_<pair>_<size>/``,
+  replaced as a whole when the same combination runs again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from autoquant_sweep.errors import UserInputError
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+REPORT_DIRNAME = "report"
+
+
+def check_name(key: str, value: str) -> str:
+    """A name that becomes a path component: letters, digits, ``_ . + -`` only."""
+    if not isinstance(value, str) or not _SAFE_NAME.match(value) or value in (".", ".."):
+        raise UserInputError(f"{key}: '{value}' cannot name a directory; use letters, digits, '_', '-', '.'")
+    return value
+
+
+def publish_dir(
+    publish_root: Path,
+    *,
+    experiment: str,
+    model: str,
+    quant_pair: str,
+    weight: str,
+    activation: str,
+    granularity: str,
+    size: str,
+) -> Path:
+    """The stable directory of one combination in the publish tree.
+
+    Example:
+        >>> publish_dir(Path("results"), experiment="sensitivity", model="qwen3_tiny",
+        ...             quant_pair="wint4_aint8", weight="int4", activation="int8",
+        ...             granularity="w_group64", size="small").as_posix()
+        'results/sensitivity/weight-int4-act-int8/w_group64/qwen3_tiny_wint4_aint8_small'
+    """
+    parts = {
+        "experiment": experiment,
+        "model.name": model,
+        "quant_pair.name": quant_pair,
+        "quant_pair.weight": weight,
+        "quant_pair.activation": activation,
+        "quant_granularity.name": granularity,
+        "dataset.size": size,
+    }
+    for key, value in parts.items():
+        check_name(key, value)
+    return (
+        publish_root / experiment / f"weight-{weight}-act-{activation}" / granularity
+        / f"{model}_{quant_pair}_{size}"
+    )
+
+
+def tmp_report_dir(run_dir: Path) -> Path:
+    """The report folder inside a Hydra run (or sweep job) directory."""
+    return run_dir / REPORT_DIRNAME
+
+
+def write_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """Fill a fresh staging folder with ``write(folder)``, then swap it in as ``target``.
+
+    A failure while writing removes the staging folder and leaves any previous ``target`` untouched;
+    readers never see a partly written ``target``.
+    """
+    staging = target.parent / f".{target.name}.staging-{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise UserInputError(f"output directory '{target.parent}' is not writable: {exc.strerror}") from exc
+    try:
+        write(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

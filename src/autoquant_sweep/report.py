@@ -1,0 +1,134 @@
+"""Report files of one run: manifest, per-layer table (JSON / Markdown / CSV) and a bar chart."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+PER_LAYER_JSON = "per_layer.json"
+PER_LAYER_MD = "per_layer.md"
+PER_LAYER_CSV = "per_layer.csv"
+PER_LAYER_PNG = "per_layer.png"
+REPORT_FILES = (MANIFEST, PER_LAYER_JSON, PER_LAYER_MD, PER_LAYER_CSV, PER_LAYER_PNG)
+CSV_COLUMNS = ("rank", "group", "modules", "score", "cost", "uncompressed_cost", "bits", "chosen_in_budget")
+
+
+def dump_json(obj: Any) -> str:
+    """Stable, human-readable JSON (sorted keys, trailing newline)."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def ranked_layers(layers: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Layers from most to least sensitive, with a 1-based ``rank``."""
+    ordered = sorted(layers, key=lambda layer: (-layer["score"], layer["group"]))
+    return [{"rank": i + 1, **layer} for i, layer in enumerate(ordered)]
+
+
+def render_markdown(manifest: Mapping[str, Any]) -> str:
+    """A Markdown page: what ran, the objectives, and the ranked per-layer table."""
+    q = manifest["quantization"]
+    obj = manifest["objectives"]
+    lines = [
+        f"# Sensitivity: {manifest['model']['name']} / {q['pair']} / {q['granularity']} / "
+        f"{manifest['dataset']['size']}",
+        "",
+        f"- base format: `{q['base_format']}`; granularity `{q['granularity']}` ({q['status']})",
+        f"- effective quantizers: {q['summary']}",
+        f"- config fingerprint: `{q['fingerprint']}`",
+        f"- AutoQuant: method {manifest['autoquant']['method']}, {manifest['autoquant']['num_calib_steps']} "
+        f"calibration + {manifest['autoquant']['num_score_steps']} scoring steps of batch "
+        f"{manifest['autoquant']['batch_size']}, device {manifest['autoquant']['device']}",
+        f"- total_sensitivity: {obj['total_sensitivity']:.6e}",
+        f"- constrained_score: {obj['constrained_score']:.6e} at effective bits "
+        f"{obj['effective_bits']:.3f} (budget {manifest['autoquant']['effective_bits']})",
+        "",
+        "| rank | layer group | modules | score | cost | bits | kept quantized in budget |",
+        "|---:|---|---|---:|---:|---:|:---:|",
+    ]
+    for layer in ranked_layers(manifest["per_layer"]):
+        modules = ", ".join(m.rsplit(".", 1)[-1] for m in layer["modules"])
+        lines.append(
+            f"| {layer['rank']} | `{layer['group']}` | {modules} | {layer['score']:.6e} | "
+            f"{layer['cost']:.0f} | {layer['bits']:g} | {'yes' if layer['chosen_in_budget'] else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, layers: Sequence[Mapping[str, Any]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for layer in ranked_layers(layers):
+            row = {key: layer[key] for key in CSV_COLUMNS}
+            row["modules"] = " ".join(layer["modules"])
+            row["score"] = repr(float(layer["score"]))
+            writer.writerow(row)
+
+
+def plot_sensitivity(path: Path, manifest: Mapping[str, Any]) -> None:
+    """Horizontal bars of per-layer score in model order (log scale when all scores are positive)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = manifest["per_layer"]
+    names = [layer["group"] for layer in layers]
+    scores = [layer["score"] for layer in layers]
+    q = manifest["quantization"]
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.28 * len(names) + 1.2)))
+    ax.barh(range(len(names)), scores, color="tab:blue")
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.invert_yaxis()
+    if all(s > 0 for s in scores):
+        ax.set_xscale("log")
+    ax.set_xlabel(f"AutoQuant {manifest['autoquant']['method']} sensitivity (higher = more sensitive)")
+    ax.set_title(f"{manifest['model']['name']} | {q['pair']} | {q['granularity']} | {manifest['dataset']['size']}",
+                 fontsize=9)
+    fig.tight_layout()
+    # Fixed metadata keeps the PNG bytes independent of the matplotlib build date.
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def write_report(folder: Path, manifest: Mapping[str, Any]) -> None:
+    """Write every report file of ``manifest`` into ``folder`` (which must exist)."""
+    (folder / MANIFEST).write_text(dump_json(manifest))
+    render_per_layer_files(folder, manifest)
+
+
+def render_per_layer_files(folder: Path, manifest: Mapping[str, Any]) -> None:
+    """(Re)write the per-layer JSON / Markdown / CSV / PNG from a manifest."""
+    per_layer = {
+        "model": manifest["model"]["name"],
+        "quant_pair": manifest["quantization"]["pair"],
+        "granularity": manifest["quantization"]["granularity"],
+        "fingerprint": manifest["quantization"]["fingerprint"],
+        "layers": ranked_layers(manifest["per_layer"]),
+    }
+    (folder / PER_LAYER_JSON).write_text(dump_json(per_layer))
+    (folder / PER_LAYER_MD).write_text(render_markdown(manifest))
+    write_csv(folder / PER_LAYER_CSV, manifest["per_layer"])
+    plot_sensitivity(folder / PER_LAYER_PNG, manifest)
+
+
+def regenerate_report(folder: Path) -> Path:
+    """Re-render the per-layer files from an existing ``manifest.json`` (the manifest is kept as is).
+
+    Example:
+        >>> regenerate_report(Path("results/.../qwen3_tiny_wint8_aint8_small"))  # doctest: +SKIP
+    """
+    from autoquant_sweep.errors import UserInputError
+    from autoquant_sweep.layout import write_dir_atomically
+
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise UserInputError(f"report: '{folder}' has no {MANIFEST}")
+    manifest = json.loads(manifest_path.read_text())
+    if "quantization" not in manifest:
+        raise UserInputError(f"report: '{manifest_path}' has no 'quantization' section")
+    return write_dir_atomically(folder, lambda staging: write_report(staging, manifest))

@@ -1,0 +1,378 @@
+"""One sensitivity run from a composed config: validate, load, score, report.
+
+Everything that can be checked without loading a model is checked first (:func:`plan_run`), so bad
+input and refused combinations cost well under a second and leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from autoquant_sweep import data as data_mod
+from autoquant_sweep.errors import CapabilityRefusedError, UserInputError
+from autoquant_sweep.layout import check_name, publish_dir, tmp_report_dir, write_dir_atomically
+from autoquant_sweep.modeling import (
+    LoadedModel,
+    check_checkpoint_dir,
+    checkpoint_identity,
+    load_model_and_tokenizer,
+    resolve_device,
+)
+from autoquant_sweep.quant.overlay import apply_overlay, canonical_json, config_fingerprint, summarize_format
+from autoquant_sweep.report import write_report
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("total_sensitivity", "constrained_score", "effective_bits")
+VERSIONED_PACKAGES = ("torch", "nvidia-modelopt", "transformers", "hydra-core", "optuna", "mlflow", "autoquant-sweep")
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages a result depends on."""
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+@dataclass
+class RunPlan:
+    """Everything about a run that is known before any model is loaded."""
+
+    cfg: dict[str, Any]
+    device: str
+    checkpoint: Path
+    checkpoint_identity: str
+    captions_path: Path
+    captions: list[str]
+    batch_plan: data_mod.BatchPlan
+    base_format: dict
+    effective_format: dict
+    overlay_status: str
+    overlay_notes: list[str]
+    overrides: dict
+    fingerprint: str
+    versions: dict[str, str] = field(default_factory=package_versions)
+
+    @property
+    def quantization(self) -> dict[str, Any]:
+        """The manifest's ``quantization`` section."""
+        pair = self.cfg["quant_pair"]
+        return {
+            "pair": pair["name"],
+            "weight": pair["weight"],
+            "activation": pair["activation"],
+            "base_format": pair["format_name"],
+            "granularity": self.cfg["quant_granularity"]["name"],
+            "overrides": self.overrides,
+            "status": self.overlay_status,
+            "notes": self.overlay_notes,
+            "summary": summarize_format(self.effective_format),
+            "effective_quant_cfg": self.effective_format,
+            "base_fingerprint": config_fingerprint(self.base_format),
+            "fingerprint": config_fingerprint(self.effective_format),
+        }
+
+
+def _embedded_checkpoint(name: str) -> tuple[Path, Path]:
+    from autoquant_sweep.embedded import ensure_embedded_assets
+
+    assets = ensure_embedded_assets()
+    attr = f"{name}_dir"
+    if not hasattr(assets, attr):
+        raise UserInputError(f"model.embedded: unknown embedded model '{name}'; choose qwen3_tiny or qwen3_vl_tiny")
+    return getattr(assets, attr), assets.captions_dir
+
+
+def plan_run(cfg: DictConfig | dict) -> RunPlan:
+    """Validate a composed config and resolve it into a :class:`RunPlan` (no model is loaded).
+
+    Example:
+        >>> plan = plan_run(cfg)  # doctest: +SKIP
+        >>> plan.quantization["summary"]  # doctest: +SKIP
+    """
+    from autoquant_sweep.quant.capability import check_combination
+    from autoquant_sweep.quant.formats import UnknownFormatError, resolve_format
+    from autoquant_sweep.quant.overlay import OverlayError, validate_overrides
+
+    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
+    model_cfg, data_cfg, aq = c["model"], c["dataset"], c["autoquant"]
+    pair, gran = c["quant_pair"], c["quant_granularity"]
+    for key, value in (
+        ("experiment", c["experiment"]),
+        ("model.name", model_cfg["name"]),
+        ("quant_pair.name", pair["name"]),
+        ("quant_granularity.name", gran["name"]),
+    ):
+        check_name(key, value)
+    if aq["objective"] not in OBJECTIVES:
+        raise UserInputError(f"autoquant.objective: unknown objective '{aq['objective']}'; choose one of {OBJECTIVES}")
+    if not 0 < float(aq["effective_bits"]) <= 16:
+        raise UserInputError(f"autoquant.effective_bits: must be in (0, 16], got {aq['effective_bits']}")
+    device = resolve_device(aq["device"])
+
+    try:
+        base = resolve_format(pair["format_name"])
+        overrides = validate_overrides(gran.get("quant_cfg_overrides") or {})
+        overlay = apply_overlay(base, overrides)
+    except UnknownFormatError as exc:
+        raise UserInputError(str(exc)) from exc
+    except OverlayError as exc:
+        raise UserInputError(f"quant_granularity={gran['name']} on quant_pair={pair['name']}: {exc}") from exc
+    verdict = check_combination(
+        base,
+        overrides,
+        cuda_available=device == "cuda",
+        format_name=pair["format_name"],
+        granularity_name=gran["name"],
+    )
+    if verdict.status == "refused":
+        raise CapabilityRefusedError("; ".join(verdict.reasons))
+
+    if model_cfg.get("embedded"):
+        checkpoint, embedded_captions = _embedded_checkpoint(model_cfg["embedded"])
+    else:
+        checkpoint, embedded_captions = check_checkpoint_dir(model_cfg.get("path")), None
+        if data_cfg.get("root") is None and data_cfg.get("path") is None:
+            from autoquant_sweep.embedded import ensure_embedded_assets
+
+            embedded_captions = ensure_embedded_assets().captions_dir
+    checkpoint = check_checkpoint_dir(str(checkpoint))
+    captions_path = data_mod.resolve_caption_path(
+        data_cfg.get("root"), data_cfg["size"], data_cfg.get("path"), embedded_captions
+    )
+    required = data_mod.CAPTION_SUBSET_SIZES[data_cfg["size"]]
+    if data_cfg.get("max_samples"):
+        required = min(required, int(data_cfg["max_samples"]))
+    captions = data_mod.read_captions(captions_path, required)
+    batch_plan = data_mod.plan_batches(
+        len(captions), int(aq["batch_size"]), int(aq["num_calib_samples"]), int(aq["num_score_samples"])
+    )
+    identity = checkpoint_identity(checkpoint)
+    versions = package_versions()
+    fingerprint_source = {
+        "checkpoint": identity,
+        "model_kind": model_cfg["kind"],
+        "dtype": model_cfg["dtype"],
+        "disabled_layers": model_cfg["disabled_layers"],
+        "captions_sha256": hashlib.sha256("\n".join(captions).encode()).hexdigest(),
+        "seq_len": data_cfg["seq_len"],
+        "batch_plan": [batch_plan.batch_size, batch_plan.num_calib_steps, batch_plan.num_score_steps],
+        "method": aq["method"],
+        "effective_bits": float(aq["effective_bits"]),
+        "seed": aq["seed"],
+        "device": device,
+        "effective_format": overlay.format,
+        "versions": {k: v for k, v in versions.items() if k != "autoquant-sweep"},
+    }
+    return RunPlan(
+        cfg=c,
+        device=device,
+        checkpoint=checkpoint,
+        checkpoint_identity=identity,
+        captions_path=captions_path,
+        captions=captions,
+        batch_plan=batch_plan,
+        base_format=base,
+        effective_format=overlay.format,
+        overlay_status=verdict.status,
+        overlay_notes=[*overlay.notes, *verdict.reasons],
+        overrides=overrides,
+        fingerprint=config_fingerprint(canonical_json(fingerprint_source)),
+        versions=versions,
+    )
+
+
+class ModelCache:
+    """Pristine models and tokenised batches, kept for the life of a process (one sweep).
+
+    Each run gets a deep copy of the pristine model, so scores never depend on what ran before.
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[tuple, LoadedModel] = {}
+        self._batches: dict[tuple, list[dict]] = {}
+
+    def model(self, plan: RunPlan) -> tuple[LoadedModel, Any]:
+        m = plan.cfg["model"]
+        key = (str(plan.checkpoint), plan.checkpoint_identity, m["kind"], m["dtype"], plan.device)
+        if key not in self._models:
+            self._models.clear()  # one pristine checkpoint at a time keeps memory at one model
+            self._batches.clear()
+            self._models[key] = load_model_and_tokenizer(
+                plan.checkpoint,
+                kind=m["kind"],
+                dtype=m["dtype"],
+                device=plan.device,
+                trust_remote_code=bool(m["trust_remote_code"]),
+            )
+        loaded = self._models[key]
+        return loaded, copy.deepcopy(loaded.model)
+
+    def batches(self, plan: RunPlan, loaded: LoadedModel) -> list[dict]:
+        seq_len = int(plan.cfg["dataset"]["seq_len"])
+        key = (loaded.identity, tuple(plan.captions), seq_len, plan.batch_plan.batch_size)
+        if key not in self._batches:
+            self._batches[key] = data_mod.tokenize_batches(
+                loaded.tokenizer, plan.captions, seq_len, plan.batch_plan.batch_size
+            )
+        return self._batches[key]
+
+
+MODEL_CACHE = ModelCache()
+
+
+@dataclass
+class RunOutcome:
+    """A finished run: where its report is and what it measured."""
+
+    plan: RunPlan
+    manifest: dict[str, Any]
+    report_dir: Path
+
+    @property
+    def objectives(self) -> dict[str, float]:
+        return self.manifest["objectives"]
+
+
+def report_destination(plan: RunPlan, run_dir: Path | None) -> Path:
+    """``tmp``: ``<run_dir>/report``; ``publish``: the stable publish tree."""
+    c = plan.cfg
+    layout = c["output_layout"]
+    if layout["name"] == "publish":
+        return publish_dir(
+            Path(layout["publish_root"]).expanduser(),
+            experiment=c["experiment"],
+            model=c["model"]["name"],
+            quant_pair=c["quant_pair"]["name"],
+            weight=c["quant_pair"]["weight"],
+            activation=c["quant_pair"]["activation"],
+            granularity=c["quant_granularity"]["name"],
+            size=c["dataset"]["size"],
+        )
+    if layout["name"] != "tmp":
+        raise UserInputError(f"output_layout.name: unknown layout '{layout['name']}'; choose tmp or publish")
+    if run_dir is None:
+        raise UserInputError("output_layout=tmp needs a Hydra run directory; use output_layout=publish")
+    return tmp_report_dir(run_dir)
+
+
+def execute_run(plan: RunPlan, run_dir: Path | None, cache: ModelCache = MODEL_CACHE) -> RunOutcome:
+    """Load (or reuse) the model, run AutoQuant on the effective format and write the report."""
+    import torch
+
+    from autoquant_sweep.sensitivity import run_autoquant
+
+    destination = report_destination(plan, run_dir)
+    c = plan.cfg
+    aq = c["autoquant"]
+    log.info(
+        "%s | %s (%s) + %s | effective quantizers: %s",
+        c["model"]["name"], c["quant_pair"]["name"], c["quant_pair"]["format_name"],
+        c["quant_granularity"]["name"], summarize_format(plan.effective_format),
+    )
+    t0 = time.perf_counter()
+    loaded, model = cache.model(plan)
+    batches = cache.batches(plan, loaded)
+    load_seconds = time.perf_counter() - t0
+    torch.manual_seed(int(aq["seed"]))
+    result = run_autoquant(
+        model,
+        batches,
+        copy.deepcopy(plan.effective_format),
+        format_label=f"{c['quant_pair']['format_name']}+{c['quant_granularity']['name']}",
+        method=aq["method"],
+        effective_bits=float(aq["effective_bits"]),
+        num_calib_steps=plan.batch_plan.num_calib_steps,
+        num_score_steps=plan.batch_plan.num_score_steps,
+        disabled_layers=c["model"]["disabled_layers"],
+        device=plan.device,
+    )
+    del model
+    if plan.device == "cuda":
+        torch.cuda.empty_cache()
+    manifest = build_manifest(plan, result, loaded, load_seconds)
+    write_dir_atomically(destination, lambda folder: write_report(folder, manifest))
+    log.info(
+        "total_sensitivity=%.6e constrained_score=%.6e effective_bits=%.3f -> %s",
+        result.total_sensitivity, result.constrained_score, result.constrained_effective_bits, destination,
+    )
+    return RunOutcome(plan=plan, manifest=manifest, report_dir=destination)
+
+
+def build_manifest(plan: RunPlan, result: Any, loaded: LoadedModel, load_seconds: float) -> dict[str, Any]:
+    """The run's manifest: inputs, settings, versions, per-layer stats and constrained result."""
+    c = plan.cfg
+    aq = c["autoquant"]
+    seconds = dict(result.seconds)
+    seconds["load_and_tokenize"] = load_seconds
+    device_name = platform.processor() or platform.machine()
+    if plan.device == "cuda":
+        import torch
+
+        device_name = torch.cuda.get_device_name()
+    return {
+        "schema_version": 1,
+        "experiment": c["experiment"],
+        "fingerprint": plan.fingerprint,
+        "model": {
+            "name": c["model"]["name"],
+            "path": str(plan.checkpoint),
+            "kind": c["model"]["kind"],
+            "dtype": c["model"]["dtype"],
+            "checkpoint_identity": plan.checkpoint_identity,
+            "architecture": (loaded.config.get("architectures") or ["?"])[0],
+            "disabled_layers": c["model"]["disabled_layers"],
+        },
+        "dataset": {
+            "name": c["dataset"]["name"],
+            "size": c["dataset"]["size"],
+            "path": str(plan.captions_path),
+            "num_samples": len(plan.captions),
+            "seq_len": c["dataset"]["seq_len"],
+        },
+        "quantization": plan.quantization,
+        "autoquant": {
+            "method": aq["method"],
+            "device": plan.device,
+            "batch_size": plan.batch_plan.batch_size,
+            "num_calib_steps": plan.batch_plan.num_calib_steps,
+            "num_score_steps": plan.batch_plan.num_score_steps,
+            "effective_bits": float(aq["effective_bits"]),
+            "objective": aq["objective"],
+            "seed": aq["seed"],
+        },
+        "versions": plan.versions,
+        "device": {"type": plan.device, "name": device_name},
+        "per_layer": [layer | {"modules": list(layer["modules"])} for layer in result.to_dict()["layers"]],
+        "constrained_result": {
+            "score": result.constrained_score,
+            "effective_bits": result.constrained_effective_bits,
+            "is_satisfied": result.constraint_satisfied,
+            "budget_effective_bits": float(aq["effective_bits"]),
+            "quantized_groups": [layer.group for layer in result.layers if layer.chosen_in_budget],
+        },
+        "objectives": result.objectives(),
+        "format_bits": result.format_bits,
+        "seconds": seconds,
+        "peak_memory_mb": result.peak_memory_mb,
+        "memory_kind": result.memory_kind,
+    }
+
+
+def run(cfg: DictConfig | dict, run_dir: Path | None = None) -> RunOutcome:
+    """Plan and execute one run (the body of ``experiments/sensitivity.py``)."""
+    return execute_run(plan_run(cfg), run_dir)

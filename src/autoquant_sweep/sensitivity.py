@@ -1,0 +1,205 @@
+"""One ``mtq.auto_quantize`` call with one candidate format, and the per-layer table it produced.
+
+ModelOpt is asked about exactly one effective format per call: several formats in one call that differ
+only in granularity were measured to come back with identical scores (facts file, item 4).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from autoquant_sweep.errors import SensitivityResultError, UserInputError
+
+METHODS = ("gradient", "kl_div")
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """One AutoQuant decision group (e.g. q/k/v of a layer share one recipe)."""
+
+    group: str
+    modules: tuple[str, ...]
+    score: float
+    cost: float
+    uncompressed_cost: float
+    bits: float
+    chosen_in_budget: bool
+
+
+@dataclass
+class SensitivityResult:
+    """What ModelOpt computed for one effective format, plus how long it took."""
+
+    format_label: str
+    method: str
+    layers: list[LayerSensitivity]
+    total_sensitivity: float
+    constrained_score: float
+    constrained_effective_bits: float
+    constraint_satisfied: bool
+    format_bits: float
+    num_calib_steps: int
+    num_score_steps: int
+    seconds: dict[str, float | None] = field(default_factory=dict)
+    peak_memory_mb: float = 0.0
+    memory_kind: str = "cpu_max_rss"
+
+    def objectives(self) -> dict[str, float]:
+        """The values a sweep can optimise (see design: Objectives)."""
+        return {
+            "total_sensitivity": self.total_sensitivity,
+            "constrained_score": self.constrained_score,
+            "effective_bits": self.constrained_effective_bits,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["layers"] = [asdict(layer) | {"modules": list(layer.modules)} for layer in self.layers]
+        return data
+
+
+def _forward_for(method: str):
+    if method == "gradient":
+        return lambda model, batch: model(**batch)
+    # kl_div compares logits of the quantized and unquantized model
+    return lambda model, batch: model(**batch).logits
+
+
+def run_autoquant(
+    model: Any,
+    batches: Sequence[dict],
+    quant_format: dict,
+    *,
+    format_label: str,
+    method: str = "gradient",
+    effective_bits: float = 10.0,
+    num_calib_steps: int,
+    num_score_steps: int,
+    disabled_layers: Sequence[str] = ("*lm_head*",),
+    device: str = "cpu",
+) -> SensitivityResult:
+    """Score every searchable layer group of ``model`` under ``quant_format`` (modifies ``model``).
+
+    Raises :class:`SensitivityResultError` when every score is zero (nothing was quantized) or any
+    score is non-finite, and :class:`UserInputError` for an infeasible ``effective_bits`` budget
+    (ModelOpt checks it before calibration).
+
+    Example:
+        >>> result = run_autoquant(model, batches, fmt, format_label="INT8_DEFAULT_CFG",
+        ...                        num_calib_steps=4, num_score_steps=4)  # doctest: +SKIP
+        >>> result.total_sensitivity  # doctest: +SKIP
+    """
+    import modelopt.torch.quantization as mtq
+    import torch
+    from modelopt.torch.quantization.algorithms import QuantRecipe
+
+    if method not in METHODS:
+        raise UserInputError(f"autoquant.method: unknown method '{method}'; choose gradient or kl_div")
+    device_batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    phase: dict[str, float] = {}
+    forward = _forward_for(method)
+
+    def loss_func(output: Any, batch: dict) -> Any:
+        phase.setdefault("score_start", time.perf_counter())
+        return output.loss
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    try:
+        _, state = mtq.auto_quantize(
+            model,
+            constraints={"effective_bits": float(effective_bits)},
+            quantization_formats=[quant_format],
+            data_loader=device_batches,
+            forward_step=forward,
+            loss_func=loss_func if method == "gradient" else None,
+            disabled_layers=list(disabled_layers),
+            num_calib_steps=num_calib_steps,
+            num_score_steps=num_score_steps,
+            verbose=False,
+            method=method,
+        )
+    except ValueError as exc:
+        if "infeasible" in str(exc):
+            raise UserInputError(f"autoquant.effective_bits: {exc} (format {format_label})") from exc
+        raise
+    except AssertionError as exc:
+        if "effective_bits" in str(exc):
+            raise UserInputError(f"autoquant.effective_bits: {exc}") from exc
+        raise
+    end = time.perf_counter()
+    if device == "cuda":
+        peak_mb, memory_kind = torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
+    else:
+        peak_mb, memory_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
+
+    no_quant = QuantRecipe(quant_cfg=None)
+    best_recipe = state["best"].get("recipe", {})
+    layers = []
+    for name, stats in state["candidate_stats"].items():
+        candidates = [i for i, fmt in enumerate(stats["formats"]) if fmt != no_quant]
+        if not candidates:
+            continue  # a disabled layer: only "do not quantize" was on offer
+        if len(candidates) != 1:
+            raise SensitivityResultError(
+                f"{format_label}: expected one candidate format per group, got {len(candidates)} for {name}"
+            )
+        i = candidates[0]
+        none_idx = [j for j, fmt in enumerate(stats["formats"]) if fmt == no_quant]
+        uncompressed = stats.get("uncompressed_cost", stats["costs"][none_idx[0]] if none_idx else 0.0)
+        chosen = best_recipe.get(name)
+        layers.append(
+            LayerSensitivity(
+                group=name.removesuffix(".quant_recipe"),
+                modules=tuple(stats["module_names"]),
+                score=float(stats["scores"][i]),
+                cost=float(stats["costs"][i]),
+                uncompressed_cost=float(uncompressed),
+                bits=float(stats["formats"][i].compression * 16),
+                chosen_in_budget=chosen is not None and chosen != no_quant,
+            )
+        )
+    check_scores(layers, format_label)
+    score_start = phase.get("score_start")
+    best = state["best"]
+    return SensitivityResult(
+        format_label=format_label,
+        method=method,
+        layers=layers,
+        total_sensitivity=math.fsum(layer.score for layer in layers),
+        constrained_score=float(best["score"]),
+        constrained_effective_bits=float(best["constraints"]["effective_bits"]),
+        constraint_satisfied=bool(best["is_satisfied"]),
+        format_bits=layers[0].bits,
+        num_calib_steps=num_calib_steps,
+        num_score_steps=num_score_steps,
+        seconds={
+            "autoquant": end - start,
+            "calibration": (score_start - start) if score_start else None,
+            "scoring": (end - score_start) if score_start else None,
+        },
+        peak_memory_mb=peak_mb,
+        memory_kind=memory_kind,
+    )
+
+
+def check_scores(layers: Sequence[LayerSensitivity], format_label: str) -> None:
+    """Refuse results that are not sensitivities: no layers, any non-finite or all-zero scores."""
+    if not layers:
+        raise SensitivityResultError(f"{format_label}: AutoQuant scored no layer group (nothing searchable)")
+    bad = [layer.group for layer in layers if not math.isfinite(layer.score)]
+    if bad:
+        raise SensitivityResultError(
+            f"{format_label}: non-finite sensitivity score for {len(bad)} group(s), first {bad[0]}"
+        )
+    if all(layer.score == 0.0 for layer in layers):
+        raise SensitivityResultError(
+            f"{format_label}: every per-layer score is 0.0, so nothing was quantized "
+            "(a rule that disables every quantizer?); this is not a sensitivity result"
+        )
