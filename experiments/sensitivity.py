@@ -13,7 +13,7 @@ from autoquant_sweep.config import register_configs
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="sensitivity")
+@hydra.main(config_path="../conf", config_name="sensitivity")
 def main(cfg: DictConfig) -> float:
     return sensitivity_task(cfg)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import platform
 import time
@@ -77,11 +78,12 @@ class RunPlan:
             "activation": pair["activation"],
             "base_format": pair["format_name"],
             "granularity": self.cfg["quant_granularity"]["name"],
-            "overrides": self.overrides,
+            "overrides": json.loads(canonical_json(self.overrides)),
             "status": self.overlay_status,
             "notes": self.overlay_notes,
             "summary": summarize_format(self.effective_format),
-            "effective_quant_cfg": self.effective_format,
+            # JSON form: integer block_sizes keys become strings ("-1"); the overlay reads them back
+            "effective_quant_cfg": json.loads(canonical_json(self.effective_format)),
             "base_fingerprint": config_fingerprint(self.base_format),
             "fingerprint": config_fingerprint(self.effective_format),
         }

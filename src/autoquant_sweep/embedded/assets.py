@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..paths import project_root
 from .captions import CAPTION_SUBSET_SIZES, generate_captions, generate_training_captions
 
 __all__ = [
@@ -68,9 +69,9 @@ def default_cache_root() -> Path:
     env = os.environ.get("AUTOQUANT_SWEEP_CACHE")
     if env:
         return Path(env).expanduser()
-    project_root = Path(__file__).resolve().parents[3]
-    if (project_root / "pyproject.toml").exists():
-        return project_root / ".cache" / "autoquant_sweep"
+    root = project_root()
+    if root is not None:
+        return root / ".cache" / "autoquant_sweep"
     return Path.home() / ".cache" / "autoquant_sweep"
 
 

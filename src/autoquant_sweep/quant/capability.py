@@ -214,8 +214,9 @@ def _check_cuda_only(ctx: CheckContext) -> list[str]:
                     if _is_mx(stage)
                     else "'amax must be a CUDA tensor for dynamic block quantization'"
                 )
-                out.append(f"{ctx.where}: {name} is {kind}, which needs CUDA; on CPU ModelOpt fails with "
-                           f"{error}")
+                out.append(
+                    f"{ctx.where}: {name} is {kind}, which needs CUDA; on CPU ModelOpt fails with {error}"
+                )
                 break
     return out
 

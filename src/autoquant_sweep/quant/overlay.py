@@ -231,9 +231,7 @@ def normalize_block_sizes(block_sizes: Mapping, *, where: str = "block_sizes") -
             out["scale_bits"] = tuple(value) if isinstance(value, (list, tuple)) else _plain(value)
         elif key == "scale_block_sizes":
             out["scale_block_sizes"] = (
-                None
-                if value is None
-                else normalize_block_sizes(value, where=f"{where}.scale_block_sizes")
+                None if value is None else normalize_block_sizes(value, where=f"{where}.scale_block_sizes")
             )
         else:
             axis = _block_size_key(key, where)

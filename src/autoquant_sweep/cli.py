@@ -1,0 +1,121 @@
+"""``autoquant-sweep``: sub-commands around the Hydra apps in ``experiments/``.
+
+    autoquant-sweep generate            # build (or find) the embedded tiny checkpoints and captions
+    autoquant-sweep validate            # every quant_pair x quant_granularity: ok / no-op / refused, why
+    autoquant-sweep report DIR          # re-render a report's per-layer files from its manifest
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from autoquant_sweep.errors import UserInputError
+
+
+def _load_group(group: str) -> list[dict]:
+    from omegaconf import OmegaConf
+
+    from autoquant_sweep.paths import conf_dir
+
+    files = sorted((conf_dir() / group).glob("*.yaml"))
+    return [OmegaConf.to_container(OmegaConf.load(f), resolve=True) for f in files]
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from autoquant_sweep.embedded import ensure_embedded_assets
+
+    assets = ensure_embedded_assets(Path(args.cache) if args.cache else None, seed=args.seed)
+    for name in ("captions_dir", "tokenizer_dir", "qwen3_tiny_dir", "qwen3_vl_tiny_dir"):
+        print(f"{name:18s} {getattr(assets, name)}")
+    for name in ("qwen3_tiny_dir", "qwen3_vl_tiny_dir"):
+        info_path = getattr(assets, name) / "embedded_info.json"
+        if info_path.is_file():
+            info = json.loads(info_path.read_text())
+            print(f"{name:18s} loss: random init {info.get('initial_loss')} -> trained {info.get('final_loss')}")
+    return 0
+
+
+def validation_rows(device: str) -> list[dict]:
+    """Every conf/quant_pair x conf/quant_granularity combination with its verdict on ``device``."""
+    from autoquant_sweep.quant.capability import validation_matrix
+    from autoquant_sweep.quant.formats import resolve_format
+
+    if device == "auto":
+        from autoquant_sweep.modeling import cuda_available
+
+        device = "cuda" if cuda_available() else "cpu"
+    return validation_matrix(
+        _load_group("quant_pair"),
+        _load_group("quant_granularity"),
+        cuda_available=device == "cuda",
+        resolve=resolve_format,
+    )
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    rows = validation_rows(args.device)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"quant_pair x quant_granularity on {args.device}")
+    for column in ("pair", "granularity", "format_name", "status", "reason"):
+        table.add_column(column, overflow="fold")
+    colours = {"ok": "green", "noop": "yellow", "refused": "red"}
+    for row in rows:
+        status = f"[{colours.get(row['status'], 'white')}]{row['status']}[/]"
+        table.add_row(row["pair"], row["granularity"], row["format_name"], status, row["reason"])
+    Console(width=args.width).print(table)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "noop", "refused")}
+    print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from autoquant_sweep.report import regenerate_report
+
+    print(regenerate_report(Path(args.report_dir)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoquant-sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="build the embedded tiny checkpoints, tokenizer and captions")
+    p.add_argument("--cache", default=None, help="cache root (default: $AUTOQUANT_SWEEP_CACHE or <repo>/.cache)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("validate", help="list every quant_pair x quant_granularity with ok / noop / refused")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="judge for this device (default: what torch sees)")
+    p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    p.add_argument("--width", type=int, default=160)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("report", help="re-render per-layer files of a report folder from its manifest.json")
+    p.add_argument("report_dir")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``autoquant-sweep`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserInputError as exc:
+        print(f"autoquant-sweep: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Quantization formats, granularity overlays and capability rules.
+
+``overlay`` and ``capability`` are pure (no torch, no modelopt) and imported eagerly; ``formats``
+(which imports ModelOpt inside its functions) is imported lazily on first attribute access.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autoquant_sweep.quant.capability import (
+    CAPABILITY_RULES,
+    CapabilityRule,
+    Status,
+    Verdict,
+    check_combination,
+    validation_matrix,
+)
+from autoquant_sweep.quant.overlay import (
+    INPUT,
+    WEIGHT,
+    OverlayError,
+    OverlayResult,
+    apply_overlay,
+    canonical_json,
+    config_fingerprint,
+    effective_quantizer_cfg,
+    normalize_block_sizes,
+    summarize_format,
+    to_rule_list,
+    validate_overrides,
+)
+
+_LAZY_FORMATS = ("PROJECT_COMPOSITIONS", "UnknownFormatError", "available_format_names", "resolve_format")
+
+__all__ = [
+    "CAPABILITY_RULES",
+    "INPUT",
+    "PROJECT_COMPOSITIONS",
+    "WEIGHT",
+    "CapabilityRule",
+    "OverlayError",
+    "OverlayResult",
+    "Status",
+    "UnknownFormatError",
+    "Verdict",
+    "apply_overlay",
+    "available_format_names",
+    "canonical_json",
+    "check_combination",
+    "config_fingerprint",
+    "effective_quantizer_cfg",
+    "normalize_block_sizes",
+    "resolve_format",
+    "summarize_format",
+    "to_rule_list",
+    "validate_overrides",
+    "validation_matrix",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_FORMATS:
+        from autoquant_sweep.quant import formats
+
+        return getattr(formats, name)
+    raise AttributeError(f"module 'autoquant_sweep.quant' has no attribute {name!r}")
