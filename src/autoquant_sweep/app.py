@@ -1,18 +1,26 @@
-"""The Hydra task behind ``experiments/sensitivity.py``: errors become one line, objectives go back to
-the sweeper."""
+"""The Hydra task behind ``experiments/sensitivity.py``: plan, cache lookup, run, MLflow logging.
+
+Errors become one line; objectives go back to the sweeper. With ``tracking=local|server`` every job is
+an MLflow run (a child of the sweep's parent run when ``-m`` is used, see
+:mod:`autoquant_sweep.tracking.callbacks`); a FINISHED run with the same fingerprint is reused instead
+of running AutoQuant again unless ``autoquant.cache=false``.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from autoquant_sweep.errors import SensitivityResultError, UserInputError
+from autoquant_sweep.errors import CapabilityRefusedError, SensitivityResultError, UserInputError
 
 log = logging.getLogger("autoquant_sweep")
 
@@ -35,20 +43,96 @@ def objective_value(objectives: dict[str, float], objective: str) -> float:
     return float(objectives[objective])
 
 
+class _Tracker:
+    """The MLflow side of one job (``None`` client when tracking is off)."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        from autoquant_sweep.tracking.store import settings_from_cfg
+
+        self.container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+        self.settings = settings_from_cfg(self.container)
+        self.client: Any = None
+        self.experiment_id: str | None = None
+        self.run_id: str | None = None
+        if not self.settings.enabled:
+            log.info("tracking=off: MLflow is not used for this run")
+            return
+        from autoquant_sweep.tracking.run_logging import start_run
+        from autoquant_sweep.tracking.store import PARENT_RUN_ENV, connect, ensure_experiment
+
+        self.client = connect(self.settings)
+        self.experiment_id = ensure_experiment(self.client, self.settings)
+        parent = os.environ.get(PARENT_RUN_ENV) or None
+        run = start_run(self.client, self.experiment_id, self.container, parent)
+        self.run_id = run.info.run_id
+        log.info("MLflow run %s in experiment '%s' (%s)", self.run_id, self.settings.experiment_name,
+                 self.settings.tracking_uri)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.client is None or self.run_id is None:
+            return
+        from autoquant_sweep.tracking.run_logging import log_failure
+
+        kind = "refused" if isinstance(exc, CapabilityRefusedError) else (
+            "input_error" if isinstance(exc, UserInputError) else "error")
+        text = str(exc) or type(exc).__name__
+        try:
+            log_failure(self.client, self.run_id, self.container, text, kind)
+        except Exception as log_exc:  # never hide the run's own error behind a logging error
+            log.warning("could not mark MLflow run %s FAILED: %s", self.run_id, log_exc)
+
+
+def _execute(cfg: DictConfig, run_dir: Path, tracker: _Tracker) -> Any:
+    from autoquant_sweep.runner import RunOutcome, execute_run, plan_run, report_destination
+
+    plan = plan_run(cfg)
+    hydra_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    if tracker.client is None:
+        return execute_run(plan, run_dir)
+    from autoquant_sweep.tracking.cache import find_cached_run, restore_report
+    from autoquant_sweep.tracking.run_logging import log_outcome
+
+    if tracker.container["autoquant"].get("cache", True):
+        t0 = time.perf_counter()
+        cached = find_cached_run(tracker.client, tracker.experiment_id, plan.fingerprint)
+        if cached is not None:
+            destination = report_destination(plan, run_dir)
+            manifest = restore_report(tracker.client, cached.info.run_id, destination)
+            log_outcome(tracker.client, tracker.run_id, tracker.container, plan, manifest, destination,
+                        hydra_yaml=hydra_yaml, cache_hit=True,
+                        extra_tags={"cache_source_run_id": cached.info.run_id})
+            log.info("cache hit: fingerprint %s reused from MLflow run %s in %.3f s (AutoQuant skipped)"
+                     " -> %s", plan.fingerprint, cached.info.run_id, time.perf_counter() - t0, destination)
+            return RunOutcome(plan=plan, manifest=manifest, report_dir=destination)
+        log.info("cache miss: fingerprint %s; running AutoQuant", plan.fingerprint)
+    else:
+        log.info("autoquant.cache=false: running AutoQuant")
+    outcome = execute_run(plan, run_dir)
+    log_outcome(tracker.client, tracker.run_id, tracker.container, plan, outcome.manifest, outcome.report_dir,
+                hydra_yaml=hydra_yaml, cache_hit=False)
+    return outcome
+
+
 def sensitivity_task(cfg: DictConfig) -> float:
     """Run one combination; in a single run, bad input exits 2 with one line and leaves no directory."""
-    from autoquant_sweep.runner import run
-
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    tracker: _Tracker | None = None
     try:
-        outcome = run(cfg, run_dir)
+        tracker = _Tracker(cfg)
+        outcome = _execute(cfg, run_dir, tracker)
     except (UserInputError, SensitivityResultError) as exc:
         log.error("%s", exc)
+        if tracker is not None:
+            tracker.fail(exc)
         if multirun:
             raise  # the sweeper records the failed job and goes on
         _remove_run_dir(run_dir)
         print(f"autoquant-sweep: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.fail(exc)
+        raise
     return objective_value(outcome.objectives, cfg.autoquant.objective)

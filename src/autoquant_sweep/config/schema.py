@@ -124,4 +124,4 @@ class SensitivityConfig:
 def register_configs() -> None:
     """Register the schemas with Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
-    cs.store(name="sensitivity_schema", node=SensitivityConfig)
+    cs.store(name="sensitivity_schema", node=SensitivityConfig, replace=True)
