@@ -1,7 +1,7 @@
 """AutoQuant sensitivity of one (model, dataset, dtype pair, granularity) combination, or a sweep (-m).
 
-    python experiments/sensitivity.py quant_pair=wint4_afp16 quant_granularity=w_group64
-    python experiments/sensitivity.py -m quant_pair=wint4_aint8,wint8_aint8 quant_granularity=default,w_group64
+python experiments/sensitivity.py quant_pair=wint4_afp16 quant_granularity=w_group64
+python experiments/sensitivity.py -m quant_pair=wint4_aint8,wint8_aint8 quant_granularity=default,w_group64
 """
 
 import hydra

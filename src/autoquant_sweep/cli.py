@@ -1,8 +1,8 @@
 """``autoquant-sweep``: sub-commands around the Hydra apps in ``experiments/``.
 
-    autoquant-sweep generate            # build (or find) the embedded tiny checkpoints and captions
-    autoquant-sweep validate            # every quant_pair x quant_granularity: ok / no-op / refused, why
-    autoquant-sweep report DIR          # re-render a report's per-layer files from its manifest
+autoquant-sweep generate            # build (or find) the embedded tiny checkpoints and captions
+autoquant-sweep validate            # every quant_pair x quant_granularity: ok / no-op / refused, why
+autoquant-sweep report DIR          # re-render a report's per-layer files from its manifest
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         info_path = getattr(assets, name) / "embedded_info.json"
         if info_path.is_file():
             info = json.loads(info_path.read_text())
-            print(f"{name:18s} loss: random init {info.get('initial_loss')} -> trained {info.get('final_loss')}")
+            print(
+                f"{name:18s} loss: random init {info.get('initial_loss')} -> trained {info.get('final_loss')}"
+            )
     return 0
 
 
@@ -85,18 +87,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autoquant-sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="autoquant-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="build the embedded tiny checkpoints, tokenizer and captions")
-    p.add_argument("--cache", default=None, help="cache root (default: $AUTOQUANT_SWEEP_CACHE or <repo>/.cache)")
+    p.add_argument(
+        "--cache", default=None, help="cache root (default: $AUTOQUANT_SWEEP_CACHE or <repo>/.cache)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("validate", help="list every quant_pair x quant_granularity with ok / noop / refused")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="judge for this device (default: what torch sees)")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="judge for this device (default: what torch sees)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     p.add_argument("--width", type=int, default=160)
     p.set_defaults(func=cmd_validate)
@@ -104,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="re-render per-layer files of a report folder from its manifest.json")
     p.add_argument("report_dir")
     p.set_defaults(func=cmd_report)
+
+    from autoquant_sweep.tracking.cli import add_tracking_commands
+
+    add_tracking_commands(sub)
     return parser
 
 

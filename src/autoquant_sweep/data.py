@@ -10,7 +10,14 @@ from typing import Any
 from autoquant_sweep.embedded.captions import CAPTION_SUBSET_SIZES
 from autoquant_sweep.errors import UserInputError
 
-__all__ = ["CAPTION_SUBSET_SIZES", "BatchPlan", "plan_batches", "read_captions", "resolve_caption_path", "tokenize_batches"]
+__all__ = [
+    "CAPTION_SUBSET_SIZES",
+    "BatchPlan",
+    "plan_batches",
+    "read_captions",
+    "resolve_caption_path",
+    "tokenize_batches",
+]
 
 
 def read_captions(path: Path, required: int) -> list[str]:
@@ -26,14 +33,16 @@ def read_captions(path: Path, required: int) -> list[str]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UserInputError(
-            f"dataset.path: captions file '{path}' is not valid UTF-8 (byte {exc.start}): re-encode it as UTF-8"
+            f"dataset.path: captions file '{path}' is not valid UTF-8 (byte {exc.start}): "
+            "re-encode it as UTF-8"
         ) from exc
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise UserInputError(f"dataset.path: captions file '{path}' is empty")
     if len(lines) < required:
         raise UserInputError(
-            f"dataset.size: captions file '{path}' has {len(lines)} lines, fewer than the {required} requested"
+            f"dataset.size: captions file '{path}' has {len(lines)} lines, "
+            f"fewer than the {required} requested"
         )
     return lines[:required]
 

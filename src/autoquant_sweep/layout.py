@@ -62,7 +62,10 @@ def publish_dir(
     for key, value in parts.items():
         check_name(key, value)
     return (
-        publish_root / experiment / f"weight-{weight}-act-{activation}" / granularity
+        publish_root
+        / experiment
+        / f"weight-{weight}-act-{activation}"
+        / granularity
         / f"{model}_{quant_pair}_{size}"
     )
 

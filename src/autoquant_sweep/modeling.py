@@ -30,7 +30,9 @@ def resolve_device(requested: str) -> str:
         raise UserInputError(f"autoquant.device: unknown device '{requested}'; choose auto, cpu or cuda")
     has_cuda = cuda_available()
     if requested == "cuda" and not has_cuda:
-        raise UserInputError("autoquant.device=cuda but torch sees no CUDA device; use autoquant.device=cpu or auto")
+        raise UserInputError(
+            "autoquant.device=cuda but torch sees no CUDA device; use autoquant.device=cpu or auto"
+        )
     if requested == "auto":
         return "cuda" if has_cuda else "cpu"
     return requested
@@ -103,7 +105,9 @@ def load_model_and_tokenizer(
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises many types for a broken tokenizer
-        raise UserInputError(f"model.path: cannot load a tokenizer from '{path}': {_first_line(exc)}") from exc
+        raise UserInputError(
+            f"model.path: cannot load a tokenizer from '{path}': {_first_line(exc)}"
+        ) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     try:
@@ -111,7 +115,9 @@ def load_model_and_tokenizer(
             path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
         )
     except Exception as exc:
-        raise UserInputError(f"model.path: cannot load a {kind} model from '{path}': {_first_line(exc)}") from exc
+        raise UserInputError(
+            f"model.path: cannot load a {kind} model from '{path}': {_first_line(exc)}"
+        ) from exc
     model.to(device).eval()
     config = json.loads((path / "config.json").read_text())
     return LoadedModel(

@@ -15,5 +15,7 @@ def conf_dir() -> Path:
     """The Hydra config tree ``conf/`` of the checkout."""
     root = project_root()
     if root is None or not (root / "conf").is_dir():
-        raise FileNotFoundError("autoquant-sweep: conf/ not found; run from a source checkout (pip install -e .)")
+        raise FileNotFoundError(
+            "autoquant-sweep: conf/ not found; run from a source checkout (pip install -e .)"
+        )
     return root / "conf"

@@ -87,8 +87,10 @@ def plot_sensitivity(path: Path, manifest: Mapping[str, Any]) -> None:
     if all(s > 0 for s in scores):
         ax.set_xscale("log")
     ax.set_xlabel(f"AutoQuant {manifest['autoquant']['method']} sensitivity (higher = more sensitive)")
-    ax.set_title(f"{manifest['model']['name']} | {q['pair']} | {q['granularity']} | {manifest['dataset']['size']}",
-                 fontsize=9)
+    ax.set_title(
+        f"{manifest['model']['name']} | {q['pair']} | {q['granularity']} | {manifest['dataset']['size']}",
+        fontsize=9,
+    )
     fig.tight_layout()
     # Fixed metadata keeps the PNG bytes independent of the matplotlib build date.
     fig.savefig(path, dpi=100, metadata={"Software": None})

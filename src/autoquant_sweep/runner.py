@@ -35,7 +35,15 @@ from autoquant_sweep.report import write_report
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("total_sensitivity", "constrained_score", "effective_bits")
-VERSIONED_PACKAGES = ("torch", "nvidia-modelopt", "transformers", "hydra-core", "optuna", "mlflow", "autoquant-sweep")
+VERSIONED_PACKAGES = (
+    "torch",
+    "nvidia-modelopt",
+    "transformers",
+    "hydra-core",
+    "optuna",
+    "mlflow",
+    "autoquant-sweep",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -95,7 +103,9 @@ def _embedded_checkpoint(name: str) -> tuple[Path, Path]:
     assets = ensure_embedded_assets()
     attr = f"{name}_dir"
     if not hasattr(assets, attr):
-        raise UserInputError(f"model.embedded: unknown embedded model '{name}'; choose qwen3_tiny or qwen3_vl_tiny")
+        raise UserInputError(
+            f"model.embedded: unknown embedded model '{name}'; choose qwen3_tiny or qwen3_vl_tiny"
+        )
     return getattr(assets, attr), assets.captions_dir
 
 
@@ -121,7 +131,9 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
     ):
         check_name(key, value)
     if aq["objective"] not in OBJECTIVES:
-        raise UserInputError(f"autoquant.objective: unknown objective '{aq['objective']}'; choose one of {OBJECTIVES}")
+        raise UserInputError(
+            f"autoquant.objective: unknown objective '{aq['objective']}'; choose one of {OBJECTIVES}"
+        )
     if not 0 < float(aq["effective_bits"]) <= 16:
         raise UserInputError(f"autoquant.effective_bits: must be in (0, 16], got {aq['effective_bits']}")
     device = resolve_device(aq["device"])
@@ -283,8 +295,11 @@ def execute_run(plan: RunPlan, run_dir: Path | None, cache: ModelCache = MODEL_C
     aq = c["autoquant"]
     log.info(
         "%s | %s (%s) + %s | effective quantizers: %s",
-        c["model"]["name"], c["quant_pair"]["name"], c["quant_pair"]["format_name"],
-        c["quant_granularity"]["name"], summarize_format(plan.effective_format),
+        c["model"]["name"],
+        c["quant_pair"]["name"],
+        c["quant_pair"]["format_name"],
+        c["quant_granularity"]["name"],
+        summarize_format(plan.effective_format),
     )
     t0 = time.perf_counter()
     loaded, model = cache.model(plan)
@@ -310,7 +325,10 @@ def execute_run(plan: RunPlan, run_dir: Path | None, cache: ModelCache = MODEL_C
     write_dir_atomically(destination, lambda folder: write_report(folder, manifest))
     log.info(
         "total_sensitivity=%.6e constrained_score=%.6e effective_bits=%.3f -> %s",
-        result.total_sensitivity, result.constrained_score, result.constrained_effective_bits, destination,
+        result.total_sensitivity,
+        result.constrained_score,
+        result.constrained_effective_bits,
+        destination,
     )
     return RunOutcome(plan=plan, manifest=manifest, report_dir=destination)
 

@@ -98,7 +98,7 @@ class OutputLayoutConfig:
 
 @dataclass
 class TrackingConfig:
-    """MLflow tracking: ``off``, ``local`` (embedded SQLite store) or ``server`` (URI from the environment)."""
+    """MLflow tracking: ``off``, ``local`` (embedded SQLite store) or ``server`` (URI from the env)."""
 
     mode: str = "off"
     tracking_uri: str | None = None

@@ -1,0 +1,59 @@
+"""Shared fixtures: the repo's conf tree, in-process Hydra composition, the embedded assets, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+SENSITIVITY_APP = REPO / "experiments" / "sensitivity.py"
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The embedded tiny checkpoints and captions (built once into the project cache, then reused)."""
+    from autoquant_sweep.embedded import ensure_embedded_assets
+
+    return ensure_embedded_assets(verbose=False)
+
+
+@pytest.fixture
+def compose_cfg() -> Callable[..., object]:
+    """Compose ``conf/sensitivity.yaml`` in-process, as Hydra would (tracking off unless overridden)."""
+    from hydra import compose, initialize_config_dir
+
+    from autoquant_sweep.config import register_configs
+
+    register_configs()
+
+    def _compose(overrides: Sequence[str] = ()) -> object:
+        with initialize_config_dir(config_dir=str(CONF), version_base=None):
+            return compose("sensitivity", overrides=["tracking=off", *overrides])
+
+    return _compose
+
+
+def run_app(
+    args: Sequence[str],
+    cwd: Path,
+    timeout: int = 300,
+    env: dict | None = None,
+    script: Path = SENSITIVITY_APP,
+) -> subprocess.CompletedProcess:
+    """Run ``experiments/sensitivity.py`` (or another script) in a fresh interpreter."""
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -1,0 +1,56 @@
+"""The project's own files: pixi tasks mirror the README, CI calls the README's test command."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _console_scripts() -> set[str]:
+    return set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"])
+
+
+def test_pixi_has_cpu_and_cuda_environments_with_pinned_stack():
+    pixi = tomllib.loads((REPO / "pixi.toml").read_text())
+    assert set(pixi["environments"]) == {"default", "cuda"}
+    assert pixi["feature"]["cpu"]["pypi-dependencies"]["torch"] == "==2.13.0"
+    assert "autoquant-sweep" in pixi["pypi-dependencies"]
+
+
+def test_pixi_tasks_name_real_commands():
+    pixi = tomllib.loads((REPO / "pixi.toml").read_text())
+    scripts = _console_scripts()
+    assert {"main", "test"} <= set(pixi["tasks"])
+    for name, task in pixi["tasks"].items():
+        command = task if isinstance(task, str) else task["cmd"]
+        argv = shlex.split(command)
+        if argv[0] == "python":
+            if argv[1] == "-m":
+                assert argv[2] in {"pytest", "autoquant_sweep.cli"}, name
+            else:
+                assert (REPO / argv[1]).is_file(), f"task {name}: {argv[1]} does not exist"
+        else:
+            assert argv[0] in scripts, f"task {name}: {argv[0]} is not a console script"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    match = re.search(r"<!-- test-command -->\s*```(?:bash)?\n(.+?)\n```", readme, re.S)
+    assert match, "README must mark its test command with <!-- test-command -->"
+    test_command = match.group(1).strip()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert test_command in ci.splitlines()
+    pixi = tomllib.loads((REPO / "pixi.toml").read_text())
+    assert pixi["tasks"]["test"] == test_command
+
+
+def test_readme_main_command_installs_cpu_torch_first():
+    readme = (REPO / "README.md").read_text()
+    match = re.search(r"<!-- main-command -->\s*```(?:bash)?\n(.+?)\n```", readme, re.S)
+    assert match, "README must mark its main command with <!-- main-command -->"
+    command = match.group(1)
+    assert command.index("pip install torch==2.13.0") < command.index("pip install -e")
