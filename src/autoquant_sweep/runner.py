@@ -34,7 +34,23 @@ from autoquant_sweep.report import write_report
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("total_sensitivity", "constrained_score", "effective_bits")
+# autoquant.objective -> the value(s) a sweeper minimises (design: Objectives)
+OBJECTIVES: dict[str, tuple[str, ...]] = {
+    "total_sensitivity": ("total_sensitivity",),
+    "constrained_score": ("constrained_score",),
+    "pareto": ("total_sensitivity", "format_bits"),
+}
+
+
+def objective_result(objectives: dict[str, float], objective: str) -> float | list[float]:
+    """What the task returns to the sweeper: one float, or a list for multi-objective studies.
+
+    Example:
+        >>> objective_result({"total_sensitivity": 2.0, "format_bits": 4.0}, "pareto")
+        [2.0, 4.0]
+    """
+    values = [float(objectives[name]) for name in OBJECTIVES[objective]]
+    return values[0] if len(values) == 1 else values
 VERSIONED_PACKAGES = (
     "torch",
     "nvidia-modelopt",
@@ -132,7 +148,8 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
         check_name(key, value)
     if aq["objective"] not in OBJECTIVES:
         raise UserInputError(
-            f"autoquant.objective: unknown objective '{aq['objective']}'; choose one of {OBJECTIVES}"
+            f"autoquant.objective: unknown objective '{aq['objective']}'; "
+            f"choose one of {', '.join(OBJECTIVES)}"
         )
     if not 0 < float(aq["effective_bits"]) <= 16:
         raise UserInputError(f"autoquant.effective_bits: must be in (0, 16], got {aq['effective_bits']}")

@@ -55,6 +55,7 @@ class SensitivityResult:
             "total_sensitivity": self.total_sensitivity,
             "constrained_score": self.constrained_score,
             "effective_bits": self.constrained_effective_bits,
+            "format_bits": self.format_bits,
         }
 
     def to_dict(self) -> dict[str, Any]:

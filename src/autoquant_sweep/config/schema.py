@@ -123,5 +123,8 @@ class SensitivityConfig:
 
 def register_configs() -> None:
     """Register the schemas with Hydra's ConfigStore (idempotent)."""
+    from autoquant_sweep.search.space import register_resolvers
+
+    register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="sensitivity_schema", node=SensitivityConfig, replace=True)

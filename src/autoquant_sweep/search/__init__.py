@@ -1,0 +1,1 @@
+"""Optuna search over dtype pair x granularity: search space, study naming, study artifacts."""

@@ -1,0 +1,83 @@
+"""The categorical search space of a study, derived from the configs and the capability rules.
+
+Registered as OmegaConf resolvers so ``conf/hydra/sweeper/optuna.yaml`` can say
+``quant_pair: ${aqs_search_pairs:${autoquant.device}}`` and get, on this machine, only the pairs that
+can run here (CPU: the INT and FP8 pairs; CUDA: all).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from omegaconf import OmegaConf
+
+_UNSAFE_STUDY_CHARS = re.compile(r"[^A-Za-z0-9_.+-]+")
+
+
+def _group(group: str) -> list[dict]:
+    from autoquant_sweep.paths import conf_dir
+
+    return [
+        OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        for path in sorted((conf_dir() / group).glob("*.yaml"))
+    ]
+
+
+def searchable_pairs(device: str) -> list[str]:
+    """Pairs whose base format runs on ``device`` (``auto``: what torch sees), in name order.
+
+    Example:
+        >>> searchable_pairs("cpu")  # doctest: +SKIP
+        ['wfp8_afp16', 'wfp8_afp8', 'wint4_afp16', 'wint4_afp8', 'wint4_aint8', 'wint8_afp16', 'wint8_aint8']
+    """
+    from autoquant_sweep.quant.capability import check_combination
+    from autoquant_sweep.quant.formats import resolve_format
+
+    if device == "auto":
+        from autoquant_sweep.modeling import cuda_available
+
+        device = "cuda" if cuda_available() else "cpu"
+    names = []
+    for pair in _group("quant_pair"):
+        verdict = check_combination(
+            resolve_format(pair["format_name"]),
+            {},
+            cuda_available=device == "cuda",
+            format_name=pair["format_name"],
+            granularity_name="default",
+        )
+        if verdict.status != "refused":
+            names.append(pair["name"])
+    return names
+
+
+def granularity_names() -> list[str]:
+    """Every option of ``conf/quant_granularity``."""
+    return [g["name"] for g in _group("quant_granularity")]
+
+
+def choice(names: Sequence[str]) -> str:
+    """Hydra's sweep syntax for a categorical parameter: ``choice(a,b,c)``."""
+    if not names:
+        raise ValueError("empty search space: no option left to choose from")
+    return f"choice({','.join(names)})"
+
+
+def study_name(*parts: str) -> str:
+    """A study name derived from experiment, model, dataset and objective, safe for any storage."""
+    return _UNSAFE_STUDY_CHARS.sub("_", "-".join(str(p) for p in parts))
+
+
+def register_resolvers() -> None:
+    """``aqs_root``, ``aqs_search_pairs``, ``aqs_search_granularities``, ``aqs_study_name`` (idempotent)."""
+    from autoquant_sweep.tracking.store import resolver_root
+
+    OmegaConf.register_new_resolver("aqs_root", resolver_root, replace=True)
+    OmegaConf.register_new_resolver(
+        "aqs_search_pairs", lambda device: choice(searchable_pairs(str(device))), replace=True
+    )
+    OmegaConf.register_new_resolver(
+        "aqs_search_granularities", lambda: choice(granularity_names()), replace=True
+    )
+    OmegaConf.register_new_resolver("aqs_study_name", lambda *parts: study_name(*parts), replace=True)
