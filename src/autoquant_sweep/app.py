@@ -82,7 +82,7 @@ class _Tracker:
             log.warning("could not mark MLflow run %s FAILED: %s", self.run_id, log_exc)
 
 
-def _execute(cfg: DictConfig, run_dir: Path, tracker: _Tracker) -> Any:
+def _execute(cfg: DictConfig, run_dir: Path | None, tracker: _Tracker) -> Any:
     from autoquant_sweep.runner import RunOutcome, execute_run, plan_run, report_destination
 
     plan = plan_run(cfg)
@@ -113,26 +113,34 @@ def _execute(cfg: DictConfig, run_dir: Path, tracker: _Tracker) -> Any:
     return outcome
 
 
+def tracked_run(cfg: DictConfig, run_dir: Path | None) -> Any:
+    """Plan, reuse a cached result or run AutoQuant, and log the MLflow run (when tracking is on).
+
+    Any error marks the MLflow run FAILED with a ``failure_reason`` tag and is re-raised.
+    Returns the :class:`~autoquant_sweep.runner.RunOutcome`.
+    """
+    tracker: _Tracker | None = None
+    try:
+        tracker = _Tracker(cfg)
+        return _execute(cfg, run_dir, tracker)
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.fail(exc)
+        raise
+
+
 def sensitivity_task(cfg: DictConfig) -> float:
     """Run one combination; in a single run, bad input exits 2 with one line and leaves no directory."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    tracker: _Tracker | None = None
     try:
-        tracker = _Tracker(cfg)
-        outcome = _execute(cfg, run_dir, tracker)
+        outcome = tracked_run(cfg, run_dir)
     except (UserInputError, SensitivityResultError) as exc:
         log.error("%s", exc)
-        if tracker is not None:
-            tracker.fail(exc)
         if multirun:
             raise  # the sweeper records the failed job and goes on
         _remove_run_dir(run_dir)
         print(f"autoquant-sweep: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except BaseException as exc:
-        if tracker is not None:
-            tracker.fail(exc)
-        raise
     return objective_value(outcome.objectives, cfg.autoquant.objective)

@@ -1,0 +1,166 @@
+"""Sub-commands ``lookup``, ``apply`` and ``ui`` of ``autoquant-sweep`` (see :func:`add_tracking_commands`).
+
+    autoquant-sweep ui [--host 127.0.0.1] [--port 5000]
+    autoquant-sweep lookup autoquant-qwen3_tiny-total_sensitivity [--alias best | --version 3] [--out F]
+    autoquant-sweep apply autoquant-qwen3_tiny-total_sensitivity --out quantized/ [--model-path DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+APPLIED_CFG_FILE = "applied_quant_cfg.json"
+APPLY_INFO_FILE = "autoquant_apply.json"
+
+
+def _tracking_uri(args: argparse.Namespace) -> str:
+    from autoquant_sweep.tracking.store import default_tracking_uri
+
+    return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def _add_store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlflow.db)")
+
+
+def _add_version_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="registered model, e.g. autoquant-qwen3_tiny-total_sensitivity")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--alias", default="best", help="alias to resolve (default: best)")
+    group.add_argument("--version", default=None, help="explicit version number instead of an alias")
+    _add_store_args(p)
+
+
+def _summary(mv: Any) -> str:
+    t = mv.tags
+    return (f"{mv.name} v{mv.version} (aliases: {', '.join(mv.aliases) or '-'}): {t.get('quant_pair')} / "
+            f"{t.get('granularity')} on {t.get('dataset')}/{t.get('dataset_size')}, "
+            f"{t.get('objective')}={t.get('objective_value')}, "
+            f"source run {t.get('source_run_id') or mv.run_id}, "
+            f"config fingerprint {t.get('config_fingerprint')}")
+
+
+def cmd_lookup(args: argparse.Namespace) -> int:
+    """Print the version's summary and write its effective quant config JSON (byte-identical to the run's)."""
+    from autoquant_sweep.tracking.registry import get_version
+
+    mv, data = get_version(args.name, args.alias, args.version, _tracking_uri(args))
+    print(_summary(mv))
+    out = Path(args.out or f"{args.name}-v{mv.version}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    print(f"effective quant config -> {out}")
+    return 0
+
+
+def quantize_checkpoint(model_path: Path | None, quant_cfg: dict, out: Path, *, size: str = "small",
+                        seq_len: int = 32, batch_size: int = 4, device: str = "auto") -> Any:
+    """``mtq.quantize`` a checkpoint with ``quant_cfg``, calibrated on the captions, and save it to ``out``.
+
+    Saved with ModelOpt's Hugging Face checkpointing (``mto.enable_huggingface_checkpointing()`` +
+    ``save_pretrained``): ``out/`` holds the weights, ``modelopt_state.pth`` and the tokenizer; reload with
+    ``mto.enable_huggingface_checkpointing(); AutoModelForCausalLM.from_pretrained(out)``.
+    """
+    import modelopt.torch.opt as mto
+    import modelopt.torch.quantization as mtq
+    import torch
+
+    from autoquant_sweep import data as data_mod
+    from autoquant_sweep.embedded import ensure_embedded_assets
+    from autoquant_sweep.modeling import check_checkpoint_dir, load_model_and_tokenizer, resolve_device
+
+    assets = ensure_embedded_assets()
+    checkpoint = check_checkpoint_dir(str(model_path or assets.qwen3_tiny_dir), key="--model-path")
+    device = resolve_device(device)
+    loaded = load_model_and_tokenizer(checkpoint, kind="causal_lm", dtype="float32", device=device)
+    captions_path = data_mod.resolve_caption_path(None, size, None, assets.captions_dir)
+    captions = data_mod.read_captions(captions_path, data_mod.CAPTION_SUBSET_SIZES[size])
+    batches = data_mod.tokenize_batches(loaded.tokenizer, captions, seq_len, batch_size)
+
+    def forward_loop(model: Any) -> None:
+        with torch.no_grad():
+            for batch in batches:
+                model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
+
+    model = mtq.quantize(loaded.model, quant_cfg, forward_loop)
+    mto.enable_huggingface_checkpointing()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    loaded.tokenizer.save_pretrained(out)
+    return model
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Look up a config and quantize + save a checkpoint with it."""
+    from autoquant_sweep.tracking.registry import get_version, quantize_config_from_json
+
+    mv, data = get_version(args.name, args.alias, args.version, _tracking_uri(args))
+    print(_summary(mv))
+    out = Path(args.out)
+    model_path = Path(args.model_path) if args.model_path else None
+    quantize_checkpoint(model_path, quantize_config_from_json(data), out, size=args.size, device=args.device)
+    (out / APPLIED_CFG_FILE).write_bytes(data)
+    info = {"registered_model": mv.name, "version": mv.version, "tags": dict(mv.tags), "source": mv.source,
+            "model_path": args.model_path or "embedded qwen3_tiny", "calibration": f"captions/{args.size}"}
+    (out / APPLY_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    print(f"quantized checkpoint -> {out} (reload: mto.enable_huggingface_checkpointing(); "
+          f"AutoModelForCausalLM.from_pretrained('{out}'))")
+    return 0
+
+
+def ui_command(tracking_uri: str, artifact_root: str | None, host: str, port: int) -> list[str]:
+    """The ``mlflow server`` command line the ``ui`` sub-command runs."""
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
+           "--host", host, "--port", str(port), "--workers", "1"]
+    if artifact_root:
+        cmd += ["--default-artifact-root", Path(artifact_root).resolve().as_uri()
+                if "://" not in artifact_root else artifact_root]
+    return cmd
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Run the MLflow UI against the project's store until interrupted."""
+    from autoquant_sweep.tracking.store import default_artifact_location
+
+    uri = _tracking_uri(args)
+    artifacts = args.artifact_location or (default_artifact_location() if uri.startswith("sqlite") else None)
+    cmd = ui_command(uri, artifacts, args.host, args.port)
+    print(f"MLflow UI on http://{args.host}:{args.port}  (store {uri}); Ctrl-C stops it", flush=True)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
+def add_tracking_commands(sub: Any) -> None:
+    """Register ``lookup``, ``apply`` and ``ui`` on the ``autoquant-sweep`` sub-parsers."""
+    p = sub.add_parser("lookup", help="print a registered best config and write its quant config JSON")
+    _add_version_args(p)
+    p.add_argument("--out", default=None, help="JSON file to write (default: <name>-v<version>.json)")
+    p.set_defaults(func=cmd_lookup)
+
+    p = sub.add_parser("apply", help="quantize a checkpoint with a registered config and save it")
+    _add_version_args(p)
+    p.add_argument("--model-path", default=None, help="checkpoint folder (default: the embedded qwen3_tiny)")
+    p.add_argument("--out", required=True, help="folder for the quantized checkpoint")
+    p.add_argument("--size", default="small", choices=("small", "medium", "large"),
+                   help="calibration captions subset (default: small)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("ui", help="start the MLflow UI against the project's store (127.0.0.1 unless asked)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    _add_store_args(p)
+    p.add_argument("--artifact-location", default=None, help="artifact root (default: <project root>/mlruns)")
+    p.set_defaults(func=cmd_ui)

@@ -1,0 +1,297 @@
+"""MLflow tracking end to end on the tiny model, against a real SQLite store in a temp dir (no mocks).
+
+One module-scoped store is shared by the tests, in order: single run, refused run, 2x2 sweep, repeated
+sweep (cache), worse sweep (registry alias kept), lookup in a fresh process, apply, UI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONF, REPO, run_app
+
+pytestmark = pytest.mark.integration
+
+GRID = ["quant_pair=wint8_aint8,wint4_aint8", "quant_granularity=default,w_group64", "dataset.size=small"]
+NAME = "autoquant-qwen3_tiny-total_sensitivity"
+EXPERIMENT = "tracking_test"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("mlflow-store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return {
+        "root": root,
+        "uri": uri,
+        "overrides": [f"tracking.tracking_uri={uri}", f"tracking.artifact_location={root / 'mlruns'}",
+                      f"experiment={EXPERIMENT}"],
+        "state": {},
+    }
+
+
+@pytest.fixture(scope="module")
+def client(store: dict):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=store["uri"], registry_uri=store["uri"])
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from autoquant_sweep.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return compose("sensitivity", overrides=overrides)
+
+
+def _experiment_id(client) -> str:
+    return client.get_experiment_by_name(EXPERIMENT).experiment_id
+
+
+def _children(client, parent_id: str) -> list:
+    return client.search_runs([_experiment_id(client)], f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def _parents(client) -> list:
+    return client.search_runs([_experiment_id(client)], "tags.sweep = 'true'",
+                              order_by=["attributes.start_time ASC"])
+
+
+def _sweep(store: dict, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    result = run_app(["-m", *args, *store["overrides"]], cwd=cwd, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _job_logs(cwd: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted(cwd.glob("multirun/**/*.log")))
+
+
+def test_single_run_logs_params_metrics_artifacts_tags(store: dict, client, tmp_path: Path) -> None:
+    from autoquant_sweep.app import tracked_run
+
+    pair_gran = ["quant_pair=wint4_aint8", "quant_granularity=recipe_match_channel_token"]
+    cfg = _compose([*pair_gran, *store["overrides"]])
+    outcome = tracked_run(cfg, tmp_path)
+    run = client.search_runs([_experiment_id(client)])[0]
+    p, m, t = run.data.params, run.data.metrics, run.data.tags
+    assert run.info.status == "FINISHED"
+    assert "mlflow.parentRunId" not in t  # single runs have no parent
+    assert p["model"] == "qwen3_tiny" and p["dataset"] == "captions" and p["dataset_size"] == "small"
+    assert (p["quant_pair"], p["weight"], p["activation"]) == ("wint4_aint8", "int4", "int8")
+    assert p["base_format"] == "AQS_W4A8_INT4_BLOCK_INT8_CFG"
+    assert p["granularity"] == "recipe_match_channel_token"
+    assert p["override.weight.axis"] == "0"
+    assert p["override.input.type"] == "dynamic" and p["override.input.block_sizes.-1"] == "None"
+    assert p["autoquant_method"] == "gradient" and p["num_calib_steps"] == "4" and p["num_score_steps"] == "4"
+    assert p["batch_size"] == "4" and p["effective_bits_budget"] == "10.0"
+    assert p["objective"] == "total_sensitivity"
+    for key, value in outcome.objectives.items():
+        assert m[key] == pytest.approx(value, rel=1e-12)
+    for key in ("format_bits", "peak_memory_mb", "seconds_calibration", "seconds_scoring",
+                "seconds_autoquant", "seconds_load_and_tokenize"):
+        assert key in m
+    history = client.get_metric_history(run.info.run_id, "layer_score")
+    layers = outcome.manifest["per_layer"]
+    assert sorted(h.step for h in history) == list(range(len(layers)))
+    expected = {i: pytest.approx(layer["score"]) for i, layer in enumerate(layers)}
+    assert {h.step: h.value for h in history} == expected
+    q = outcome.manifest["quantization"]
+    assert t["config_fingerprint"] == q["fingerprint"] and t["run_fingerprint"] == outcome.plan.fingerprint
+    assert t["cache_hit"] == "false" and t["device"] == "cpu"
+    for tag in ("version.torch", "version.modelopt", "version.transformers", "version.hydra",
+                "version.optuna"):
+        assert t[tag] and t[tag] != "not installed"
+    assert len(t["git_commit"]) == 40 or t["git_commit"] == "unknown"
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    files |= {a.path for a in client.list_artifacts(run.info.run_id, "config")}
+    files |= {a.path for a in client.list_artifacts(run.info.run_id)}
+    for name in ("report/manifest.json", "report/per_layer.json", "report/per_layer.md",
+                 "report/per_layer.csv", "report/per_layer.png", "config/effective_quant_cfg.json",
+                 "config/base_quant_cfg.json",
+                 "config/overrides.json", "config/config.yaml", "per_layer_table.json"):
+        assert name in files, name
+    local = Path(client.download_artifacts(run.info.run_id, "config/effective_quant_cfg.json", str(tmp_path)))
+    assert json.loads(local.read_text()) == q["effective_quant_cfg"]
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "per_layer_table.json",
+                                                      str(tmp_path))).read_text())
+    assert len(table["data"]) == len(layers)
+
+
+def test_refused_combination_is_a_failed_run_without_model_load(store: dict, client, tmp_path: Path) -> None:
+    from autoquant_sweep.app import tracked_run
+    from autoquant_sweep.errors import CapabilityRefusedError
+    from autoquant_sweep.runner import MODEL_CACHE
+
+    MODEL_CACHE._models.clear()
+    cfg = _compose(["quant_pair=wfp4_afp8", "quant_granularity=w_per_out_channel", *store["overrides"]])
+    with pytest.raises(CapabilityRefusedError):
+        tracked_run(cfg, tmp_path)
+    assert not MODEL_CACHE._models  # refused before any model was loaded
+    run = client.search_runs([_experiment_id(client)], "params.quant_pair = 'wfp4_afp8'")[0]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_kind"] == "refused" and run.data.tags["failure_reason"]
+    assert not list(tmp_path.iterdir())
+
+
+def test_grid_makes_parent_children_summary_and_registers_best(store: dict, client, tmp_path: Path) -> None:
+    _sweep(store, GRID, tmp_path)
+    parents = _parents(client)
+    assert len(parents) == 1
+    parent = parents[0]
+    children = _children(client, parent.info.run_id)
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    assert {(c.data.params["quant_pair"], c.data.params["granularity"]) for c in children} == {
+        (p, g) for p in ("wint8_aint8", "wint4_aint8") for g in ("default", "w_group64")}
+    summary = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
+    assert summary == {"summary/sweep_summary.csv", "summary/sweep_summary.md",
+                       "summary/heatmap_total_sensitivity.png"}
+    csv_text = Path(client.download_artifacts(parent.info.run_id, "summary/sweep_summary.csv",
+                                              str(tmp_path))).read_text()
+    assert len(csv_text.strip().splitlines()) == 5 and "w_group64" in csv_text
+    best = min(children, key=lambda c: c.data.metrics["total_sensitivity"])
+    mv = client.get_model_version_by_alias(NAME, "best")
+    assert mv.run_id == best.info.run_id and mv.tags["source_run_id"] == best.info.run_id
+    assert mv.tags["quant_pair"] == best.data.params["quant_pair"]
+    assert mv.tags["granularity"] == best.data.params["granularity"]
+    assert float(mv.tags["objective_value"]) == best.data.metrics["total_sensitivity"]
+    assert mv.tags["dataset"] == "captions" and mv.tags["dataset_size"] == "small"
+    store["state"].update(first_children=children, best_run=best, best_version=mv.version)
+
+
+def test_repeated_grid_is_served_from_cache(store: dict, client, tmp_path: Path) -> None:
+    first = {(c.data.params["quant_pair"], c.data.params["granularity"]): c
+             for c in store["state"]["first_children"]}
+    t0 = time.perf_counter()
+    result = _sweep(store, GRID, tmp_path)
+    elapsed = time.perf_counter() - t0
+    parent = _parents(client)[-1]
+    children = _children(client, parent.info.run_id)
+    assert len(children) == 4
+    logs = _job_logs(tmp_path)
+    assert logs.count("cache hit:") == 4
+    assert "running AutoQuant" not in logs and "Estimating auto_quantize scores" not in result.stderr
+    for child in children:
+        assert child.data.tags["cache_hit"] == "true"
+        source = first[(child.data.params["quant_pair"], child.data.params["granularity"])]
+        assert child.data.tags["cache_source_run_id"] == source.info.run_id
+        assert child.data.metrics == source.data.metrics
+        assert child.data.params == source.data.params
+    reports = sorted(tmp_path.glob("multirun/**/report/manifest.json"))
+    assert len(reports) == 4
+    # alias best stays on the first sweep's version: equal values never move it
+    assert client.get_model_version_by_alias(NAME, "best").version == store["state"]["best_version"]
+    print(f"cached 2x2 sweep: {elapsed:.1f} s wall (incl. interpreter + imports)")
+
+
+def test_worse_sweep_does_not_move_best(store: dict, client, tmp_path: Path) -> None:
+    _sweep(store, ["quant_pair=wint4_aint8", "quant_granularity=default"], tmp_path)
+    versions = client.search_model_versions(f"name = '{NAME}'")
+    assert len(versions) == 3
+    newest = max(versions, key=lambda v: int(v.version))
+    assert newest.tags["quant_pair"] == "wint4_aint8"
+    assert float(newest.tags["objective_value"]) > float(
+        client.get_model_version_by_alias(NAME, "best").tags["objective_value"])
+    assert client.get_model_version_by_alias(NAME, "best").version == store["state"]["best_version"]
+
+
+def test_lookup_in_fresh_process_returns_same_bytes(store: dict, client, tmp_path: Path) -> None:
+    from autoquant_sweep.tracking.registry import lookup_best_config
+
+    out = tmp_path / "best.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "autoquant_sweep.cli", "lookup", NAME, "--tracking-uri", store["uri"],
+         "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "aliases: best" in result.stdout
+    best = store["state"]["best_run"]
+    artifact = Path(client.download_artifacts(best.info.run_id, "config/effective_quant_cfg.json",
+                                              str(tmp_path / "dl")))
+    assert out.read_bytes() == artifact.read_bytes()
+    cfg = lookup_best_config(NAME, tracking_uri=store["uri"])
+    weight_rules = [r for r in cfg["quant_cfg"] if r["quantizer_name"] == "*weight_quantizer"]
+    block = weight_rules[-1]["cfg"].get("block_sizes") or {}
+    assert all(isinstance(k, int) for k in block if k not in ("type", "scale_bits", "scale_block_sizes"))
+
+
+def test_apply_quantizes_with_the_registered_config(store: dict, tmp_path: Path) -> None:
+    import modelopt.torch.opt as mto
+    from transformers import AutoModelForCausalLM
+
+    from autoquant_sweep.tracking.registry import lookup_best_config
+
+    out = tmp_path / "quantized"
+    result = subprocess.run(
+        [sys.executable, "-m", "autoquant_sweep.cli", "apply", NAME, "--tracking-uri", store["uri"],
+         "--out", str(out)], capture_output=True, text=True, timeout=240, cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "modelopt_state.pth").is_file() and (out / "applied_quant_cfg.json").is_file()
+    cfg = lookup_best_config(NAME, tracking_uri=store["uri"])
+    wcfg = [r for r in cfg["quant_cfg"] if r["quantizer_name"] == "*weight_quantizer"][-1]["cfg"]
+    icfg = [r for r in cfg["quant_cfg"] if r["quantizer_name"] == "*input_quantizer"][-1]["cfg"]
+    mto.enable_huggingface_checkpointing()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    linear = model.model.layers[0].self_attn.q_proj
+    wq, iq = linear.weight_quantizer, linear.input_quantizer
+    assert wq.is_enabled and iq.is_enabled and not model.lm_head.weight_quantizer.is_enabled
+    assert wq.num_bits == wcfg["num_bits"] and iq.num_bits == icfg["num_bits"]
+    if wcfg.get("block_sizes"):
+        assert wq.block_sizes == wcfg["block_sizes"]
+    else:
+        assert wq.axis in (wcfg.get("axis"), (wcfg.get("axis"),)) and not wq.block_sizes
+    assert wq.amax is not None  # calibrated
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_runs_on_localhost(store: dict, client) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoquant_sweep.cli", "ui", "--port", str(port),
+         "--tracking-uri", store["uri"], "--artifact-location", str(store["root"] / "mlruns")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, "the UI process exited"
+            assert time.monotonic() < deadline, "the UI did not answer within 90 s"
+            time.sleep(0.5)
+        body = json.dumps({"experiment_ids": [_experiment_id(client)], "max_results": 1000}).encode()
+        request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as r:
+            runs = json.loads(r.read())["runs"]
+        served = {run["info"]["run_id"] for run in runs}
+        expected = {run.info.run_id for run in client.search_runs([_experiment_id(client)], max_results=1000)}
+        assert served == expected and len(served) >= 14
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
