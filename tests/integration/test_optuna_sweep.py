@@ -1,0 +1,178 @@
+"""Optuna studies through hydra-optuna-sweeper on the tiny model: records, seeds, resume, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+
+from autoquant_sweep.runner import MODEL_CACHE, run
+
+from ..conftest import run_app
+
+pytestmark = pytest.mark.integration
+
+STUDY = "sensitivity-qwen3_tiny-captions-small-total_sensitivity"
+
+
+def _store_overrides(tmp_path) -> list[str]:
+    return [
+        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+        f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"tracking.artifact_location={tmp_path}/mlruns",
+    ]
+
+
+def _params(study: optuna.Study) -> list[tuple[str, str]]:
+    return [(t.params["quant_pair"], t.params["quant_granularity"]) for t in study.trials]
+
+
+@pytest.fixture(scope="module")
+def default_study(tmp_path_factory, embedded):
+    """`-m hydra/sweeper=optuna` with only the stores moved to a temp dir and 5 trials."""
+    tmp_path = tmp_path_factory.mktemp("study")
+    result = run_app(
+        ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=5", *_store_overrides(tmp_path)],
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path, result
+
+
+def test_default_study_records_trials_in_optuna_and_mlflow(default_study):
+    from mlflow import MlflowClient
+
+    tmp_path, _ = default_study
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert len(study.trials) == 5
+    cpu_pairs = {
+        "wint8_aint8",
+        "wint8_afp16",
+        "wint4_afp16",
+        "wint4_aint8",
+        "wint4_afp8",
+        "wfp8_afp8",
+        "wfp8_afp16",
+    }
+    assert {pair for pair, _ in _params(study)} <= cpu_pairs
+    assert study.sampler.__class__.__name__ == "TPESampler"
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("sensitivity")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 5
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    by_params = {(r.data.params["quant_pair"], r.data.params["quant_granularity"]): r for r in children}
+    for trial in completed:
+        child = by_params[(trial.params["quant_pair"], trial.params["quant_granularity"])]
+        assert child.data.metrics["total_sensitivity"] == pytest.approx(trial.value, rel=1e-12)
+    results = list(tmp_path.glob("multirun/sensitivity/*/optimization_results.yaml"))
+    assert len(results) == 1 and "best_params" in results[0].read_text()
+
+
+def test_same_seed_same_sequence_and_resume_grows_the_study(default_study, embedded):
+    tmp_path, _ = default_study
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    first = _params(optuna.load_study(study_name=STUDY, storage=storage))
+    # a second study with the same seed, sharing the MLflow store: same proposals, all cache hits
+    other = tmp_path / "other"
+    other.mkdir()
+    result = run_app(
+        [
+            "-m",
+            "hydra/sweeper=optuna",
+            "hydra.sweeper.n_trials=5",
+            f"hydra.sweeper.storage=sqlite:///{other}/o.db",
+            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            f"tracking.artifact_location={tmp_path}/mlruns",
+        ],
+        cwd=other,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _params(optuna.load_study(study_name=STUDY, storage=f"sqlite:///{other}/o.db")) == first
+    assert result.stderr.count("cache hit") + result.stdout.count("cache hit") >= 5
+    assert "Estimating auto_quantize scores" not in result.stderr
+    # resume: the same command again adds trials to the same study
+    again = run_app(
+        ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", *_store_overrides(tmp_path)],
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = optuna.load_study(study_name=STUDY, storage=storage)
+    assert len(resumed.trials) == 7
+    assert _params(resumed)[:5] == first
+
+
+def test_refused_combination_is_a_failed_trial_and_the_sweep_completes(tmp_path, embedded):
+    result = run_app(
+        [
+            "-m",
+            "hydra/sweeper=optuna",
+            "hydra/sweeper/sampler=grid",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.params.quant_pair=choice(wint8_aint8,wfp4_afp16)",
+            "hydra.sweeper.params.quant_granularity=choice(default)",
+            *_store_overrides(tmp_path),
+        ],
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/optuna.db")
+    states = {t.params["quant_pair"]: t.state for t in study.trials}
+    assert states == {
+        "wint8_aint8": optuna.trial.TrialState.COMPLETE,
+        "wfp4_afp16": optuna.trial.TrialState.FAIL,
+    }
+    assert study.best_trial.params["quant_pair"] == "wint8_aint8"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("sensitivity").experiment_id])
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert len(failed) == 1 and "CUDA" in failed[0].data.tags["failure_reason"]
+
+
+def test_pareto_preset_returns_a_pareto_set(tmp_path, embedded):
+    result = run_app(
+        ["-m", "search=pareto", "hydra.sweeper.n_trials=4", *_store_overrides(tmp_path)],
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(
+        study_name="sensitivity-qwen3_tiny-captions-small-pareto", storage=f"sqlite:///{tmp_path}/optuna.db"
+    )
+    assert len(study.directions) == 2
+    front = study.best_trials
+    assert front and all(len(t.values) == 2 for t in front)
+    values = [t.values for t in study.trials if t.values]
+    for t in front:  # nothing in the study dominates a Pareto trial
+        assert not any(v[0] <= t.values[0] and v[1] <= t.values[1] and v != t.values for v in values)
+
+
+def test_trial_scores_equal_a_fresh_process_after_other_formats(compose_cfg, tmp_path, embedded):
+    """Each trial starts from pristine weights: no state leaks from earlier formats in the process."""
+    target = ["quant_pair=wint4_aint8", "quant_granularity=w_group64", "autoquant.cache=false"]
+    for other in (
+        ["quant_pair=wfp8_afp8"],
+        ["quant_pair=wint8_aint8", "quant_granularity=a_per_token_dynamic"],
+    ):
+        run(compose_cfg([*other, "autoquant.cache=false"]), run_dir=tmp_path / "x")
+    assert MODEL_CACHE._models, "the process should reuse one pristine model"
+    in_process = run(compose_cfg(target), run_dir=tmp_path / "in-process")
+    fresh = run_app(
+        [*target, "tracking=off", "output_layout=publish", f"output_layout.publish_root={tmp_path}/pub"],
+        cwd=tmp_path,
+    )
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    (manifest_path,) = (tmp_path / "pub").rglob("manifest.json")
+    fresh_layers = json.loads(manifest_path.read_text())["per_layer"]
+    assert [(x["group"], x["score"]) for x in in_process.manifest["per_layer"]] == [
+        (x["group"], x["score"]) for x in fresh_layers
+    ]
