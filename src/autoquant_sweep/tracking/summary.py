@@ -88,8 +88,7 @@ def write_heatmap(path: Path, rows: Sequence[dict[str, Any]], objective: str, ti
         if isinstance(value, float) and math.isfinite(value):
             grid[i, j] = value if math.isnan(grid[i, j]) else min(grid[i, j], value)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(grans) + 2), max(2.5, 0.7 * len(pairs) + 1.5)))
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("lightgrey")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto")
     ax.set_xticks(range(len(grans)), grans, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(pairs)), pairs, fontsize=8)
