@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,9 +46,15 @@ class MlflowSweepCallback(Callback):
         if not self.settings.enabled:
             log.info("tracking=off: no MLflow parent run for this multirun")
             return
+        from autoquant_sweep.errors import UserInputError
         from autoquant_sweep.tracking.store import connect, ensure_experiment
 
-        self.client = connect(self.settings)
+        try:
+            self.client = connect(self.settings)
+        except UserInputError as exc:  # one line, like a single run, instead of a traceback
+            log.error("%s", exc)
+            print(f"autoquant-sweep: error: {exc}", file=sys.stderr)
+            sys.exit(2)
         self.experiment_id = ensure_experiment(self.client, self.settings)
         overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
         name = f"sweep-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
