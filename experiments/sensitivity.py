@@ -14,7 +14,7 @@ register_configs()
 
 
 @hydra.main(config_path="../conf", config_name="sensitivity")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | list[float]:
     return sensitivity_task(cfg)
 
 

@@ -38,11 +38,6 @@ def _remove_run_dir(run_dir: Path) -> None:
         parent = parent.parent
 
 
-def objective_value(objectives: dict[str, float], objective: str) -> float:
-    """The number a sweeper minimises for ``autoquant.objective``."""
-    return float(objectives[objective])
-
-
 class _Tracker:
     """The MLflow side of one job (``None`` client when tracking is off)."""
 
@@ -129,7 +124,7 @@ def tracked_run(cfg: DictConfig, run_dir: Path | None) -> Any:
         raise
 
 
-def sensitivity_task(cfg: DictConfig) -> float:
+def sensitivity_task(cfg: DictConfig) -> float | list[float]:
     """Run one combination; in a single run, bad input exits 2 with one line and leaves no directory."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -143,4 +138,6 @@ def sensitivity_task(cfg: DictConfig) -> float:
         _remove_run_dir(run_dir)
         print(f"autoquant-sweep: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    return objective_value(outcome.objectives, cfg.autoquant.objective)
+    from autoquant_sweep.runner import objective_result
+
+    return objective_result(outcome.objectives, cfg.autoquant.objective)
