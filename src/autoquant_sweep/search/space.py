@@ -69,15 +69,19 @@ def study_name(*parts: str) -> str:
     return _UNSAFE_STUDY_CHARS.sub("_", "-".join(str(p) for p in parts))
 
 
+def _pairs_choice(device: str) -> str:
+    return choice(searchable_pairs(str(device)))
+
+
+def _granularities_choice() -> str:
+    return choice(granularity_names())
+
+
 def register_resolvers() -> None:
     """``aqs_root``, ``aqs_search_pairs``, ``aqs_search_granularities``, ``aqs_study_name`` (idempotent)."""
     from autoquant_sweep.tracking.store import resolver_root
 
-    OmegaConf.register_new_resolver("aqs_root", resolver_root, replace=True)
-    OmegaConf.register_new_resolver(
-        "aqs_search_pairs", lambda device: choice(searchable_pairs(str(device))), replace=True
-    )
-    OmegaConf.register_new_resolver(
-        "aqs_search_granularities", lambda: choice(granularity_names()), replace=True
-    )
-    OmegaConf.register_new_resolver("aqs_study_name", lambda *parts: study_name(*parts), replace=True)
+    OmegaConf.register_resolver("aqs_root", resolver_root, replace=True)
+    OmegaConf.register_resolver("aqs_search_pairs", _pairs_choice, replace=True)
+    OmegaConf.register_resolver("aqs_search_granularities", _granularities_choice, replace=True)
+    OmegaConf.register_resolver("aqs_study_name", study_name, replace=True)
