@@ -93,7 +93,7 @@ def test_single_run_logs_params_metrics_artifacts_tags(store: dict, client, tmp_
     assert p["model"] == "qwen3_tiny" and p["dataset"] == "captions" and p["dataset_size"] == "small"
     assert (p["quant_pair"], p["weight"], p["activation"]) == ("wint4_aint8", "int4", "int8")
     assert p["base_format"] == "AQS_W4A8_INT4_BLOCK_INT8_CFG"
-    assert p["granularity"] == "recipe_match_channel_token"
+    assert p["quant_granularity"] == "recipe_match_channel_token"
     assert p["override.weight.axis"] == "0"
     assert p["override.input.type"] == "dynamic" and p["override.input.block_sizes.-1"] == "None"
     assert p["autoquant_method"] == "gradient" and p["num_calib_steps"] == "4" and p["num_score_steps"] == "4"
@@ -154,7 +154,7 @@ def test_grid_makes_parent_children_summary_and_registers_best(store: dict, clie
     parent = parents[0]
     children = _children(client, parent.info.run_id)
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
-    assert {(c.data.params["quant_pair"], c.data.params["granularity"]) for c in children} == {
+    assert {(c.data.params["quant_pair"], c.data.params["quant_granularity"]) for c in children} == {
         (p, g) for p in ("wint8_aint8", "wint4_aint8") for g in ("default", "w_group64")}
     summary = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
     assert summary == {"summary/sweep_summary.csv", "summary/sweep_summary.md",
@@ -166,14 +166,14 @@ def test_grid_makes_parent_children_summary_and_registers_best(store: dict, clie
     mv = client.get_model_version_by_alias(NAME, "best")
     assert mv.run_id == best.info.run_id and mv.tags["source_run_id"] == best.info.run_id
     assert mv.tags["quant_pair"] == best.data.params["quant_pair"]
-    assert mv.tags["granularity"] == best.data.params["granularity"]
+    assert mv.tags["granularity"] == best.data.params["quant_granularity"]
     assert float(mv.tags["objective_value"]) == best.data.metrics["total_sensitivity"]
     assert mv.tags["dataset"] == "captions" and mv.tags["dataset_size"] == "small"
     store["state"].update(first_children=children, best_run=best, best_version=mv.version)
 
 
 def test_repeated_grid_is_served_from_cache(store: dict, client, tmp_path: Path) -> None:
-    first = {(c.data.params["quant_pair"], c.data.params["granularity"]): c
+    first = {(c.data.params["quant_pair"], c.data.params["quant_granularity"]): c
              for c in store["state"]["first_children"]}
     t0 = time.perf_counter()
     result = _sweep(store, GRID, tmp_path)
@@ -186,7 +186,7 @@ def test_repeated_grid_is_served_from_cache(store: dict, client, tmp_path: Path)
     assert "running AutoQuant" not in logs and "Estimating auto_quantize scores" not in result.stderr
     for child in children:
         assert child.data.tags["cache_hit"] == "true"
-        source = first[(child.data.params["quant_pair"], child.data.params["granularity"])]
+        source = first[(child.data.params["quant_pair"], child.data.params["quant_granularity"])]
         assert child.data.tags["cache_source_run_id"] == source.info.run_id
         assert child.data.metrics == source.data.metrics
         assert child.data.params == source.data.params

@@ -79,7 +79,7 @@ def register_best(client: Any, rows: Sequence[Mapping[str, Any]], objective: str
     value = float(best[objective])
     version_tags = {
         "quant_pair": params.get("quant_pair", ""),
-        "granularity": params.get("granularity", ""),
+        "granularity": params.get("quant_granularity", ""),
         "weight": params.get("weight", ""),
         "activation": params.get("activation", ""),
         "base_format": params.get("base_format", ""),

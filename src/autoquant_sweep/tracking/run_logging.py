@@ -102,7 +102,7 @@ def run_params(c: Mapping[str, Any], batch_plan: Any | None = None) -> dict[str,
         "weight": pair["weight"],
         "activation": pair["activation"],
         "base_format": pair["format_name"],
-        "granularity": gran["name"],
+        "quant_granularity": gran["name"],
         "autoquant_method": aq["method"],
         "batch_size": aq["batch_size"],
         "num_calib_samples": aq["num_calib_samples"],
@@ -147,7 +147,7 @@ def base_tags(c: Mapping[str, Any], versions: Mapping[str, str] | None = None) -
     tags.update(
         {
             "quant_pair": c["quant_pair"]["name"],
-            "granularity": c["quant_granularity"]["name"],
+            "quant_granularity": c["quant_granularity"]["name"],
             "dataset_size": c["dataset"]["size"],
             "model": c["model"]["name"],
         }

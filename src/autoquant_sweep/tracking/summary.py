@@ -30,7 +30,7 @@ def child_rows(runs: Sequence[Any]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "run_id": run.info.run_id,
             "quant_pair": p.get("quant_pair", t.get("quant_pair", "?")),
-            "granularity": p.get("granularity", t.get("granularity", "?")),
+            "granularity": p.get("quant_granularity", t.get("quant_granularity", "?")),
             "dataset_size": p.get("dataset_size", t.get("dataset_size", "?")),
             "status": run.info.status,
             "cache_hit": t.get("cache_hit", ""),
