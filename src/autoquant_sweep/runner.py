@@ -7,6 +7,7 @@ input and refused combinations cost well under a second and leave nothing behind
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import json
 import logging
@@ -335,7 +336,8 @@ def execute_run(plan: RunPlan, run_dir: Path | None, cache: ModelCache = MODEL_C
         disabled_layers=c["model"]["disabled_layers"],
         device=plan.device,
     )
-    del model
+    del model  # release the trial's quantized copy before the next trial starts
+    gc.collect()
     if plan.device == "cuda":
         torch.cuda.empty_cache()
     manifest = build_manifest(plan, result, loaded, load_seconds)

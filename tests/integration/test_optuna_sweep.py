@@ -44,7 +44,10 @@ def default_study(tmp_path_factory, embedded):
 def test_default_study_records_trials_in_optuna_and_mlflow(default_study):
     from mlflow import MlflowClient
 
-    tmp_path, _ = default_study
+    tmp_path, result = default_study
+    assert "best config: quant_pair=" in result.stdout
+    assert "registered: autoquant-qwen3_tiny-total_sensitivity version 1" in result.stdout
+    assert "autoquant-sweep ui" in result.stdout
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/optuna.db")
     assert len(study.trials) == 5
     cpu_pairs = {
@@ -69,6 +72,9 @@ def test_default_study_records_trials_in_optuna_and_mlflow(default_study):
     for trial in completed:
         child = by_params[(trial.params["quant_pair"], trial.params["quant_granularity"])]
         assert child.data.metrics["total_sensitivity"] == pytest.approx(trial.value, rel=1e-12)
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "optuna")}
+    assert {"optuna/optimization_history.png", "optuna/param_importances.png", "optuna/trials.csv"} <= artifacts
+    assert parents[0].data.tags["optuna_study"] == STUDY
     results = list(tmp_path.glob("multirun/sensitivity/*/optimization_results.yaml"))
     assert len(results) == 1 and "best_params" in results[0].read_text()
 
@@ -149,6 +155,12 @@ def test_pareto_preset_returns_a_pareto_set(tmp_path, embedded):
         study_name="sensitivity-qwen3_tiny-captions-small-pareto", storage=f"sqlite:///{tmp_path}/optuna.db"
     )
     assert len(study.directions) == 2
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("sensitivity").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert "optuna/pareto_front.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}
     front = study.best_trials
     assert front and all(len(t.values) == 2 for t in front)
     values = [t.values for t in study.trials if t.values]

@@ -24,8 +24,18 @@ log = logging.getLogger("autoquant_sweep.tracking")
 
 def _task_container(config: DictConfig) -> dict[str, Any]:
     keys = ("experiment", "tracking", "autoquant", "model", "dataset")
-    return {k: OmegaConf.to_container(config[k], resolve=True) if OmegaConf.is_config(config[k])
-            else config[k] for k in keys if k in config}
+    return {
+        k: OmegaConf.to_container(config[k], resolve=True) if OmegaConf.is_config(config[k]) else config[k]
+        for k in keys
+        if k in config
+    }
+
+
+def primary_metric(objective: str) -> str:
+    """The metric a sweep's summary and registry rank by (``pareto`` -> its first objective)."""
+    from autoquant_sweep.runner import OBJECTIVES
+
+    return OBJECTIVES.get(objective, (objective,))[0]
 
 
 class MlflowSweepCallback(Callback):
@@ -58,13 +68,17 @@ class MlflowSweepCallback(Callback):
         self.experiment_id = ensure_experiment(self.client, self.settings)
         overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
         name = f"sweep-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={
-            "mlflow.runName": name,
-            "sweep": "true",
-            "sweep_dir": str(OmegaConf.select(config, "hydra.sweep.dir", default="")),
-            "sweeper": str(OmegaConf.select(config, "hydra.sweeper._target_", default="")),
-            "launcher": str(OmegaConf.select(config, "hydra.launcher._target_", default="")),
-        })
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=name,
+            tags={
+                "mlflow.runName": name,
+                "sweep": "true",
+                "sweep_dir": str(OmegaConf.select(config, "hydra.sweep.dir", default="")),
+                "sweeper": str(OmegaConf.select(config, "hydra.sweeper._target_", default="")),
+                "launcher": str(OmegaConf.select(config, "hydra.launcher._target_", default="")),
+            },
+        )
         self.parent_run_id = run.info.run_id
         self.client.log_param(self.parent_run_id, "overrides", " ".join(map(str, overrides))[:6000])
         self.client.log_param(self.parent_run_id, "objective", self.container["autoquant"]["objective"])
@@ -80,23 +94,67 @@ class MlflowSweepCallback(Callback):
         status = "FINISHED"
         try:
             self._summarise()
+            self._optuna_artifacts(config)
         except Exception as exc:  # the sweep's results stay in MLflow; say why the summary is missing
             status = "FAILED"
             log.error("sweep summary / registry update failed: %s", exc)
             self.client.set_tag(self.parent_run_id, "failure_reason", str(exc).splitlines()[0][:4900])
         finally:
             self.client.set_terminated(self.parent_run_id, status)
+        self._print_outcome()
+
+    def _optuna_artifacts(self, config: DictConfig) -> None:
+        """Optuna's history / importances / Pareto plots and trial table on the parent run."""
+        if "OptunaSweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")):
+            return
+        storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
+        study_name = OmegaConf.select(config, "hydra.sweeper.study_name", default=None)
+        if not storage or not study_name:
+            log.info("optuna study kept in memory only: no study plots on the parent run")
+            return
+        from autoquant_sweep.search.study_report import load_study, write_study_artifacts
+
+        study = load_study(str(storage), str(study_name))
+        self.client.set_tag(self.parent_run_id, "optuna_study", str(study_name))
+        self.client.set_tag(self.parent_run_id, "optuna_storage", str(storage))
+        self.client.log_metric(self.parent_run_id, "optuna_trials_in_study", float(len(study.trials)))
+        with tempfile.TemporaryDirectory(prefix="aqs-optuna-") as tmp:
+            write_study_artifacts(study, Path(tmp))
+            self.client.log_artifacts(self.parent_run_id, tmp, "optuna")
+
+    def _print_outcome(self) -> None:
+        """The last lines of a sweep: best configuration, where it is registered, how to look."""
+        tags = self.client.get_run(self.parent_run_id).data.tags
+        best_run = tags.get("best_run_id")
+        print(f"\nsweep parent run: {self.parent_run_id} (experiment '{self.settings.experiment_name}')")
+        if best_run:
+            params = self.client.get_run(best_run).data.params
+            metric = primary_metric(self.container["autoquant"]["objective"])
+            value = self.client.get_run(best_run).data.metrics.get(metric)
+            print(
+                f"best config: quant_pair={params.get('quant_pair')} "
+                f"quant_granularity={params.get('quant_granularity')} {metric}={value:.6e} (run {best_run})"
+            )
+            name, version = tags.get("registered_model"), tags.get("registered_version")
+            moved = tags.get("best_alias_moved") == "true"
+            print(
+                f"registered: {name} version {version} "
+                f"({'now alias best' if moved else 'alias best kept on a better earlier version'}); "
+                f"look it up with: autoquant-sweep lookup {name}"
+            )
+        print("open the MLflow UI: autoquant-sweep ui  (http://127.0.0.1:5000)")
 
     def _summarise(self) -> None:
         from autoquant_sweep.tracking.registry import register_best
         from autoquant_sweep.tracking.summary import child_rows, write_summary
 
         runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
+            [self.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
             max_results=5000,
         )
         rows = child_rows(runs)
-        objective = self.container["autoquant"]["objective"]
+        objective = primary_metric(self.container["autoquant"]["objective"])
         title = f"{self.container.get('experiment')} sweep {self.parent_run_id[:8]}: {objective}"
         with tempfile.TemporaryDirectory(prefix="aqs-summary-") as tmp:
             write_summary(Path(tmp), rows, objective, title)
@@ -104,8 +162,9 @@ class MlflowSweepCallback(Callback):
         finished = [r for r in rows if r["status"] == "FINISHED"]
         self.client.log_metric(self.parent_run_id, "children", float(len(rows)))
         self.client.log_metric(self.parent_run_id, "children_finished", float(len(finished)))
-        self.client.log_metric(self.parent_run_id, "children_cache_hits",
-                               float(sum(r["cache_hit"] == "true" for r in rows)))
+        self.client.log_metric(
+            self.parent_run_id, "children_cache_hits", float(sum(r["cache_hit"] == "true" for r in rows))
+        )
         if not self.settings.registry:
             return
         result = register_best(self.client, rows, objective)
