@@ -73,7 +73,8 @@ def test_default_study_records_trials_in_optuna_and_mlflow(default_study):
         child = by_params[(trial.params["quant_pair"], trial.params["quant_granularity"])]
         assert child.data.metrics["total_sensitivity"] == pytest.approx(trial.value, rel=1e-12)
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "optuna")}
-    assert {"optuna/optimization_history.png", "optuna/param_importances.png", "optuna/trials.csv"} <= artifacts
+    expected = {"optuna/optimization_history.png", "optuna/param_importances.png", "optuna/trials.csv"}
+    assert expected <= artifacts
     assert parents[0].data.tags["optuna_study"] == STUDY
     results = list(tmp_path.glob("multirun/sensitivity/*/optimization_results.yaml"))
     assert len(results) == 1 and "best_params" in results[0].read_text()
