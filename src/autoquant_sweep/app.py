@@ -57,17 +57,29 @@ class _Tracker:
 
         self.client = connect(self.settings)
         self.experiment_id = ensure_experiment(self.client, self.settings)
-        parent = os.environ.get(PARENT_RUN_ENV) or None
+        parent = _parent_run_id() or os.environ.get(PARENT_RUN_ENV) or None
         run = start_run(self.client, self.experiment_id, self.container, parent)
         self.run_id = run.info.run_id
+        from autoquant_sweep.faults import OWNER_TAG, owner
+
+        self.client.set_tag(self.run_id, OWNER_TAG, owner())  # lets a later sweep clean up after a SIGKILL
         log.info("MLflow run %s in experiment '%s' (%s)", self.run_id, self.settings.experiment_name,
                  self.settings.tracking_uri)
 
     def fail(self, exc: BaseException) -> None:
         if self.client is None or self.run_id is None:
             return
+        from autoquant_sweep.faults import interrupted
         from autoquant_sweep.tracking.run_logging import log_failure
 
+        if interrupted(exc):  # stopped from outside (SIGTERM, Ctrl-C): KILLED, not FAILED
+            try:
+                self.client.set_tag(self.run_id, "failure_reason", str(exc) or "interrupted")
+                self.client.set_tag(self.run_id, "failure_kind", "killed")
+                self.client.set_terminated(self.run_id, "KILLED")
+            except Exception as log_exc:
+                log.warning("could not mark MLflow run %s KILLED: %s", self.run_id, log_exc)
+            return
         kind = "refused" if isinstance(exc, CapabilityRefusedError) else (
             "input_error" if isinstance(exc, UserInputError) else "error")
         text = str(exc) or type(exc).__name__
@@ -75,6 +87,26 @@ class _Tracker:
             log_failure(self.client, self.run_id, self.container, text, kind)
         except Exception as log_exc:  # never hide the run's own error behind a logging error
             log.warning("could not mark MLflow run %s FAILED: %s", self.run_id, log_exc)
+
+
+def _parent_run_id() -> str | None:
+    """The sweep's MLflow parent run, from the file the sweep callback writes into the sweep dir.
+
+    Preferred over the environment variable: a reused launcher worker (joblib/loky) may carry the
+    variable of an earlier sweep.
+    """
+    from autoquant_sweep.tracking.callbacks import PARENT_RUN_FILE
+
+    try:
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            return None
+        path = Path(hydra_cfg.sweep.dir) / PARENT_RUN_FILE
+        if not path.is_file():
+            return None
+        return path.read_text().strip() or None
+    except (ValueError, OSError):
+        return None
 
 
 def _execute(cfg: DictConfig, run_dir: Path | None, tracker: _Tracker) -> Any:
@@ -126,9 +158,15 @@ def tracked_run(cfg: DictConfig, run_dir: Path | None) -> Any:
 
 def sensitivity_task(cfg: DictConfig) -> float | list[float]:
     """Run one combination; in a single run, bad input exits 2 with one line and leaves no directory."""
+    from autoquant_sweep.devices import assign_worker_gpu
+    from autoquant_sweep.faults import check_stop, install_signal_handlers
+
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    install_signal_handlers()  # SIGTERM: the MLflow run ends KILLED, finally blocks run
+    check_stop()  # a stop that arrived during the previous job (and was swallowed there) ends the sweep
+    assign_worker_gpu(cfg, hydra_cfg)
     try:
         outcome = tracked_run(cfg, run_dir)
     except (UserInputError, SensitivityResultError) as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -75,13 +76,19 @@ def tmp_report_dir(run_dir: Path) -> Path:
     return run_dir / REPORT_DIRNAME
 
 
+def staging_name(name: str, kind: str = "staging") -> str:
+    """A hidden sibling name ``.<name>.<kind>-<host>-<pid>-<random>``; the owner lets a later run
+    remove what a killed process left (:func:`autoquant_sweep.faults.clean_stale_staging`)."""
+    return f".{name}.{kind}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def write_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     """Fill a fresh staging folder with ``write(folder)``, then swap it in as ``target``.
 
     A failure while writing removes the staging folder and leaves any previous ``target`` untouched;
     readers never see a partly written ``target``.
     """
-    staging = target.parent / f".{target.name}.staging-{uuid.uuid4().hex[:8]}"
+    staging = target.parent / staging_name(target.name, "staging")
     try:
         staging.mkdir(parents=True)
     except OSError as exc:
@@ -93,7 +100,7 @@ def write_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
         raise
     old = None
     if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        old = target.parent / staging_name(target.name, "old")
         os.replace(target, old)
     os.replace(staging, target)
     if old is not None:

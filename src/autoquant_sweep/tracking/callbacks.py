@@ -8,6 +8,7 @@ closes the parent run. With ``tracking=off`` the callback does nothing.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -20,6 +21,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("autoquant_sweep.tracking")
+
+PARENT_RUN_FILE = ".mlflow_parent_run_id"  # in the sweep dir; read by jobs in launcher workers
 
 
 def _task_container(config: DictConfig) -> dict[str, Any]:
@@ -47,6 +50,7 @@ class MlflowSweepCallback(Callback):
         self.experiment_id: str | None = None
         self.settings: Any = None
         self.container: dict[str, Any] = {}
+        self._ended = True
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from autoquant_sweep.tracking.store import PARENT_RUN_ENV, settings_from_cfg
@@ -80,6 +84,7 @@ class MlflowSweepCallback(Callback):
             },
         )
         self.parent_run_id = run.info.run_id
+        self._after_parent_start(config)
         self.client.log_param(self.parent_run_id, "overrides", " ".join(map(str, overrides))[:6000])
         self.client.log_param(self.parent_run_id, "objective", self.container["autoquant"]["objective"])
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
@@ -91,6 +96,7 @@ class MlflowSweepCallback(Callback):
         if self.client is None or self.parent_run_id is None:
             return
         os.environ.pop(PARENT_RUN_ENV, None)
+        self._ended = True
         status = "FINISHED"
         try:
             self._summarise()
@@ -100,8 +106,45 @@ class MlflowSweepCallback(Callback):
             log.error("sweep summary / registry update failed: %s", exc)
             self.client.set_tag(self.parent_run_id, "failure_reason", str(exc).splitlines()[0][:4900])
         finally:
+            from autoquant_sweep.faults import stop_requested
+
+            if stop_requested():  # SIGTERM: finished children are summarised, the parent ends KILLED
+                status = "KILLED"
+                self.client.set_tag(self.parent_run_id, "failure_reason", "sweep stopped by SIGTERM")
             self.client.set_terminated(self.parent_run_id, status)
         self._print_outcome()
+
+    def _after_parent_start(self, config: DictConfig) -> None:
+        """Fault hooks: owner tag, parent id file for launcher workers, cleanup of dead sweeps' leftovers."""
+        from autoquant_sweep import faults
+
+        faults.install_signal_handlers()
+        self.client.set_tag(self.parent_run_id, faults.OWNER_TAG, faults.owner())
+        sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir", default="") or "."))
+        try:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            (sweep_dir / PARENT_RUN_FILE).write_text(str(self.parent_run_id))
+        except OSError as exc:
+            log.warning("could not write %s: %s", sweep_dir / PARENT_RUN_FILE, exc)
+        killed = faults.kill_stale_runs(self.client, self.experiment_id)
+        if killed:
+            log.warning("%d MLflow run(s) of dead processes marked KILLED", len(killed))
+        publish_root = OmegaConf.select(config, "output_layout.publish_root", default=None)
+        if publish_root and OmegaConf.select(config, "output_layout.name", default="") == "publish":
+            faults.clean_stale_staging(Path(str(publish_root)).expanduser())
+        self._ended = False
+        atexit.register(self._close_if_interrupted)
+
+    def _close_if_interrupted(self) -> None:
+        """At exit without ``on_multirun_end`` (SIGTERM, Ctrl-C, crash): mark the parent run KILLED."""
+        if self._ended or self.client is None or self.parent_run_id is None:
+            return
+        self._ended = True
+        try:
+            self.client.set_tag(self.parent_run_id, "failure_reason", "sweep stopped before it ended")
+            self.client.set_terminated(self.parent_run_id, "KILLED")
+        except Exception as exc:
+            log.warning("could not mark parent run %s KILLED: %s", self.parent_run_id, exc)
 
     def _optuna_artifacts(self, config: DictConfig) -> None:
         """Optuna's history / importances / Pareto plots and trial table on the parent run."""

@@ -1,0 +1,96 @@
+"""One GPU per launcher worker on a multi-GPU node (``hydra/launcher=joblib``).
+
+Each worker process claims the lowest free GPU *slot* with an exclusive ``flock`` on
+``<lock dir>/gpu<N>.lock``, held for the life of the process (the kernel releases it when the process
+dies, even on SIGKILL), then calls ``torch.cuda.set_device(N)``. Two workers of one node never share a
+slot while both live; a replacement worker takes the slot its dead predecessor freed. When every slot
+is taken (more workers than GPUs), the worker falls back to ``hydra.job.num % device_count``.
+
+Nothing happens on CPU, with one GPU, or with the basic launcher (one process). Under submitit / SLURM
+each task already sees only its own GPUs (``gpus_per_task``), so it keeps ``cuda:0``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+LOCK_DIR_ENV = "AUTOQUANT_SWEEP_GPU_LOCK_DIR"
+_claimed: tuple[int, Any] | None = None  # (slot, open lock file) for the life of the process
+
+
+def pick_slot(n_devices: int, try_claim: Callable[[int], bool], job_num: int = 0) -> tuple[int, bool]:
+    """The first slot in ``0..n_devices-1`` that ``try_claim`` grants, else ``job_num % n_devices``.
+
+    Returns ``(slot, exclusive)``.
+
+    Example:
+        >>> taken = {0}
+        >>> pick_slot(2, lambda i: i not in taken)
+        (1, True)
+        >>> pick_slot(2, lambda i: False, job_num=5)
+        (1, False)
+    """
+    if n_devices <= 0:
+        raise ValueError("pick_slot needs at least one device")
+    for slot in range(n_devices):
+        if try_claim(slot):
+            return slot, True
+    return job_num % n_devices, False
+
+
+def default_lock_dir() -> Path:
+    """``$AUTOQUANT_SWEEP_GPU_LOCK_DIR``, else ``<tmp>/autoquant-sweep-gpu-<uid>`` (one per node and user)."""
+    explicit = os.environ.get(LOCK_DIR_ENV)
+    return Path(explicit) if explicit else Path(tempfile.gettempdir()) / f"autoquant-sweep-gpu-{os.getuid()}"
+
+
+def claim_slot(n_devices: int, lock_dir: Path, job_num: int = 0) -> int:
+    """Claim a GPU slot for this process (idempotent: a process keeps its first slot)."""
+    global _claimed
+    if _claimed is not None:
+        return _claimed[0]
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    handles: dict[int, Any] = {}
+
+    def try_claim(slot: int) -> bool:
+        handle = open(lock_dir / f"gpu{slot}.lock", "a+")  # kept open while the process lives
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        handles[slot] = handle
+        return True
+
+    slot, exclusive = pick_slot(n_devices, try_claim, job_num)
+    _claimed = (slot, handles.get(slot))  # a shared fallback slot is kept too: one device per process
+    if not exclusive:
+        log.warning("all %d GPU slots are taken; sharing cuda:%d (job %d)", n_devices, slot, job_num)
+    return slot
+
+
+def assign_worker_gpu(cfg: Any, hydra_cfg: Any) -> int | None:
+    """In a multi-process launcher on a node with several GPUs, pin this worker to one (returns it)."""
+    launcher = str(getattr(getattr(hydra_cfg, "launcher", None), "_target_", "") or "")
+    if "joblib" not in launcher.lower():
+        return None
+    device = str(cfg.autoquant.device)
+    if device == "cpu":
+        return None
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n < 2:
+        return None
+    slot = claim_slot(n, default_lock_dir(), int(hydra_cfg.job.num or 0))
+    torch.cuda.set_device(slot)
+    log.info("worker pid %d uses cuda:%d of %d (job %s)", os.getpid(), slot, n, hydra_cfg.job.num)
+    return slot

@@ -1,0 +1,242 @@
+"""Surviving faults: graceful SIGTERM, and cleaning up after a process that died (SIGKILL, OOM, node loss).
+
+* :func:`install_signal_handlers` turns SIGTERM into :class:`Terminated` (a ``SystemExit``), so ``finally``
+  blocks and ``except BaseException`` handlers run: the job's MLflow run is marked ``KILLED`` and the
+  sweeper fails its own Optuna trials before the process exits with status 143.
+* Every Optuna trial (system attr ``aqs_owner``) and MLflow run (tag ``aqs.owner``) records its owner
+  process as ``<host>:<pid>``. The next sweep marks what a dead owner on this host left ``RUNNING`` as
+  ``FAIL`` (Optuna) / ``KILLED`` (MLflow) with a ``failure_reason``, and removes stale staging folders.
+  Owners on other hosts are left alone (their liveness cannot be checked from here).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+OWNER_ATTR = "aqs_owner"  # Optuna trial system attr
+OWNER_TAG = "aqs.owner"  # MLflow run tag
+FAIL_REASON_ATTR = "fail_reason"
+_installed = False
+
+
+class Terminated(SystemExit):
+    """Raised in the main thread when the process receives SIGTERM (exit status ``128 + signum``)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"killed by {signal.Signals(self.signum).name}"
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` means the process was stopped from outside (SIGTERM, Ctrl-C), not a failure."""
+    return isinstance(exc, (Terminated, KeyboardInterrupt))
+
+
+_pending: int | None = None  # a stop signal received but not yet raised
+_FINALIZER_NAMES = frozenset({"__del__", "remove", "_remove_dead_weakref", "__exit__", "_run_finalizers"})
+
+
+def _in_finalizer(frame: Any) -> bool:
+    """Whether ``frame`` (or one of its two callers) is a finalizer / weakref callback.
+
+    An exception raised there is printed as "Exception ignored in ..." and lost, so the stop is deferred.
+    """
+    for _ in range(3):
+        if frame is None:
+            return False
+        code = frame.f_code
+        if code.co_name in _FINALIZER_NAMES or code.co_filename.endswith("weakref.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    global _pending
+    _pending = signum
+    if _in_finalizer(frame):  # retry in 20 ms, out of the finalizer
+        signal.setitimer(signal.ITIMER_REAL, 0.02)
+        return
+    # a second SIGTERM during cleanup kills the process the default way
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated(signum)
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    if _pending is not None:
+        _on_sigterm(_pending, frame)
+
+
+def stop_requested() -> bool:
+    """Whether this process received SIGTERM (the sweep is being stopped)."""
+    return _pending is not None
+
+
+def check_stop() -> None:
+    """Raise :class:`Terminated` when a stop signal arrived but was swallowed (called between jobs)."""
+    if _pending is not None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated(_pending)
+
+
+def install_signal_handlers() -> bool:
+    """Install the SIGTERM -> :class:`Terminated` handler (main thread only); returns whether it is active."""
+    global _installed
+    if _installed:
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        return False  # someone else (a launcher, a test harness) owns SIGTERM
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGALRM, _on_alarm)
+    _installed = True
+    return True
+
+
+def owner() -> str:
+    """This process as ``<host>:<pid>``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` exists on this host (zombies count as dead)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped by its parent) is dead for our purposes
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def owner_is_dead(value: str | None, host: str | None = None) -> bool:
+    """``True`` when ``value`` (``host:pid``) names a process of this host that no longer runs.
+
+    Example:
+        >>> owner_is_dead("otherhost:1", host="thishost")
+        False
+        >>> owner_is_dead(None)
+        False
+    """
+    if not value or ":" not in value:
+        return False
+    owner_host, _, pid = value.rpartition(":")
+    if owner_host != (host or socket.gethostname()) or not pid.isdigit():
+        return False
+    return not pid_alive(int(pid))
+
+
+def fail_stale_trials(study: Any) -> list[int]:
+    """Mark ``RUNNING`` trials whose owner process is dead as ``FAIL`` (reason in a system attr).
+
+    Returns the trial numbers that were failed.
+    """
+    import optuna
+
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        who = trial.system_attrs.get(OWNER_ATTR)
+        if not owner_is_dead(who):
+            continue
+        reason = f"owner process {who} died while the trial was running"
+        try:
+            study._storage.set_trial_system_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        except (RuntimeError, ValueError) as exc:  # finished meanwhile: nothing to clean
+            log.info("trial %d not failed: %s", trial.number, exc)
+            continue
+        log.warning("optuna trial %d: %s; marked FAIL", trial.number, reason)
+        failed.append(trial.number)
+    return failed
+
+
+def fail_own_trials(study: Any, reason: str) -> list[int]:
+    """Mark the ``RUNNING`` trials owned by this process as ``FAIL`` (used when the sweep is stopped)."""
+    import optuna
+
+    me, failed = owner(), []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.system_attrs.get(OWNER_ATTR) != me:
+            continue
+        try:
+            study._storage.set_trial_system_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            failed.append(trial.number)
+        except (RuntimeError, ValueError):
+            continue
+    return failed
+
+
+def kill_stale_runs(client: Any, experiment_id: str) -> list[str]:
+    """Mark ``RUNNING`` MLflow runs of a dead owner (tag ``aqs.owner``) as ``KILLED`` with a reason.
+
+    Children of a stale parent are killed too when their own owner is dead or unknown.
+    """
+    runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                              max_results=5000)
+    stale_parents = {r.info.run_id for r in runs if owner_is_dead(r.data.tags.get(OWNER_TAG))}
+    killed = []
+    for run in runs:
+        tags = run.data.tags
+        who = tags.get(OWNER_TAG)
+        dead = owner_is_dead(who) or (who is None and tags.get("mlflow.parentRunId") in stale_parents)
+        if not dead:
+            continue
+        reason = f"killed: owner process {who or 'of the parent sweep'} died while the run was RUNNING"
+        client.set_tag(run.info.run_id, "failure_reason", reason)
+        client.set_tag(run.info.run_id, "failure_kind", "killed")
+        client.set_terminated(run.info.run_id, "KILLED")
+        log.warning("MLflow run %s: %s; marked KILLED", run.info.run_id, reason)
+        killed.append(run.info.run_id)
+    return killed
+
+
+def staging_owner(name: str) -> str | None:
+    """The ``host:pid`` encoded in a staging folder name made by :func:`autoquant_sweep.layout.staging_name`.
+
+    Example:
+        >>> staging_owner(".report.staging-node1-123-ab12cd34")
+        'node1:123'
+    """
+    for marker in (".staging-", ".old-"):
+        if marker in name:
+            rest = name.split(marker, 1)[1]
+            parts = rest.rsplit("-", 2)
+            if len(parts) == 3 and parts[1].isdigit():
+                return f"{parts[0]}:{parts[1]}"
+    return None
+
+
+def clean_stale_staging(root: Path) -> list[Path]:
+    """Remove staging / replaced folders under ``root`` left by dead processes of this host."""
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for path in root.rglob(".*"):
+        if not path.is_dir() or (".staging-" not in path.name and ".old-" not in path.name):
+            continue
+        if owner_is_dead(staging_owner(path.name)):
+            shutil.rmtree(path, ignore_errors=True)
+            log.warning("removed stale staging folder %s", path)
+            removed.append(path)
+    return removed

@@ -1,0 +1,85 @@
+"""hydra-optuna-sweeper with fault handling (``_target_`` of ``conf/hydra/sweeper/optuna.yaml``).
+
+The sweep itself is the plugin's, unchanged. Around it:
+
+* every trial records its owner process (system attr ``aqs_owner`` = ``<host>:<pid>``);
+* at start, ``RUNNING`` trials of the study whose owner died (SIGKILL, OOM) are marked ``FAIL``;
+* when the sweep is stopped (SIGTERM -> :class:`~autoquant_sweep.faults.Terminated`, Ctrl-C), this
+  process's ``RUNNING`` trials are marked ``FAIL`` before the exception goes on;
+* an empty search space is a one-line error instead of a sweep that never asks a trial.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+from optuna.storages import RDBStorage
+
+from autoquant_sweep import faults
+
+log = logging.getLogger(__name__)
+
+
+class OwnedRDBStorage(RDBStorage):
+    """An RDB storage that tags each new trial with the process that asked for it."""
+
+    def _create_new_trial(self, study_id: int, template_trial: Any = None) -> Any:
+        frozen = super()._create_new_trial(study_id, template_trial)
+        who = faults.owner()
+        self.set_trial_system_attr(frozen._trial_id, faults.OWNER_ATTR, who)
+        frozen.system_attrs[faults.OWNER_ATTR] = who  # the study's trial cache sees it too
+        return frozen
+
+
+def _storage(url: Any) -> Any:
+    if not isinstance(url, str) or url.startswith(("redis", "journal")):
+        return url
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # several processes may share a study file: wait for locks instead of failing at once
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    return OwnedRDBStorage(url, **kwargs)
+
+
+class AutoquantOptunaSweeper(OptunaSweeper):
+    """:class:`OptunaSweeper` plus stale-trial cleanup, trial ownership and graceful stop."""
+
+    def sweep(self, arguments: list[str]) -> None:
+        impl = self.sweeper
+        url = impl.storage
+        faults.install_signal_handlers()
+        study = None
+        if isinstance(url, str):
+            impl.storage = _storage(url)
+            study = self._cleanup(url)
+        try:
+            return super().sweep(arguments)
+        except BaseException as exc:
+            if study is None and isinstance(url, str):
+                study = self._load(url)
+            if study is not None:
+                reason = str(exc) if faults.interrupted(exc) else f"sweep aborted: {type(exc).__name__}"
+                failed = faults.fail_own_trials(study, reason)
+                if failed:
+                    log.warning("optuna trials %s marked FAIL (%s)", failed, reason)
+            raise
+        finally:
+            impl.storage = url
+
+    def _load(self, url: str) -> Any:
+        try:
+            return optuna.load_study(study_name=self.sweeper.study_name, storage=_storage(url))
+        except KeyError:  # the study does not exist yet
+            return None
+
+    def _cleanup(self, url: str) -> Any:
+        study = self._load(url)
+        if study is not None:
+            failed = faults.fail_stale_trials(study)
+            if failed:
+                log.warning("study %s: %d stale RUNNING trial(s) of dead processes marked FAIL: %s",
+                            study.study_name, len(failed), failed)
+        return study
