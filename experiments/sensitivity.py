@@ -4,6 +4,8 @@ python experiments/sensitivity.py quant_pair=wint4_afp16 quant_granularity=w_gro
 python experiments/sensitivity.py -m quant_pair=wint4_aint8,wint8_aint8 quant_granularity=default,w_group64
 """
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -11,9 +13,11 @@ from autoquant_sweep.app import sensitivity_task
 from autoquant_sweep.config import register_configs
 
 register_configs()
+# absolute, so the app composes the same way when imported (benchmarks) as when run as a script
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
-@hydra.main(config_path="../conf", config_name="sensitivity")
+@hydra.main(config_path=CONF_DIR, config_name="sensitivity")
 def main(cfg: DictConfig) -> float | list[float]:
     return sensitivity_task(cfg)
 
