@@ -171,13 +171,19 @@ class MlflowSweepCallback(Callback):
         best_run = tags.get("best_run_id")
         print(f"\nsweep parent run: {self.parent_run_id} (experiment '{self.settings.experiment_name}')")
         if best_run:
-            params = self.client.get_run(best_run).data.params
+            best = self.client.get_run(best_run).data
+            params = best.params
             metric = primary_metric(self.container["autoquant"]["objective"])
-            value = self.client.get_run(best_run).data.metrics.get(metric)
+            value = best.metrics.get(metric)
             print(
                 f"best config: quant_pair={params.get('quant_pair')} "
                 f"quant_granularity={params.get('quant_granularity')} {metric}={value:.6e} (run {best_run})"
             )
+            if best.tags.get("overlay_status") == "noop":
+                print(
+                    f"  note: this granularity is a no-op on {params.get('quant_pair')}; its effective config is "
+                    f"the pair's own (quant_granularity=default), fingerprint {best.tags.get('config_fingerprint')}"
+                )
             name, version = tags.get("registered_model"), tags.get("registered_version")
             moved = tags.get("best_alias_moved") == "true"
             print(
