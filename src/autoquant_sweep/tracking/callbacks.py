@@ -181,8 +181,9 @@ class MlflowSweepCallback(Callback):
             )
             if best.tags.get("overlay_status") == "noop":
                 print(
-                    f"  note: this granularity is a no-op on {params.get('quant_pair')}; its effective config is "
-                    f"the pair's own (quant_granularity=default), fingerprint {best.tags.get('config_fingerprint')}"
+                    f"  note: this granularity is a no-op on {params.get('quant_pair')}: its effective "
+                    "config is the pair's own (quant_granularity=default), fingerprint "
+                    f"{best.tags.get('config_fingerprint')}"
                 )
             name, version = tags.get("registered_model"), tags.get("registered_version")
             moved = tags.get("best_alias_moved") == "true"
