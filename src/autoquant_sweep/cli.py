@@ -16,15 +16,6 @@ from pathlib import Path
 from autoquant_sweep.errors import UserInputError
 
 
-def _load_group(group: str) -> list[dict]:
-    from omegaconf import OmegaConf
-
-    from autoquant_sweep.paths import conf_dir
-
-    files = sorted((conf_dir() / group).glob("*.yaml"))
-    return [OmegaConf.to_container(OmegaConf.load(f), resolve=True) for f in files]
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     from autoquant_sweep.embedded import ensure_embedded_assets
 
@@ -43,6 +34,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def validation_rows(device: str) -> list[dict]:
     """Every conf/quant_pair x conf/quant_granularity combination with its verdict on ``device``."""
+    from autoquant_sweep.config.groups import load_group
     from autoquant_sweep.quant.capability import validation_matrix
     from autoquant_sweep.quant.formats import resolve_format
 
@@ -51,8 +43,8 @@ def validation_rows(device: str) -> list[dict]:
 
         device = "cuda" if cuda_available() else "cpu"
     return validation_matrix(
-        _load_group("quant_pair"),
-        _load_group("quant_granularity"),
+        load_group("quant_pair"),
+        load_group("quant_granularity"),
         cuda_available=device == "cuda",
         resolve=resolve_format,
     )

@@ -7,8 +7,10 @@ cfg dicts). ModelOpt is imported lazily, inside the functions.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,8 +61,16 @@ PROJECT_COMPOSITIONS: dict[str, Composition] = {
 }
 
 
+def _import_modelopt_quietly() -> Any:
+    """Import ModelOpt with its import-time chatter (an optional dependency logs to stdout) on stderr,
+    so that machine-readable stdout (``validate --json``) stays clean."""
+    with contextlib.redirect_stdout(sys.stderr):
+        import modelopt.torch.quantization as mtq
+    return mtq
+
+
 def _preset_table() -> dict[str, dict]:
-    import modelopt.torch.quantization as mtq
+    mtq = _import_modelopt_quietly()
 
     config = mtq.config
     names = set(getattr(config, "choices", ()) or ())

@@ -12,16 +12,9 @@ from collections.abc import Sequence
 
 from omegaconf import OmegaConf
 
+from autoquant_sweep.config.groups import load_group
+
 _UNSAFE_STUDY_CHARS = re.compile(r"[^A-Za-z0-9_.+-]+")
-
-
-def _group(group: str) -> list[dict]:
-    from autoquant_sweep.paths import conf_dir
-
-    return [
-        OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        for path in sorted((conf_dir() / group).glob("*.yaml"))
-    ]
 
 
 def searchable_pairs(device: str) -> list[str]:
@@ -39,7 +32,7 @@ def searchable_pairs(device: str) -> list[str]:
 
         device = "cuda" if cuda_available() else "cpu"
     names = []
-    for pair in _group("quant_pair"):
+    for pair in load_group("quant_pair"):
         verdict = check_combination(
             resolve_format(pair["format_name"]),
             {},
@@ -54,7 +47,7 @@ def searchable_pairs(device: str) -> list[str]:
 
 def granularity_names() -> list[str]:
     """Every option of ``conf/quant_granularity``."""
-    return [g["name"] for g in _group("quant_granularity")]
+    return [g["name"] for g in load_group("quant_granularity")]
 
 
 def choice(names: Sequence[str]) -> str:
