@@ -50,4 +50,5 @@ def test_generate_prints_paths_and_losses(capsys, embedded):
 
 def test_report_of_a_folder_without_manifest_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.strip() == f"autoquant-sweep: error: report: '{tmp_path}' has no manifest.json"
+    expected = f"autoquant-sweep: error: report: '{tmp_path}' has no manifest.json"
+    assert capsys.readouterr().err.strip() == expected

@@ -42,8 +42,9 @@ def _start_and_kill(tmp: Path, n_trials: int, kill_at: int, sig: signal.Signals)
     """Start the sweep, send ``sig`` once the ``kill_at``-th trial started AutoQuant; (returncode, log)."""
     log_path = tmp / f"killed-{sig.name}.log"
     with log_path.open("w") as log:
+        env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
         proc = subprocess.Popen([sys.executable, str(SENSITIVITY_APP), *_args(tmp, n_trials)], cwd=tmp,
-                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.monotonic() + 120
             while log_path.read_text().count(STARTED) < kill_at:

@@ -12,6 +12,7 @@ The sweep itself is the plugin's, unchanged. Around it:
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import optuna
@@ -57,6 +58,18 @@ class AutoquantOptunaSweeper(OptunaSweeper):
             study = self._cleanup(url)
         try:
             return super().sweep(arguments)
+        except ValueError as exc:  # the plugin asks for the best trial of a study where none completed
+            study = study or (self._load(url) if isinstance(url, str) else None)
+            if study is None or any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+                raise
+            message = (
+                f"hydra.sweeper: no trial of study '{study.study_name}' completed ({len(study.trials)} "
+                "failed or refused); the search space holds only combinations that cannot run here "
+                "(see `autoquant-sweep validate`) or every job failed (see the job lines above)"
+            )
+            log.error("%s", message)
+            print(f"autoquant-sweep: error: {message}", file=sys.stderr)
+            raise SystemExit(2) from exc
         except BaseException as exc:
             if study is None and isinstance(url, str):
                 study = self._load(url)
