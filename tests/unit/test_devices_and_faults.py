@@ -86,3 +86,18 @@ def test_sigterm_becomes_terminated_with_status_143() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 143
     assert "finally ran True" in result.stdout
+
+
+@pytest.mark.parametrize(("option", "target"), [("slurm", "SlurmLauncher"), ("local_gpus", "JoblibLauncher")])
+def test_shipped_launcher_configs_compose(option: str, target: str) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from autoquant_sweep.config import register_configs
+    from tests.conftest import CONF
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        overrides = ["tracking=off", "hydra/sweeper=optuna", f"hydra/launcher={option}"]
+        cfg = compose("sensitivity", overrides=overrides,
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
