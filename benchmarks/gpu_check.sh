@@ -42,7 +42,7 @@ for s in optuna.get_all_study_summaries(storage):
 PY
 step "refusals vs raw ModelOpt" python - "$OUT" <<'PY' 2>&1 | tee "$OUT/refusals_vs_modelopt.txt"
 """Run refused combinations straight through mtq.auto_quantize (no capability rules) and compare."""
-import copy, json, sys, traceback
+import copy, json, sys
 from pathlib import Path
 import torch
 from omegaconf import OmegaConf
