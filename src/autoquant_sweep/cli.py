@@ -35,13 +35,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def validation_rows(device: str) -> list[dict]:
     """Every conf/quant_pair x conf/quant_granularity combination with its verdict on ``device``."""
     from autoquant_sweep.config.groups import load_group
+    from autoquant_sweep.modeling import device_view
     from autoquant_sweep.quant.capability import validation_matrix
     from autoquant_sweep.quant.formats import resolve_format
 
-    if device == "auto":
-        from autoquant_sweep.modeling import cuda_available
-
-        device = "cuda" if cuda_available() else "cpu"
+    device = device_view(device)
     return validation_matrix(
         load_group("quant_pair"),
         load_group("quant_granularity"),

@@ -24,18 +24,26 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def device_view(requested: str) -> str:
+    """The device a capability view is judged for: ``auto`` -> what torch sees, else as asked.
+
+    Unlike :func:`resolve_device` this does not require the device to exist (``validate --device cuda``
+    shows the CUDA view on a CPU machine).
+    """
+    if requested != "auto":
+        return requested
+    return "cuda" if cuda_available() else "cpu"
+
+
 def resolve_device(requested: str) -> str:
     """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda`` without CUDA is an error."""
     if requested not in ("auto", "cpu", "cuda"):
         raise UserInputError(f"autoquant.device: unknown device '{requested}'; choose auto, cpu or cuda")
-    has_cuda = cuda_available()
-    if requested == "cuda" and not has_cuda:
+    if requested == "cuda" and not cuda_available():
         raise UserInputError(
             "autoquant.device=cuda but torch sees no CUDA device; use autoquant.device=cpu or auto"
         )
-    if requested == "auto":
-        return "cuda" if has_cuda else "cpu"
-    return requested
+    return device_view(requested)
 
 
 def check_checkpoint_dir(path: str | None, key: str = "model.path") -> Path:

@@ -175,14 +175,14 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
         raise CapabilityRefusedError("; ".join(verdict.reasons))
 
     if model_cfg.get("embedded"):
-        checkpoint, embedded_captions = _embedded_checkpoint(model_cfg["embedded"])
+        checkpoint_path, embedded_captions = _embedded_checkpoint(model_cfg["embedded"])
+        checkpoint = check_checkpoint_dir(str(checkpoint_path))
     else:
         checkpoint, embedded_captions = check_checkpoint_dir(model_cfg.get("path")), None
         if data_cfg.get("root") is None and data_cfg.get("path") is None:
             from autoquant_sweep.embedded import ensure_embedded_assets
 
             embedded_captions = ensure_embedded_assets().captions_dir
-    checkpoint = check_checkpoint_dir(str(checkpoint))
     captions_path = data_mod.resolve_caption_path(
         data_cfg.get("root"), data_cfg["size"], data_cfg.get("path"), embedded_captions
     )

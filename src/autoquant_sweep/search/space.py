@@ -24,13 +24,11 @@ def searchable_pairs(device: str) -> list[str]:
         >>> searchable_pairs("cpu")  # doctest: +SKIP
         ['wfp8_afp16', 'wfp8_afp8', 'wint4_afp16', 'wint4_afp8', 'wint4_aint8', 'wint8_afp16', 'wint8_aint8']
     """
+    from autoquant_sweep.modeling import device_view
     from autoquant_sweep.quant.capability import check_combination
     from autoquant_sweep.quant.formats import resolve_format
 
-    if device == "auto":
-        from autoquant_sweep.modeling import cuda_available
-
-        device = "cuda" if cuda_available() else "cpu"
+    device = device_view(device)
     names = []
     for pair in load_group("quant_pair"):
         verdict = check_combination(
