@@ -17,7 +17,12 @@ register_configs()
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
-@hydra.main(config_path=CONF_DIR, config_name="sensitivity")
+# What config-selected `_target_`s may instantiate (Hydra 1.4 execution whitelist): the project's own
+# classes (callback, sweeper), Hydra's launcher / sweeper plugins, Optuna samplers, logging handlers.
+EXECUTION_WHITELIST = ["autoquant_sweep.*", "hydra_plugins.*", "optuna.samplers.*", "logging.*"]
+
+
+@hydra.main(config_path=CONF_DIR, config_name="sensitivity", execution_whitelist=EXECUTION_WHITELIST)
 def main(cfg: DictConfig) -> float | list[float]:
     return sensitivity_task(cfg)
 
