@@ -49,6 +49,7 @@ __all__ = [
     "config_fingerprint",
     "effective_quantizer_cfg",
     "expand_overrides",
+    "format_bits",
     "normalize_block_sizes",
     "summarize_format",
     "to_rule_list",
@@ -388,8 +389,44 @@ def effective_quantizer_cfg(fmt: Mapping, pattern: str) -> dict | list | None:
     return _effective_from_rules(to_rule_list(fmt["quant_cfg"]), pattern)
 
 
+def _base_block_sizes(block_sizes: Any, where: str) -> Any:
+    """A base format's ``block_sizes`` with axis keys as ints (``"-1"`` -> ``-1``), nested ones too.
+
+    Lenient, unlike :func:`normalize_block_sizes`: keys and values it does not know are kept as they
+    are (a base format is ModelOpt's business); only two keys naming one axis are an error. Formats
+    read back from JSON or YAML (a manifest, a registry config) carry string keys, and merging
+    ``{-1: 64}`` into ``{"-1": 128}`` must not leave two block sizes for one axis.
+
+    Example:
+        >>> _base_block_sizes({"-1": 128, "type": "static", "scale_block_sizes": {"-1": 32}}, "x")
+        {-1: 128, 'type': 'static', 'scale_block_sizes': {-1: 32}}
+    """
+    if not isinstance(block_sizes, Mapping):
+        return copy.deepcopy(block_sizes)
+    out: dict[Any, Any] = {}
+    for key, value in block_sizes.items():
+        if key == "scale_block_sizes":
+            value = _base_block_sizes(value, f"{where}.scale_block_sizes")
+        else:
+            value = copy.deepcopy(value)
+        if isinstance(key, str) and key not in BLOCK_SIZE_SPECIAL_KEYS:
+            try:
+                key = int(key.strip())
+            except ValueError:
+                pass
+        if key in out:
+            raise OverlayError(
+                f"{where}: the base format's block_sizes name axis {key!r} twice (as an int and as a "
+                f"string); fix the format so that each axis has one block size"
+            )
+        out[key] = value
+    return out
+
+
 def _apply_attrs(cfg: dict, attrs: Mapping[str, Any], pattern: str, fmt_name: str) -> dict:
     new = copy.deepcopy(cfg)
+    if new.get("block_sizes") is not None:
+        new["block_sizes"] = _base_block_sizes(new["block_sizes"], f"format '{fmt_name}' {pattern}")
     if "axis" in attrs:
         new["axis"] = attrs["axis"]
         new.pop("block_sizes", None)
@@ -544,3 +581,43 @@ def summarize_format(fmt: Mapping) -> str:
     if isinstance(algo, Mapping):
         algo = algo.get("method", _fmt_value(algo))
     return f"weight: {weight} | input: {inp} | algorithm: {algo}"
+
+
+def _stage_bits(cfg: Any) -> float:
+    """Bits per element of one quantizer cfg, the way ModelOpt 0.47 estimates a recipe's cost."""
+    if isinstance(cfg, list):
+        return min((_stage_bits(stage) for stage in cfg), default=16.0)
+    if not isinstance(cfg, Mapping) or not cfg.get("enable", True):
+        return 16.0
+    if cfg.get("effective_bits") is not None:
+        return float(cfg["effective_bits"])
+    num_bits = cfg.get("num_bits", 8)  # QuantizerAttributeConfig's default num_bits is 8
+    if isinstance(num_bits, (list, tuple)):
+        return float(sum(num_bits) + 1)
+    if _is_int(num_bits):
+        return float(num_bits)
+    raise OverlayError(f"cannot tell the bits of num_bits={num_bits!r}")
+
+
+def format_bits(fmt: Mapping) -> float:
+    """Bits per weight element that AutoQuant's cost assigns to a format (pure, no ModelOpt).
+
+    Mirrors ``estimate_quant_compression`` of ``modelopt/torch/quantization/algorithms.py`` (0.47):
+    a format-level ``effective_bits`` wins; else the minimum over every enabled rule's cfg of its
+    ``effective_bits``, else ``num_bits`` (``(E, M)`` counts ``E + M + 1``). Note that this minimum
+    includes the input quantizers: W4A8 costs 4 bits, and INT8 inputs next to FP8 weights cost 8.
+
+    Example:
+        >>> format_bits({"quant_cfg": [{"quantizer_name": "*", "enable": False},
+        ...   {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 4, "block_sizes": {-1: 128}}},
+        ...   {"quantizer_name": "*input_quantizer", "cfg": {"num_bits": (4, 3)}}]})
+        4.0
+    """
+    if fmt.get("effective_bits") is not None:
+        return float(fmt["effective_bits"])
+    bits = [
+        _stage_bits(rule["cfg"])
+        for rule in to_rule_list(fmt["quant_cfg"])
+        if rule.get("enable", True) is not False and rule.get("cfg") is not None
+    ]
+    return min(bits) if bits else 16.0
