@@ -1,14 +1,28 @@
-"""Optuna's own plots and trial table for a finished study (PNG via matplotlib, HTML via plotly)."""
+"""Plots and trial table of a finished Optuna study, for the sweep's MLflow parent run (``optuna/``).
+
+* ``optimization_history.png``: every trial on a log axis named after the objective, coloured by
+  ``quant_pair`` and labelled with its granularity, the best-so-far line, failed / refused trials marked;
+* ``param_importances.png`` and, for two objectives, ``pareto_front.png`` (Optuna's matplotlib plots);
+* ``trials.csv``: Optuna's trial table plus ``run_id`` / ``run_name`` / ``parent_run_id``, the MLflow child
+  run of each trial (see :func:`link_trials_to_runs`).
+
+PNG only by default: Optuna's plotly HTML embeds the whole plotly.js (4.6 MB per plot).
+``write_study_artifacts(..., html=True)`` adds HTML plots that share one ``plotly.min.js`` in the folder.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+KNOWN_OBJECTIVES = ("total_sensitivity", "constrained_score")
+LINK_SLACK_MS = 2000  # a trial's run starts within its trial's time window, give or take this
 
 
 def load_study(storage: str, study_name: str) -> Any:
@@ -16,6 +30,19 @@ def load_study(storage: str, study_name: str) -> Any:
     import optuna
 
     return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def objective_names(study: Any) -> list[str]:
+    """The objective name(s) of a study: its metric names, else the tail of the project's study name
+    (``<experiment>-<model>-<dataset>-<size>-<objective>``), else ``objective``.
+    """
+    names = getattr(study, "metric_names", None)
+    if names:
+        return list(names)
+    if len(study.directions) > 1:
+        return ["total_sensitivity", "format_bits"]
+    tail = str(getattr(study, "study_name", "")).rsplit("-", 1)[-1]
+    return [tail if tail in KNOWN_OBJECTIVES else "objective"]
 
 
 def _save_png(axes_or_fig: Any, path: Path) -> None:
@@ -26,15 +53,150 @@ def _save_png(axes_or_fig: Any, path: Path) -> None:
         fig = axes_or_fig.flat[0].figure
     fig.set_size_inches(9, 5.5)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)
 
 
-def write_study_artifacts(study: Any, folder: Path) -> list[Path]:
+def _ms(value: Any) -> float | None:
+    return value.timestamp() * 1000.0 if value is not None else None
+
+
+def link_trials_to_runs(trials: Sequence[Any], runs: Sequence[Any]) -> dict[int, Any]:
+    """Trial number -> the MLflow run that computed it.
+
+    The Hydra job of a trial does not know its trial number, so the link is made from what both sides
+    record: the trial's params equal the run's params (``quant_pair``, ``quant_granularity``, ...) and
+    the run started inside the trial's time window (``datetime_start`` .. ``datetime_complete``, give or
+    take :data:`LINK_SLACK_MS`). When several runs fit, the one that started closest to the trial wins;
+    each run is used once.
+    """
+    used: set[str] = set()
+    out: dict[int, Any] = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        start = _ms(trial.datetime_start)
+        if start is None:
+            continue
+        end = _ms(trial.datetime_complete) or float("inf")
+        best, best_gap = None, float("inf")
+        for run in runs:
+            rid, params = run.info.run_id, run.data.params
+            if rid in used or run.info.start_time is None:
+                continue
+            if any(str(params.get(k)) != str(v) for k, v in trial.params.items()):
+                continue
+            t = float(run.info.start_time)
+            if not start - LINK_SLACK_MS <= t <= end + LINK_SLACK_MS:
+                continue
+            gap = abs(t - start)
+            if gap < best_gap:
+                best, best_gap = run, gap
+        if best is not None:
+            used.add(best.info.run_id)
+            out[trial.number] = best
+    return out
+
+
+def mlflow_runs_for(study: Any, client: Any = None) -> list[Any]:
+    """Child runs (any experiment) that started after the study's first trial, from the current store."""
+    starts = [_ms(t.datetime_start) for t in study.trials if t.datetime_start is not None]
+    if not starts:
+        return []
+    try:
+        if client is None:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient()
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        if not experiments:
+            return []
+        since = int(min(starts) - LINK_SLACK_MS)
+        return list(client.search_runs(experiments, f"attributes.start_time >= {since}", max_results=5000))
+    except Exception as exc:  # the table is still useful without run ids
+        log.info("trials.csv: no MLflow runs to link (%s)", exc)
+        return []
+
+
+def _short(name: str) -> str:
+    from autoquant_sweep.tracking.run_logging import short_granularity
+
+    return short_granularity(name)
+
+
+def plot_history(study: Any, path: Path, objective: str) -> None:
+    """Objective per trial on a log axis (when positive), coloured by pair, labelled by granularity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+
+    multi = len(study.directions) > 1
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    value = (lambda t: t.values[0]) if multi else (lambda t: t.value)
+    done = [t for t in done if value(t) is not None and math.isfinite(value(t))]
+    if not done:
+        raise ValueError("no completed trial with a finite value")
+    others = [t for t in study.trials if t not in done and t.state != optuna.trial.TrialState.RUNNING]
+    pairs = sorted({str(t.params.get("quant_pair", "?")) for t in study.trials})
+    colours = {p: matplotlib.colormaps["tab10"](i % 10) for i, p in enumerate(pairs)}
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    positive = all(value(t) > 0 for t in done)
+    for pair in pairs:
+        mine = [t for t in done if str(t.params.get("quant_pair", "?")) == pair]
+        if mine:
+            ax.scatter([t.number for t in mine], [value(t) for t in mine], color=colours[pair], s=36,
+                       label=pair, zorder=3, edgecolors="black", linewidths=0.4)
+    if len(study.trials) <= 60:
+        for t in done:
+            ax.annotate(_short(str(t.params.get("quant_granularity", ""))), (t.number, value(t)),
+                        textcoords="offset points", xytext=(4, 3), fontsize=7, color="0.25")
+    best_x, best_y, current = [], [], math.inf
+    for t in sorted(done, key=lambda t: t.number):
+        current = min(current, value(t))
+        best_x.append(t.number)
+        best_y.append(current)
+    ax.step(best_x, best_y, where="post", color="red", lw=1.2, label="best so far", zorder=2)
+    best = min(done, key=value)
+    ax.annotate(f"best: {best.params.get('quant_pair')} / {best.params.get('quant_granularity')}\n"
+                f"{objective} = {value(best):.3e}", (best.number, value(best)), textcoords="offset points",
+                xytext=(10, -28), fontsize=8, color="red",
+                arrowprops={"arrowstyle": "->", "color": "red", "lw": 0.8})
+    if others:
+        ax.scatter([t.number for t in others], [0.02] * len(others), marker="x", color="0.4",
+                   transform=ax.get_xaxis_transform(), label="failed / refused (no value)", zorder=3)
+    if positive:
+        ax.set_yscale("log")
+    ax.set_xlabel("trial number")
+    ax.set_ylabel(f"{objective} ({'log scale, ' if positive else ''}lower is better)")
+    ax.set_title(f"Optuna study {study.study_name}: {len(study.trials)} trials", fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="quant_pair", title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def trials_frame(study: Any, runs_by_trial: Mapping[int, Any]) -> Any:
+    """Optuna's trial table with the MLflow ``run_id``, ``run_name`` and ``parent_run_id`` of each trial."""
+    frame = study.trials_dataframe()
+    numbers = list(frame["number"]) if "number" in frame else []
+
+    def col(get: Callable[[Any], str]) -> list[str]:
+        return [get(runs_by_trial[n]) if n in runs_by_trial else "" for n in numbers]
+
+    frame.insert(1, "run_id", col(lambda r: r.info.run_id))
+    frame.insert(2, "run_name", col(lambda r: r.info.run_name or ""))
+    frame.insert(3, "parent_run_id", col(lambda r: r.data.tags.get("mlflow.parentRunId", "")))
+    return frame
+
+
+def write_study_artifacts(study: Any, folder: Path, *, runs: Sequence[Any] | None = None,
+                          html: bool = False) -> list[Path]:
     """Write history, parameter importances and (two objectives) the Pareto front, plus trials.csv.
 
-    A plot Optuna cannot draw for this study (e.g. importances with a single completed trial) is
-    skipped with a log line rather than failing the sweep.
+    ``runs``: the MLflow runs to link trials to (default: runs of the current MLflow store that started
+    after the study's first trial). A plot that cannot be drawn for this study (e.g. importances with a
+    single completed trial) is skipped with a log line rather than failing the sweep.
 
     Example:
         >>> study = load_study("sqlite:///optuna.db", "my-study")  # doctest: +SKIP
@@ -47,33 +209,43 @@ def write_study_artifacts(study: Any, folder: Path) -> list[Path]:
     import optuna.visualization.matplotlib as vis_mpl
 
     folder.mkdir(parents=True, exist_ok=True)
+    names = objective_names(study)
     multi = len(study.directions) > 1
-    target: dict[str, Any] = {}
+    target: dict[str, Any] = {"target_name": names[0]}
     if multi:
-        target = {"target": lambda t: t.values[0], "target_name": "total_sensitivity"}
+        target = {"target": lambda t: t.values[0], "target_name": names[0]}
+    linked = link_trials_to_runs(study.trials, mlflow_runs_for(study) if runs is None else runs)
+    written = []
+    try:
+        plot_history(study, folder / "optimization_history.png", names[0])
+        written.append(folder / "optimization_history.png")
+    except (ValueError, RuntimeError) as exc:
+        log.info("optuna plot optimization_history skipped: %s", exc)
     plots: list[tuple[str, Callable[..., Any], Callable[..., Any], dict[str, Any]]] = [
-        ("optimization_history", vis_mpl.plot_optimization_history, vis.plot_optimization_history, target),
         ("param_importances", vis_mpl.plot_param_importances, vis.plot_param_importances, target),
     ]
     if multi:
-        names = {"target_names": ["total_sensitivity", "format_bits"]}
-        plots.append(("pareto_front", vis_mpl.plot_pareto_front, vis.plot_pareto_front, names))
-    written = []
+        plots.append(("pareto_front", vis_mpl.plot_pareto_front, vis.plot_pareto_front,
+                      {"target_names": names[:2]}))
+    if html:
+        plots.insert(0, ("optimization_history", None, vis.plot_optimization_history, target))  # type: ignore
     for name, mpl_plot, plotly_plot, kwargs in plots:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
-                _save_png(mpl_plot(study, **kwargs), folder / f"{name}.png")
-            written.append(folder / f"{name}.png")
-        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-            log.info("optuna plot %s skipped: %s", name, exc)
-            continue
-        try:
-            plotly_plot(study, **kwargs).write_html(folder / f"{name}.html", include_plotlyjs=True)
-            written.append(folder / f"{name}.html")
-        except ImportError:
-            log.info("plotly not installed: %s.html skipped", name)
-    frame = study.trials_dataframe()
-    frame.to_csv(folder / "trials.csv", index=False)
+        if mpl_plot is not None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
+                    _save_png(mpl_plot(study, **kwargs), folder / f"{name}.png")
+                written.append(folder / f"{name}.png")
+            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+                log.info("optuna plot %s skipped: %s", name, exc)
+                continue
+        if html:
+            try:
+                # "directory": one plotly.min.js next to the pages instead of 4.6 MB inside each
+                plotly_plot(study, **kwargs).write_html(folder / f"{name}.html", include_plotlyjs="directory")
+                written.append(folder / f"{name}.html")
+            except (ImportError, ValueError, RuntimeError) as exc:
+                log.info("%s.html skipped: %s", name, exc)
+    trials_frame(study, linked).to_csv(folder / "trials.csv", index=False)
     written.append(folder / "trials.csv")
     return written

@@ -31,6 +31,23 @@ OVERRIDES_FILE = "overrides.json"
 HYDRA_CFG_FILE = "config.yaml"
 TABLE_FILE = "per_layer_table.json"
 LAYER_SCORE_METRIC = "layer_score"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (Markdown)
+FAILURE_ARTIFACT_DIR = "failure"
+# metrics too small to read in MLflow's table and charts (2.47e-7 shows as "2.47300962..."): each also
+# gets ``log10_<name>`` (-6.61), which sorts the same way and reads at a glance
+LOG10_METRICS = ("total_sensitivity", "constrained_score", "eval_loss_delta", LAYER_SCORE_METRIC)
+# short granularity names for run names: distinct within the first few characters
+SHORT_GRANULARITY = {
+    "default": "default",
+    "recipe_match_channel_token": "recipe-ch-tok",
+    "w_per_tensor": "w-tensor",
+    "w_per_out_channel": "w-outch",
+    "w_per_in_channel": "w-inch",
+    "w_group64": "w-g64",
+    "w_group128": "w-g128",
+    "a_per_token_dynamic": "a-token-dyn",
+    "a_per_tensor_static": "a-tensor-st",
+}
 SECONDS_KEYS = ("calibration", "scoring", "autoquant", "load_and_tokenize")
 VERSION_TAGS = {
     "torch": "version.torch",
@@ -88,8 +105,55 @@ def _normalised_overrides(gran: Mapping[str, Any]) -> dict:
         return dict(raw)
 
 
-def run_params(c: Mapping[str, Any], batch_plan: Any | None = None) -> dict[str, str]:
-    """Params of a run from its resolved config (``batch_plan``: the planned steps, when known)."""
+def overlay_effect(c: Mapping[str, Any], base_format: Any | None = None) -> Any | None:
+    """The :class:`~autoquant_sweep.quant.overlay.OverlayResult` of a run's granularity on its pair's
+    format (``None`` when it cannot be computed, e.g. an unknown format or an overlay error)."""
+    from autoquant_sweep.quant.formats import resolve_format
+    from autoquant_sweep.quant.overlay import apply_overlay, validate_overrides
+
+    try:
+        base = base_format if base_format is not None else resolve_format(c["quant_pair"]["format_name"])
+        overrides = validate_overrides(c["quant_granularity"].get("quant_cfg_overrides") or {})
+        return apply_overlay(base, overrides, format_name=c["quant_pair"]["format_name"])
+    except Exception:  # refused or malformed overlays keep every requested override as a param
+        return None
+
+
+def effective_override_params(overrides: Mapping[str, Any], effect: Any | None,
+                              status: str | None = None) -> dict[str, str]:
+    """``override.*`` params for what took effect, and ``override.status`` saying what happened.
+
+    ``override.status``: ``none`` (no overrides), ``noop`` (nothing changed: no ``override.<q>.*``
+    params), ``ok``, ``partial`` (some quantizers unchanged: listed in ``override.ignored``), or the
+    run's failure kind (``refused``: every requested override is listed, that is what was refused).
+    """
+    if not overrides:
+        return {"override.status": "none"}
+    if status in ("refused", "input_error", "error") or effect is None:
+        return {**flatten_overrides(overrides), "override.status": status or "unknown"}
+    from autoquant_sweep.quant.overlay import expand_overrides
+
+    changed = set(effect.changed_patterns)
+    if not changed:
+        return {"override.status": "noop"}
+    expanded = expand_overrides(overrides)  # a ``default`` entry becomes weight + input entries
+    out = flatten_overrides({p: a for p, a in expanded.items() if p in changed})
+    ignored = [p for p, a in expanded.items() if a and p not in changed]
+    if ignored:
+        disabled = set(effect.noop_patterns)
+        out["override.ignored"] = ", ".join(
+            f"{quantizer_key(p)} ({'quantizer disabled' if p in disabled else 'no change'})" for p in ignored)
+    out["override.status"] = "partial" if ignored else "ok"
+    return out
+
+
+def run_params(c: Mapping[str, Any], batch_plan: Any | None = None, *, effect: Any | None = None,
+               status: str | None = None) -> dict[str, str]:
+    """Params of a run from its resolved config (``batch_plan``: the planned steps, when known).
+
+    Overrides are params only where they took effect (``effect``: the overlay result, computed from the
+    config when not given); ``status`` is the failure kind of a run that did not finish.
+    """
     pair, gran, aq, data = c["quant_pair"], c["quant_granularity"], c["autoquant"], c["dataset"]
     params: dict[str, Any] = {
         "model": c["model"]["name"],
@@ -115,7 +179,10 @@ def run_params(c: Mapping[str, Any], batch_plan: Any | None = None) -> dict[str,
         params["batch_size"] = batch_plan.batch_size
         params["num_calib_steps"] = batch_plan.num_calib_steps
         params["num_score_steps"] = batch_plan.num_score_steps
-    params.update(flatten_overrides(_normalised_overrides(gran)))
+    overrides = _normalised_overrides(gran)
+    if effect is None and status is None and overrides:
+        effect = overlay_effect(c)
+    params.update(effective_override_params(overrides, effect, status))
     return {k: _literal(v)[:6000] for k, v in params.items()}
 
 
@@ -155,9 +222,21 @@ def base_tags(c: Mapping[str, Any], versions: Mapping[str, str] | None = None) -
     return tags
 
 
-def run_name(c: Mapping[str, Any]) -> str:
-    """``<pair>-<granularity>-<size>``."""
-    return f"{c['quant_pair']['name']}-{c['quant_granularity']['name']}-{c['dataset']['size']}"
+def short_granularity(name: str) -> str:
+    """``w_group64`` -> ``w-g64`` (names of the project's options; other names as they are)."""
+    return SHORT_GRANULARITY.get(name, name)
+
+
+def run_name(c: Mapping[str, Any], status: str | None = None) -> str:
+    """``<pair> <granularity, short>[ <size>][ [status]]``, e.g. ``wint4_aint8 w-g64 [cache hit]``.
+
+    Short and distinct from the left, so a name cut off in the UI still says which run it is; the size
+    is named only when it is not ``small`` (the default).
+    """
+    size = c["dataset"]["size"]
+    name = f"{c['quant_pair']['name']} {short_granularity(c['quant_granularity']['name'])}"
+    name += f" {size}" if size != "small" else ""
+    return f"{name} [{status}]" if status else name
 
 
 def start_run(client: Any, experiment_id: str, c: Mapping[str, Any], parent_run_id: str | None) -> Any:
@@ -184,6 +263,59 @@ def manifest_metrics(manifest: Mapping[str, Any]) -> list[tuple[str, float, int]
     for index, layer in enumerate(manifest["per_layer"]):
         metrics.append((LAYER_SCORE_METRIC, float(layer["score"]), index))
     return [(k, v, s) for k, v, s in metrics if math.isfinite(v)]
+
+
+def readable_metrics(metrics: list[tuple[str, float, int]]) -> list[tuple[str, float, int]]:
+    """``log10_<name>`` of each positive metric in :data:`LOG10_METRICS` (same step).
+
+    Example:
+        >>> readable_metrics([("total_sensitivity", 1e-7, 0), ("effective_bits", 10.0, 0)])
+        [('log10_total_sensitivity', -7.0, 0)]
+    """
+    return [(f"log10_{k}", math.log10(v), s) for k, v, s in metrics
+            if k in LOG10_METRICS and math.isfinite(v) and v > 0]
+
+
+def _fmt_metric(value: Any) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{v:.3e}" if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e5) else f"{v:.4g}"
+
+
+def child_description(c: Mapping[str, Any], manifest: Mapping[str, Any], *, cache_hit: bool,
+                      tags: Mapping[str, str], experiment_id: str | None = None) -> str:
+    """The run's description (Markdown): what ran, its numbers, and how they came about."""
+    q = manifest["quantization"]
+    obj = manifest.get("objectives", {})
+    numbers = []
+    for key in ("total_sensitivity", "constrained_score"):
+        if key in obj and isinstance(obj[key], (int, float)) and math.isfinite(obj[key]):
+            log10 = f" (log10 {math.log10(obj[key]):.2f})" if obj[key] > 0 else ""
+            numbers.append(f"`{key}` = {_fmt_metric(obj[key])}{log10}")
+    if "effective_bits" in obj:
+        numbers.append(f"effective bits {_fmt_metric(obj['effective_bits'])} "
+                       f"(budget {float(c['autoquant']['effective_bits']):g})")
+    lines = [f"**{q['pair']} / {q['granularity']}** on {c['dataset']['name']}/{c['dataset']['size']}: "
+             + ", ".join(numbers), "", f"- effective config: `{q.get('summary', '?')}`"]
+    if q.get("status") == "noop":
+        canonical = tags.get("canonical_granularity")
+        same = f"`quant_granularity={canonical}`" if canonical and canonical != q["granularity"] else \
+            "the pair's own format"
+        lines.append(f"- **no-op**: this granularity changes nothing on `{q['pair']}`; the effective config "
+                     f"equals {same} (config fingerprint `{q.get('fingerprint', '')[:12]}`)")
+    elif tags.get("canonical_granularity") and tags["canonical_granularity"] != q["granularity"]:
+        lines.append(f"- same effective config as `quant_granularity={tags['canonical_granularity']}`")
+    source = tags.get("cache_source_run_id")
+    if cache_hit:
+        where = f"[{source}](#/experiments/{experiment_id}/runs/{source})" if source and experiment_id \
+            else f"`{source}`"
+        lines.append(f"- **cache hit**: same computation (run fingerprint) as run {where}; its numbers and "
+                     "report were reused, no model was loaded")
+    else:
+        lines.append("- computed in this run")
+    return "\n".join(lines) + "\n"
 
 
 def _log_batch(
@@ -257,7 +389,21 @@ def log_outcome(
         }
     )
     tags.update(extra_tags or {})
-    _log_batch(client, run_id, run_params(c, plan.batch_plan), manifest_metrics(manifest), tags)
+    labels = [label for label, on in (("no-op", q["status"] == "noop"), ("cache hit", cache_hit)) if on]
+    status = ", ".join(labels) or None
+    tags["effective_config_summary"] = str(q.get("summary", ""))[:4900]
+    experiment_id = None
+    try:
+        experiment_id = client.get_run(run_id).info.experiment_id
+    except Exception:  # the description only loses a link
+        pass
+    tags[NOTE_TAG] = child_description(c, manifest, cache_hit=cache_hit, tags=tags,
+                                       experiment_id=experiment_id)
+    metrics = manifest_metrics(manifest)
+    metrics += readable_metrics(metrics)
+    params = run_params(c, plan.batch_plan, effect=overlay_effect(c, plan.base_format))
+    _log_batch(client, run_id, params, metrics, tags)
+    client.update_run(run_id, name=run_name(c, status))
     files = [report_dir / name for name in REPORT_FILES if (report_dir / name).is_file()]
     for path in files:
         client.log_artifact(run_id, str(path), REPORT_ARTIFACT_DIR)
@@ -268,18 +414,67 @@ def log_outcome(
     client.set_terminated(run_id, "FINISHED")
 
 
+FAILURE_TITLES = {"refused": "refused before any model was loaded", "input_error": "stopped: bad input",
+                  "error": "failed"}
+
+
+def failure_plan(c: Mapping[str, Any] | None, reason: str, kind: str) -> dict[str, Any]:
+    """What a failed or refused run asked for and why it did not run (``failure/plan.json``)."""
+    plan: dict[str, Any] = {"failure_kind": kind, "reason": reason}
+    if c is not None:
+        for key in ("quant_pair", "quant_granularity", "autoquant"):
+            if key in c:
+                plan[key] = c[key]
+        if "model" in c:
+            plan["model"] = {k: c["model"].get(k) for k in ("name", "kind", "dtype", "path", "embedded")}
+        if "dataset" in c:
+            plan["dataset"] = {k: c["dataset"].get(k) for k in ("name", "size", "seq_len")}
+    if kind == "refused":
+        plan["hint"] = "autoquant-sweep validate lists the quant_pair x quant_granularity that run here"
+    return plan
+
+
+def failure_description(c: Mapping[str, Any] | None, reason: str, kind: str) -> str:
+    """The description of a failed or refused run: the whole reason, readable."""
+    what = ""
+    if c is not None:
+        try:
+            what = f": {c['quant_pair']['name']} / {c['quant_granularity']['name']}"
+        except (KeyError, TypeError):
+            pass
+    parts = [p.strip() for p in (reason or kind).replace("\n", "; ").split("; ") if p.strip()]
+    lines = [f"**{FAILURE_TITLES.get(kind, kind).upper()}{what}**", ""]
+    lines += [f"- {p}" for p in parts]
+    lines += ["", f"The plan that did not run: Artifacts > `{FAILURE_ARTIFACT_DIR}/plan.json`."]
+    if kind == "refused":
+        lines.append("`autoquant-sweep validate` lists which pair x granularity combinations run here.")
+    return "\n".join(lines) + "\n"
+
+
 def log_failure(client: Any, run_id: str, c: Mapping[str, Any] | None, reason: str, kind: str) -> None:
-    """Mark a run FAILED with a one-line ``failure_reason`` tag (``kind``: refused / input_error / error)."""
-    tags = {"failure_reason": reason.splitlines()[0][:4900] if reason else kind, "failure_kind": kind}
+    """Mark a run FAILED (``kind``: refused / input_error / error): a one-line ``failure_reason`` tag, the
+    whole reason as the run's description and ``failure/plan.json`` + ``failure/reason.txt``.
+    """
+    tags = {"failure_reason": reason.splitlines()[0][:4900] if reason else kind, "failure_kind": kind,
+            NOTE_TAG: failure_description(c, reason, kind)[:60000]}
     params: dict[str, str] = {}
     if c is not None:
         try:
             tags.update(base_tags(c))
-            params = run_params(c)
+            params = run_params(c, status=kind)
         except (KeyError, TypeError):
             pass
     tags["cache_hit"] = "false"
     try:
         _log_batch(client, run_id, params, [], tags)
+        try:
+            with tempfile.TemporaryDirectory(prefix="aqs-fail-") as tmp:
+                (Path(tmp) / "plan.json").write_text(dump_json(failure_plan(c, reason, kind)))
+                (Path(tmp) / "reason.txt").write_text((reason or kind) + "\n")
+                client.log_artifacts(run_id, tmp, FAILURE_ARTIFACT_DIR)
+            if c is not None:
+                client.update_run(run_id, name=run_name(c, {"input_error": "bad input"}.get(kind, kind)))
+        except Exception as exc:  # the FAILED status and reason tag matter more than the extras
+            log.warning("could not log the failure details of run %s: %s", run_id, exc)
     finally:
         client.set_terminated(run_id, "FAILED")

@@ -386,9 +386,11 @@ def sweep_command(argv: Sequence[str] | None = None) -> str:
     return "python " + shlex.join(args) if args else ""
 
 
-def set_parent_description(client: Any, parent_run_id: str, container: Mapping[str, Any]) -> None:
+def set_parent_description(client: Any, parent_run_id: str, container: Mapping[str, Any],
+                           stopped: str | None = None) -> None:
     """Write the parent run's description (``mlflow.note.content``), its ``sweep_command`` param and the
-    ``log10_best_<objective>`` metric. Called once at the end of a sweep; never raises.
+    ``log10_best_<objective>`` metric. Called once at the end of a sweep (``stopped``: why it did not end
+    normally); never raises.
     """
     import logging
 
@@ -412,6 +414,8 @@ def set_parent_description(client: Any, parent_run_id: str, container: Mapping[s
         text = parent_description(rows, objective, experiment_id=experiment_id, parent_tags=tags,
                                   best_run=best_run, budget=container["autoquant"].get("effective_bits"),
                                   command=command)
+        if stopped:
+            text = f"**{stopped}** (nothing registered from this sweep)\n\n{text}"
         client.set_tag(parent_run_id, NOTE_TAG, text)
         if "sweep_command" not in parent.data.params and command:
             client.log_param(parent_run_id, "sweep_command", command[:6000])
