@@ -57,7 +57,7 @@ class _Tracker:
 
         self.client = connect(self.settings)
         self.experiment_id = ensure_experiment(self.client, self.settings)
-        parent = _parent_run_id() or os.environ.get(PARENT_RUN_ENV) or None
+        parent = _parent_run_id() or (os.environ.get(PARENT_RUN_ENV) if _in_multirun() else None) or None
         run = start_run(self.client, self.experiment_id, self.container, parent)
         self.run_id = run.info.run_id
         from autoquant_sweep.faults import OWNER_TAG, owner
@@ -69,12 +69,12 @@ class _Tracker:
     def fail(self, exc: BaseException) -> None:
         if self.client is None or self.run_id is None:
             return
-        from autoquant_sweep.faults import interrupted
+        from autoquant_sweep.faults import interrupted, stop_text
         from autoquant_sweep.tracking.run_logging import log_failure
 
         if interrupted(exc):  # stopped from outside (SIGTERM, Ctrl-C): KILLED, not FAILED
             try:
-                self.client.set_tag(self.run_id, "failure_reason", str(exc) or "interrupted")
+                self.client.set_tag(self.run_id, "failure_reason", stop_text(exc))
                 self.client.set_tag(self.run_id, "failure_kind", "killed")
                 self.client.set_terminated(self.run_id, "KILLED")
             except Exception as log_exc:
@@ -89,11 +89,20 @@ class _Tracker:
             log.warning("could not mark MLflow run %s FAILED: %s", self.run_id, log_exc)
 
 
+def _in_multirun() -> bool:
+    """Whether this job belongs to a sweep (a single run never hangs under an inherited parent id)."""
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # outside Hydra (library use): the caller's environment decides
+        return True
+
+
 def _parent_run_id() -> str | None:
     """The sweep's MLflow parent run, from the file the sweep callback writes into the sweep dir.
 
     Preferred over the environment variable: a reused launcher worker (joblib/loky) may carry the
-    variable of an earlier sweep.
+    variable of an earlier sweep. The sweep dir is this sweep process's own (``${aqs_sweep_id:}``), so
+    a job never reads the parent of another sweep started at the same time.
     """
     from autoquant_sweep.tracking.callbacks import PARENT_RUN_FILE
 

@@ -69,10 +69,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_manifest(folder: Path) -> None:
+    """A report folder's ``manifest.json`` must be readable UTF-8 JSON holding an object (one-line error)."""
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return  # regenerate_report names what is missing
+    try:
+        data = json.loads(manifest.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = f"line {exc.lineno} column {exc.colno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) \
+            else f"byte {exc.start}: not UTF-8"
+        raise UserInputError(f"report: '{manifest}' is not valid JSON ({where}); the report folder is "
+                             "damaged: rerun the run that wrote it, or restore the folder") from exc
+    except OSError as exc:
+        raise UserInputError(f"report: cannot read '{manifest}': {exc.strerror}") from exc
+    if not isinstance(data, dict):
+        raise UserInputError(f"report: '{manifest}' holds a JSON {type(data).__name__}, not a manifest "
+                             "object; rerun the run that wrote it")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from autoquant_sweep.report import regenerate_report
 
-    print(regenerate_report(Path(args.report_dir)))
+    folder = Path(args.report_dir)
+    check_manifest(folder)
+    print(regenerate_report(folder))
     return 0
 
 

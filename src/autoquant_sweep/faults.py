@@ -1,8 +1,10 @@
 """Surviving faults: graceful SIGTERM, and cleaning up after a process that died (SIGKILL, OOM, node loss).
 
-* :func:`install_signal_handlers` turns SIGTERM into :class:`Terminated` (a ``SystemExit``), so ``finally``
-  blocks and ``except BaseException`` handlers run: the job's MLflow run is marked ``KILLED`` and the
-  sweeper fails its own Optuna trials before the process exits with status 143.
+* :func:`install_signal_handlers` turns SIGTERM into :class:`Terminated` (a ``SystemExit``) and SIGINT
+  (Ctrl-C) into :class:`Interrupted` (a ``KeyboardInterrupt`` that says why), so ``finally`` blocks and
+  ``except BaseException`` handlers run: the job's MLflow run is marked ``KILLED``, the sweeper fails its
+  own Optuna trials with a ``fail_reason``, the sweep's parent run ends ``KILLED`` and nothing is
+  registered; the process exits with status 143 (SIGTERM) or 130 (SIGINT).
 * Every Optuna trial (system attr ``aqs_owner``) and MLflow run (tag ``aqs.owner``) records its owner
   process as ``<host>:<pid>``. The next sweep marks what a dead owner on this host left ``RUNNING`` as
   ``FAIL`` (Optuna) / ``KILLED`` (MLflow) with a ``failure_reason``, and removes stale staging folders.
@@ -39,12 +41,38 @@ class Terminated(SystemExit):
         return f"killed by {signal.Signals(self.signum).name}"
 
 
+class Interrupted(KeyboardInterrupt):
+    """Raised in the main thread on SIGINT (Ctrl-C); a ``KeyboardInterrupt`` whose text says why."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name} (Ctrl-C)")
+        self.signum = signum
+
+
 def interrupted(exc: BaseException) -> bool:
     """Whether ``exc`` means the process was stopped from outside (SIGTERM, Ctrl-C), not a failure."""
     return isinstance(exc, (Terminated, KeyboardInterrupt))
 
 
+def stop_text(exc: BaseException) -> str:
+    """Why ``exc`` stopped the process, never empty (a bare ``KeyboardInterrupt`` has no text)."""
+    return str(exc) or ("interrupted (KeyboardInterrupt)" if isinstance(exc, KeyboardInterrupt)
+                        else type(exc).__name__)
+
+
+def record_stop(exc: BaseException) -> None:
+    """Remember that the process is being stopped by ``exc`` (also when no handler of ours saw a signal)."""
+    global _stop_reason
+    if interrupted(exc) and _stop_reason is None:
+        _stop_reason = stop_text(exc)
+
+
+def _stop_exception(signum: int) -> BaseException:
+    return Interrupted(signum) if signum == signal.SIGINT else Terminated(signum)
+
+
 _pending: int | None = None  # a stop signal received but not yet raised
+_stop_reason: str | None = None  # why this process is being stopped ("killed by SIGTERM", ...)
 _FINALIZER_NAMES = frozenset({"__del__", "remove", "_remove_dead_weakref", "__exit__", "_run_finalizers"})
 
 
@@ -64,14 +92,17 @@ def _in_finalizer(frame: Any) -> bool:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    global _pending
+    """SIGTERM and SIGINT: raise :class:`Terminated` / :class:`Interrupted` in the main thread."""
+    global _pending, _stop_reason
     _pending = signum
+    exc = _stop_exception(signum)
+    _stop_reason = _stop_reason or stop_text(exc)
     if _in_finalizer(frame):  # retry in 20 ms, out of the finalizer
         signal.setitimer(signal.ITIMER_REAL, 0.02)
         return
-    # a second SIGTERM during cleanup kills the process the default way
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise Terminated(signum)
+    # a second signal during cleanup kills the process the default way
+    signal.signal(signum, signal.SIG_DFL)
+    raise exc
 
 
 def _on_alarm(signum: int, frame: Any) -> None:
@@ -80,19 +111,28 @@ def _on_alarm(signum: int, frame: Any) -> None:
 
 
 def stop_requested() -> bool:
-    """Whether this process received SIGTERM (the sweep is being stopped)."""
-    return _pending is not None
+    """Whether this process is being stopped (SIGTERM, SIGINT / Ctrl-C, or :func:`record_stop`)."""
+    return _pending is not None or _stop_reason is not None
+
+
+def stop_reason() -> str | None:
+    """Why this process is being stopped (``killed by SIGTERM``, ``interrupted by SIGINT (Ctrl-C)``)."""
+    return _stop_reason
 
 
 def check_stop() -> None:
-    """Raise :class:`Terminated` when a stop signal arrived but was swallowed (called between jobs)."""
+    """Raise the stop exception when a stop signal arrived but was swallowed (called between jobs)."""
     if _pending is not None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        raise Terminated(_pending)
+        signal.signal(_pending, signal.SIG_DFL)
+        raise _stop_exception(_pending)
 
 
 def install_signal_handlers() -> bool:
-    """Install the SIGTERM -> :class:`Terminated` handler (main thread only); returns whether it is active."""
+    """Install SIGTERM -> :class:`Terminated` and SIGINT -> :class:`Interrupted` (main thread only).
+
+    Returns whether the SIGTERM handler is active. A signal someone else handles (a launcher, a test
+    harness) is left alone.
+    """
     global _installed
     if _installed:
         return True
@@ -101,6 +141,8 @@ def install_signal_handlers() -> bool:
     if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
         return False  # someone else (a launcher, a test harness) owns SIGTERM
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigterm)
     if signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGALRM, _on_alarm)
     _installed = True

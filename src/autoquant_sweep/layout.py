@@ -4,7 +4,8 @@ Two layouts (config group ``output_layout``):
 
 * ``tmp``: ``<hydra run dir>/report/`` where the run dir is
   ``outputs/<experiment>/<model>/<quant_pair>/<quant_granularity>/<dataset.size>/<time>`` (sweeps:
-  ``multirun/<experiment>/<time>/<model>/<quant_pair>/<quant_granularity>/<dataset.size>/job<N>``);
+  ``multirun/<experiment>/<sweep id>/<model>/<quant_pair>/<quant_granularity>/<dataset.size>/job<N>``,
+  the sweep id being ``<time>_<host>-<pid>-<random>``, one per sweep process: :func:`sweep_id`);
 * ``publish``: ``<publish_root>/<experiment>/weight-<w>-act-<a>/<granularity>/<model>_<pair>_<size>/``,
   replaced as a whole when the same combination runs again.
 """
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +24,32 @@ from pathlib import Path
 from autoquant_sweep.errors import UserInputError
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 REPORT_DIRNAME = "report"
+SWEEP_ID_ENV = "AUTOQUANT_SWEEP_ID"  # "<owner host>:<owner pid> <sweep id>", read by launcher workers
+_sweep_id: str | None = None
+
+
+def sweep_id() -> str:
+    """This sweep process's id ``<time>_<host>-<pid>-<random>`` (the ``${aqs_sweep_id:}`` resolver).
+
+    It names the sweep folder (``hydra.sweep.dir``), so two sweeps started in the same second, on one
+    machine or several sharing a file system, never share a folder. Stable within the process; a
+    launcher worker process started by the sweep (its parent) gets the sweep's id from
+    ``AUTOQUANT_SWEEP_ID`` (Hydra also copies resolved values into the jobs' configs); any other
+    process, such as a sweep started from a job, gets its own.
+    """
+    global _sweep_id
+    if _sweep_id is None:
+        host = socket.gethostname()
+        owner, _, inherited = os.environ.get(SWEEP_ID_ENV, "").partition(" ")
+        if inherited and owner == f"{host}:{os.getppid()}":
+            _sweep_id = inherited
+        else:
+            stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+            _sweep_id = f"{stamp}_{_UNSAFE_CHARS.sub('_', host)}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+            os.environ[SWEEP_ID_ENV] = f"{host}:{os.getpid()} {_sweep_id}"
+    return _sweep_id
 
 
 def check_name(key: str, value: str) -> str:
@@ -69,6 +96,22 @@ def publish_dir(
         / granularity
         / f"{model}_{quant_pair}_{size}"
     )
+
+
+def ensure_output_dir(path: Path, key: str) -> Path:
+    """Create the folder ``path`` (Hydra's run or sweep dir) or stop with one line naming ``key``.
+
+    Hydra would create it a moment later and fail with a traceback; here it is a
+    :class:`~autoquant_sweep.errors.UserInputError` before anything else happens.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserInputError(f"{key}: cannot create output directory '{path}': {exc.strerror}; "
+                             f"pass a writable {key}=...") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserInputError(f"{key}: output directory '{path}' is not writable; pass a writable {key}=...")
+    return path
 
 
 def tmp_report_dir(run_dir: Path) -> Path:

@@ -76,3 +76,6 @@ def register_resolvers() -> None:
     OmegaConf.register_resolver("aqs_search_pairs", _pairs_choice, replace=True)
     OmegaConf.register_resolver("aqs_search_granularities", _granularities_choice, replace=True)
     OmegaConf.register_resolver("aqs_study_name", study_name, replace=True)
+    from autoquant_sweep.layout import sweep_id
+
+    OmegaConf.register_resolver("aqs_sweep_id", sweep_id, replace=True)  # hydra.sweep.dir, per process

@@ -5,8 +5,10 @@ The sweep itself is the plugin's, unchanged. Around it:
 * every trial records its owner process (system attr ``aqs_owner`` = ``<host>:<pid>``);
 * at start, ``RUNNING`` trials of the study whose owner died (SIGKILL, OOM) are marked ``FAIL``;
 * when the sweep is stopped (SIGTERM -> :class:`~autoquant_sweep.faults.Terminated`, Ctrl-C), this
-  process's ``RUNNING`` trials are marked ``FAIL`` before the exception goes on;
-* an empty search space is a one-line error instead of a sweep that never asks a trial.
+  process's ``RUNNING`` trials are marked ``FAIL`` with a ``fail_reason`` before the exception goes on;
+* an empty search space is a one-line error instead of a sweep that never asks a trial;
+* a storage that cannot be opened is a one-line error (:func:`check_storage` runs it before the sweep
+  creates anything; the sweep callback calls it).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Any
 import optuna
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from optuna.storages import RDBStorage
+from sqlalchemy.exc import SQLAlchemyError
 
 from autoquant_sweep import faults
+from autoquant_sweep.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,50 @@ def _storage(url: Any) -> Any:
     if url.startswith("sqlite"):
         # several processes may share a study file: wait for locks instead of failing at once
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+        from autoquant_sweep.tracking.store import folder_lock, sqlite_path
+
+        db = sqlite_path(url)
+        if db is not None and db.parent.is_dir():
+            with folder_lock(db.parent):  # sweeps started together must not create the schema twice
+                return OwnedRDBStorage(url, **kwargs)
     return OwnedRDBStorage(url, **kwargs)
+
+
+def _storage_error(url: str, exc: BaseException) -> UserInputError:
+    from autoquant_sweep.tracking.store import masked_url
+
+    text = (str(getattr(exc, "orig", None) or exc).splitlines() or [type(exc).__name__])[0]
+    damaged = "malformed" in text or "not a database" in text
+    hint = ("restore it from a backup or move it aside to start a new study" if damaged
+            else "check the URL, that the database server is up and the credentials")
+    return UserInputError(
+        f"hydra.sweeper.storage: cannot open study storage '{masked_url(url)}' ({text}); {hint}")
+
+
+def check_storage(url: Any) -> None:
+    """Stop with one line when the study storage ``url`` cannot be used (before anything is created).
+
+    SQLite files get the same cheap checks as the MLflow store (folder exists and is writable, an
+    existing file passes ``PRAGMA quick_check``); other RDB URLs are opened once.
+    """
+    from autoquant_sweep.tracking.store import check_sqlite_store, sqlite_path
+
+    if not isinstance(url, str) or url.startswith(("redis", "journal")):
+        return
+    if url.startswith("sqlite"):
+        if sqlite_path(url) is not None:
+            check_sqlite_store(url, "hydra.sweeper.storage")
+        return
+    try:
+        _storage(url).remove_session()
+    except Exception as exc:  # SQLAlchemy / driver errors: the URL, the server or the credentials
+        raise _storage_error(url, exc) from exc
+
+
+def _one_line_exit(exc: UserInputError) -> SystemExit:
+    log.error("%s", exc)
+    print(f"autoquant-sweep: error: {exc}", file=sys.stderr)
+    return SystemExit(2)
 
 
 class AutoquantOptunaSweeper(OptunaSweeper):
@@ -54,8 +101,12 @@ class AutoquantOptunaSweeper(OptunaSweeper):
         faults.install_signal_handlers()
         study = None
         if isinstance(url, str):
-            impl.storage = _storage(url)
-            study = self._cleanup(url)
+            try:
+                impl.storage = _storage(url)
+                study = self._cleanup(url)
+            except SQLAlchemyError as exc:  # went bad after the start check (or a schema / driver error)
+                impl.storage = url
+                raise _one_line_exit(_storage_error(url, exc)) from exc
         try:
             return super().sweep(arguments)
         except ValueError as exc:  # the plugin asks for the best trial of a study where none completed
@@ -73,8 +124,10 @@ class AutoquantOptunaSweeper(OptunaSweeper):
         except BaseException as exc:
             if study is None and isinstance(url, str):
                 study = self._load(url)
+            faults.record_stop(exc)  # Ctrl-C / SIGTERM: the sweep callback ends the parent KILLED
             if study is not None:
-                reason = str(exc) if faults.interrupted(exc) else f"sweep aborted: {type(exc).__name__}"
+                reason = (faults.stop_text(exc) if faults.interrupted(exc)
+                          else f"sweep aborted: {type(exc).__name__}")
                 failed = faults.fail_own_trials(study, reason)
                 if failed:
                     log.warning("optuna trials %s marked FAIL (%s)", failed, reason)

@@ -1,14 +1,23 @@
 """Hydra callback grouping a multirun under one MLflow parent run (``hydra.callbacks.mlflow_sweep``).
 
-``on_multirun_start`` opens the parent run and exports its id in ``AUTOQUANT_SWEEP_PARENT_RUN_ID``, so
-every job (in-process or in a forked / spawned launcher worker) tags its run ``mlflow.parentRunId``.
+``on_multirun_start`` first checks what would make the sweep fail after it created something
+(``n_trials`` < 1, the study storage, the MLflow store, the sweep folder): each is one line on stderr and
+exit status 2, with nothing created. It then opens the parent run, writes its id into this process's
+own sweep folder (``.mlflow_parent_run_id``, read by the jobs) and exports it in
+``AUTOQUANT_SWEEP_PARENT_RUN_ID``, so every job (in-process or in a launcher worker) of *this* sweep
+process tags its run ``mlflow.parentRunId``.
 ``on_multirun_end`` writes the summary (CSV, Markdown, heatmap) to the parent, updates the registry and
-closes the parent run. With ``tracking=off`` the callback does nothing.
+closes the parent run FINISHED. An interrupted sweep (SIGTERM, Ctrl-C) ends KILLED and a sweep that
+stopped on an error FAILED, both without a registry update; a failed summary / registry update ends the
+parent FAILED and the process with one line and status 2. ``on_run_start`` checks a single run's output
+folder. With ``tracking=off`` only the checks run.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -41,6 +50,22 @@ def primary_metric(objective: str) -> str:
     return OBJECTIVES.get(objective, (objective,))[0]
 
 
+def _first_line(exc: BaseException) -> str:
+    from autoquant_sweep.faults import interrupted, stop_text
+
+    if interrupted(exc):
+        return stop_text(exc)
+    if isinstance(exc, SystemExit):
+        return f"exit status {exc.code} (see the error line above)"
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:1000]
+
+
+def _exit_one_line(exc: BaseException | str) -> None:
+    log.error("%s", exc)
+    print(f"autoquant-sweep: error: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+
 class MlflowSweepCallback(Callback):
     """One MLflow parent run per multirun; summary and registry update at its end."""
 
@@ -52,26 +77,76 @@ class MlflowSweepCallback(Callback):
         self.container: dict[str, Any] = {}
         self._ended = True
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from autoquant_sweep.tracking.store import PARENT_RUN_ENV, settings_from_cfg
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A single run: an output folder Hydra cannot create is one line, not Hydra's traceback."""
+        from autoquant_sweep.errors import UserInputError
+        from autoquant_sweep.layout import ensure_output_dir
 
-        self.container = _task_container(config)
-        self.settings = settings_from_cfg(self.container)
+        run_dir = OmegaConf.select(config, "hydra.run.dir", default=None)
+        try:
+            if run_dir:
+                ensure_output_dir(Path(str(run_dir)), "hydra.run.dir")
+        except UserInputError as exc:
+            _exit_one_line(exc)
+
+    def _preflight(self, config: DictConfig) -> None:
+        """What would fail after the sweep created its folder and parent run, checked before (one line)."""
+        from autoquant_sweep.errors import UserInputError
+
+        sweeper = OmegaConf.select(config, "hydra.sweeper", default=None)
+        if sweeper is not None and "n_trials" in sweeper:
+            n_trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
+            if n_trials is not None and int(n_trials) < 1:
+                raise UserInputError(f"hydra.sweeper.n_trials: {n_trials} asks for no trial; pass "
+                                     "hydra.sweeper.n_trials=N with N >= 1 (nothing was started)")
+        if "OptunaSweeper" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")):
+            from autoquant_sweep.search.sweeper import check_storage
+
+            check_storage(OmegaConf.select(config, "hydra.sweeper.storage", default=None))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from autoquant_sweep.errors import UserInputError
+        from autoquant_sweep.layout import ensure_output_dir
+        from autoquant_sweep.tracking.store import connect, masked_url, settings_from_cfg
+
+        try:
+            self._preflight(config)
+            self.container = _task_container(config)
+            self.settings = settings_from_cfg(self.container)
+            if self.settings.enabled:
+                try:
+                    self.client = connect(self.settings)  # a damaged SQLite store stops here, untouched
+                except UserInputError:
+                    raise
+                except Exception as exc:  # Hydra would only warn and run the sweep without tracking
+                    uri = masked_url(str(self.settings.tracking_uri))
+                    raise UserInputError(f"tracking.tracking_uri: cannot open MLflow store '{uri}': "
+                                         f"{_first_line(exc)}") from exc
+            sweep_dir = OmegaConf.select(config, "hydra.sweep.dir", default=None)
+            if sweep_dir:
+                ensure_output_dir(Path(str(sweep_dir)), "hydra.sweep.dir")
+        except UserInputError as exc:  # one line, like a single run, instead of a traceback
+            self.client = None
+            _exit_one_line(exc)
         if not self.settings.enabled:
             log.info("tracking=off: no MLflow parent run for this multirun")
             return
-        from autoquant_sweep.errors import UserInputError
-        from autoquant_sweep.tracking.store import connect, ensure_experiment
-
         try:
-            self.client = connect(self.settings)
-        except UserInputError as exc:  # one line, like a single run, instead of a traceback
-            log.error("%s", exc)
-            print(f"autoquant-sweep: error: {exc}", file=sys.stderr)
-            sys.exit(2)
+            self._open_parent(config)
+        except Exception as exc:  # Hydra would only warn and run the sweep without a parent
+            if self.parent_run_id is not None:
+                with contextlib.suppress(Exception):
+                    self.client.set_terminated(self.parent_run_id, "FAILED")
+            self._ended, self.client = True, None
+            _exit_one_line(f"tracking: cannot open the sweep's MLflow parent run: {_first_line(exc)}")
+
+    def _open_parent(self, config: DictConfig) -> None:
+        from autoquant_sweep.tracking.store import PARENT_RUN_ENV, ensure_experiment
+
         self.experiment_id = ensure_experiment(self.client, self.settings)
         overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
-        name = f"sweep-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+        sweep_name = Path(str(OmegaConf.select(config, "hydra.sweep.dir", default="") or "")).name
+        name = f"sweep-{sweep_name or time.strftime('%Y-%m-%d_%H-%M-%S')}"
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
@@ -91,28 +166,58 @@ class MlflowSweepCallback(Callback):
         log.info("MLflow parent run %s (experiment '%s')", self.parent_run_id, self.settings.experiment_name)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Summary, registry update and the parent's status; Hydra calls it from a ``finally``.
+
+        The exception in flight (if any) decides: none -> FINISHED and registered; SIGTERM / Ctrl-C ->
+        KILLED, nothing registered; another error -> FAILED, nothing registered. Finished children are
+        summarised in every case. A failed summary / registry update of a sweep that otherwise ended well
+        is one line on stderr and exit status 2 (parent FAILED, ``failure_reason`` tag).
+        """
+        from autoquant_sweep import faults
         from autoquant_sweep.tracking.store import PARENT_RUN_ENV
 
         if self.client is None or self.parent_run_id is None:
             return
         os.environ.pop(PARENT_RUN_ENV, None)
         self._ended = True
-        status = "FINISHED"
+        in_flight = sys.exc_info()[1]  # set while Hydra's ``finally`` runs for a failed / stopped sweep
+        if in_flight is not None:
+            faults.record_stop(in_flight)
+        status, reason, error = "FINISHED", None, None
+        if faults.stop_requested():  # finished children are summarised, the parent ends KILLED
+            status, reason = "KILLED", f"sweep stopped: {faults.stop_reason() or 'interrupted'}"
+        elif in_flight is not None and not (isinstance(in_flight, SystemExit) and not in_flight.code):
+            status, reason = "FAILED", f"sweep stopped on an error: {_first_line(in_flight)}"
+        if status != "FINISHED" and self.settings.registry:  # nothing is registered from it
+            self.settings = dataclasses.replace(self.settings, registry=False)
         try:
             self._summarise()
             self._optuna_artifacts(config)
         except Exception as exc:  # the sweep's results stay in MLflow; say why the summary is missing
-            status = "FAILED"
-            log.error("sweep summary / registry update failed: %s", exc)
-            self.client.set_tag(self.parent_run_id, "failure_reason", str(exc).splitlines()[0][:4900])
-        finally:
-            from autoquant_sweep.faults import stop_requested
+            error = f"sweep summary / registry update failed: {_first_line(exc)}"
+            log.error("%s", error)
+            if status == "FINISHED":
+                status, reason = "FAILED", error
+        from autoquant_sweep.tracking.summary import set_parent_description  # winner first, in the UI
 
-            if stop_requested():  # SIGTERM: finished children are summarised, the parent ends KILLED
-                status = "KILLED"
-                self.client.set_tag(self.parent_run_id, "failure_reason", "sweep stopped by SIGTERM")
+        set_parent_description(self.client, self.parent_run_id, self.container, stopped=reason)
+        try:
+            if reason:
+                self.client.set_tag(self.parent_run_id, "failure_reason", reason[:4900])
             self.client.set_terminated(self.parent_run_id, status)
-        self._print_outcome()
+        except Exception as exc:
+            error = error or f"could not close the sweep's parent run: {_first_line(exc)}"
+            log.error("%s", error)
+        if status == "FINISHED" and error is None:
+            self._print_outcome()
+            return
+        if status == "KILLED":
+            print(f"autoquant-sweep: {reason}: parent run {self.parent_run_id} KILLED, nothing registered; "
+                  "finished trials are kept (rerun the same command to continue the study)", file=sys.stderr)
+        if error is not None and in_flight is None:  # otherwise the error in flight says it and exits
+            print(f"autoquant-sweep: error: {error} (parent run {self.parent_run_id} {status}; the trials "
+                  "are in MLflow and the study)", file=sys.stderr)
+            sys.exit(2)
 
     def _after_parent_start(self, config: DictConfig) -> None:
         """Fault hooks: owner tag, parent id file for launcher workers, cleanup of dead sweeps' leftovers."""
@@ -140,8 +245,11 @@ class MlflowSweepCallback(Callback):
         if self._ended or self.client is None or self.parent_run_id is None:
             return
         self._ended = True
+        from autoquant_sweep.faults import stop_reason
+
         try:
-            self.client.set_tag(self.parent_run_id, "failure_reason", "sweep stopped before it ended")
+            self.client.set_tag(self.parent_run_id, "failure_reason",
+                                f"sweep stopped before it ended: {stop_reason() or 'process exit'}")
             self.client.set_terminated(self.parent_run_id, "KILLED")
         except Exception as exc:
             log.warning("could not mark parent run %s KILLED: %s", self.parent_run_id, exc)

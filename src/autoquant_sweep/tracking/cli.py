@@ -100,19 +100,47 @@ def quantize_checkpoint(model_path: Path | None, quant_cfg: dict, out: Path, *, 
     return model
 
 
+def check_out_dir(out: Path, force: bool = False) -> None:
+    """``apply --out``: a new or empty folder (``--force``: a non-empty one, replaced as a whole).
+
+    Checked before the registry lookup and the model load, so a wrong ``--out`` costs nothing.
+    """
+    from autoquant_sweep.errors import UserInputError
+
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out: '{out}' is a file; pass a new or empty folder")
+    if out.is_dir():
+        entries = sorted(p.name for p in out.iterdir())
+        if entries and not force:
+            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            raise UserInputError(f"--out: folder '{out}' is not empty ({len(entries)} entries: {shown}); "
+                                 "pass a new or empty folder, or --force to replace it as a whole")
+    existing = next((p for p in (out.absolute(), *out.absolute().parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserInputError(f"--out: cannot create '{out}': '{existing}' is not a writable folder")
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     """Look up a config and quantize + save a checkpoint with it."""
     from autoquant_sweep.tracking.registry import get_version, quantize_config_from_json
 
+    out = Path(args.out)
+    check_out_dir(out, force=getattr(args, "force", False))  # before any lookup or model load
     mv, data = get_version(args.name, args.alias, args.version, _tracking_uri(args))
     print(_summary(mv))
-    out = Path(args.out)
     model_path = Path(args.model_path) if args.model_path else None
-    quantize_checkpoint(model_path, quantize_config_from_json(data), out, size=args.size, device=args.device)
-    (out / APPLIED_CFG_FILE).write_bytes(data)
     info = {"registered_model": mv.name, "version": mv.version, "tags": dict(mv.tags), "source": mv.source,
             "model_path": args.model_path or "embedded qwen3_tiny", "calibration": f"captions/{args.size}"}
-    (out / APPLY_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+    def write(folder: Path) -> None:  # into a staging folder, swapped in as `out` once complete
+        quantize_checkpoint(model_path, quantize_config_from_json(data), folder, size=args.size,
+                            device=args.device)
+        (folder / APPLIED_CFG_FILE).write_bytes(data)
+        (folder / APPLY_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+    from autoquant_sweep.layout import write_dir_atomically
+
+    write_dir_atomically(out, write)
     print(f"quantized checkpoint -> {out} (reload: mto.enable_huggingface_checkpointing(); "
           f"AutoModelForCausalLM.from_pretrained('{out}'))")
     return 0
@@ -152,7 +180,9 @@ def add_tracking_commands(sub: Any) -> None:
     p = sub.add_parser("apply", help="quantize a checkpoint with a registered config and save it")
     _add_version_args(p)
     p.add_argument("--model-path", default=None, help="checkpoint folder (default: the embedded qwen3_tiny)")
-    p.add_argument("--out", required=True, help="folder for the quantized checkpoint")
+    p.add_argument("--out", required=True, help="folder for the quantized checkpoint (new or empty)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a non-empty --out folder as a whole (written aside, then swapped in)")
     p.add_argument("--size", default="small", choices=("small", "medium", "large"),
                    help="calibration captions subset (default: small)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

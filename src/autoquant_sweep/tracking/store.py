@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,8 +97,100 @@ def check_server(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
         ) from exc
 
 
+def masked_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (SQLAlchemy / MLflow form); ``None`` for anything else.
+
+    Example:
+        >>> sqlite_path("sqlite:////data/optuna.db").as_posix()
+        '/data/optuna.db'
+        >>> sqlite_path("postgresql://db/optuna") is None, sqlite_path("sqlite://") is None
+        (True, True)
+    """
+    if not isinstance(url, str) or not url.startswith("sqlite:///"):
+        return None
+    database = url[len("sqlite:///"):].split("?", 1)[0]
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+_checked_stores: set[str] = set()
+
+
+def check_sqlite_store(url: str, key: str, *, create_parent: bool = False) -> None:
+    """Stop with one line when the SQLite file behind ``url`` cannot be used; nothing else is checked.
+
+    A missing file needs an existing (or, with ``create_parent``, creatable) writable folder; an existing
+    one must pass ``PRAGMA quick_check`` (a damaged store stops the run before anything is written to
+    it). Each file is checked once per process; URLs that are not ``sqlite:///`` files pass.
+    """
+    path = sqlite_path(url)
+    if path is None or str(path.absolute()) in _checked_stores:
+        return
+    if not path.exists():
+        folder = path.parent
+        if create_parent:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserInputError(f"{key}: cannot create the folder of SQLite store '{path}': "
+                                     f"{exc.strerror}; choose a writable location") from exc
+        if not folder.is_dir():
+            raise UserInputError(f"{key}: cannot create SQLite store '{path}': folder '{folder}' does not "
+                                 "exist; create it or point to a file in an existing folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UserInputError(f"{key}: cannot create SQLite store '{path}': folder '{folder}' is not "
+                                 "writable; choose a writable location")
+        _checked_stores.add(str(path.absolute()))
+        return
+    if not path.is_file():
+        raise UserInputError(f"{key}: SQLite store '{path}' is not a file; point to a database file")
+    import sqlite3
+    from urllib.parse import quote
+
+    problem = None
+    try:
+        # read-write (not create): a hot journal left by a killed writer is rolled back, not reported
+        con = sqlite3.connect(f"file:{quote(str(path.absolute()))}?mode=rw", uri=True, timeout=60)
+        try:
+            rows = con.execute("PRAGMA quick_check").fetchall()
+        finally:
+            con.close()
+        if rows != [("ok",)]:
+            problem = "; ".join(str(r[0]) for r in rows[:3])
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc):  # busy for a minute: a live writer, not damage; MLflow / Optuna will wait
+            log.warning("%s: SQLite store %s stayed locked; integrity not checked", key, path)
+            return
+        if "readonly" in str(exc) or "unable to open" in str(exc):
+            raise UserInputError(f"{key}: cannot open SQLite store '{path}' for writing ({exc}); "
+                                 "check its permissions or choose another file") from exc
+        problem = str(exc)
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+        problem = str(exc)
+    if problem:
+        raise UserInputError(
+            f"{key}: SQLite store '{path}' is damaged ({problem}); nothing was written. Restore it from a "
+            f"backup, or move it aside to start an empty store (its history is then lost): "
+            f"mv '{path}' '{path}.damaged'")
+    _checked_stores.add(str(path.absolute()))
+
+
 def connect(settings: TrackingSettings) -> Any:
-    """Point MLflow at the store and return an ``MlflowClient`` (HTTP: health-checked, no long retries)."""
+    """Point MLflow at the store and return an ``MlflowClient`` (HTTP: health-checked, no long retries).
+
+    A SQLite store is checked first (:func:`check_sqlite_store`): a damaged file is a one-line error.
+    """
     assert settings.tracking_uri is not None
     scheme = urlparse(settings.tracking_uri).scheme
     if scheme in ("http", "https"):
@@ -105,15 +198,39 @@ def connect(settings: TrackingSettings) -> Any:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         check_server(settings.tracking_uri)
     elif scheme == "sqlite":
-        db = Path(settings.tracking_uri[len("sqlite:///"):])
-        db.parent.mkdir(parents=True, exist_ok=True)
+        check_sqlite_store(settings.tracking_uri, "tracking.tracking_uri", create_parent=True)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
     from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
-    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    db = sqlite_path(settings.tracking_uri)
+    if db is None:
+        return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    # MLflow creates / migrates a SQLite schema when it opens the store; two processes doing it at once on
+    # a new file fail ("duplicate column name"). One at a time per folder, then it is a quick no-op.
+    with folder_lock(db.parent):
+        client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+    return client
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder`` itself (no lock file; released when the process dies).
+
+    Not on the database file: closing any descriptor of it would drop SQLite's own POSIX locks.
+    """
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def ensure_experiment(client: Any, settings: TrackingSettings) -> str:
