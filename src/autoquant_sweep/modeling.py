@@ -60,6 +60,47 @@ def check_checkpoint_dir(path: str | None, key: str = "model.path") -> Path:
     return p
 
 
+def check_model_settings(kind: str, dtype: str) -> None:
+    """``model.kind`` and ``model.dtype`` must name a loader and a torch dtype this project uses."""
+    if kind not in MODEL_KINDS:
+        raise UserInputError(f"model.kind: unknown kind '{kind}'; choose one of {', '.join(MODEL_KINDS)}")
+    if dtype not in DTYPES:
+        raise UserInputError(f"model.dtype: unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+
+
+def read_checkpoint_config(path: Path, key: str = "model.path") -> dict[str, Any]:
+    """Parse ``<path>/config.json`` (no weights, no transformers); a broken file names itself.
+
+    Example:
+        >>> read_checkpoint_config(Path("/nonexistent"))  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        autoquant_sweep.errors.UserInputError: model.path: '/nonexistent/config.json' is missing; ...
+    """
+    file = Path(path) / "config.json"
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise UserInputError(
+            f"{key}: '{file}' is missing; a checkpoint directory needs the config.json that "
+            "save_pretrained writes"
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserInputError(f"{key}: cannot read '{file}': {_first_line(exc)}") from exc
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserInputError(
+            f"{key}: '{file}' is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            "restore the checkpoint's config.json"
+        ) from exc
+    if not isinstance(config, dict):
+        raise UserInputError(
+            f"{key}: '{file}' holds a JSON {type(config).__name__}, not an object; "
+            "restore the checkpoint's config.json"
+        )
+    return config
+
+
 def checkpoint_identity(path: Path) -> str:
     """A content fingerprint of a checkpoint directory (config, tokenizer and weight files).
 
@@ -105,10 +146,7 @@ def load_model_and_tokenizer(
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
-    if kind not in MODEL_KINDS:
-        raise UserInputError(f"model.kind: unknown kind '{kind}'; choose one of {', '.join(MODEL_KINDS)}")
-    if dtype not in DTYPES:
-        raise UserInputError(f"model.dtype: unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+    check_model_settings(kind, dtype)
     auto_cls = AutoModelForCausalLM if kind == "causal_lm" else AutoModelForImageTextToText
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)

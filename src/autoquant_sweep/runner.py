@@ -11,6 +11,7 @@ import gc
 import hashlib
 import json
 import logging
+import math
 import platform
 import time
 from dataclasses import dataclass, field
@@ -26,8 +27,10 @@ from autoquant_sweep.layout import check_name, publish_dir, tmp_report_dir, writ
 from autoquant_sweep.modeling import (
     LoadedModel,
     check_checkpoint_dir,
+    check_model_settings,
     checkpoint_identity,
     load_model_and_tokenizer,
+    read_checkpoint_config,
     resolve_device,
 )
 from autoquant_sweep.quant.overlay import apply_overlay, canonical_json, config_fingerprint, summarize_format
@@ -92,6 +95,9 @@ class RunPlan:
     overrides: dict
     fingerprint: str
     versions: dict[str, str] = field(default_factory=package_versions)
+    # lowest autoquant.effective_bits this model reaches with this format, from config.json
+    # (None: model_type without shape formulas, see model_shapes)
+    min_effective_bits: float | None = None
 
     @property
     def quantization(self) -> dict[str, Any]:
@@ -126,6 +132,187 @@ def _embedded_checkpoint(name: str) -> tuple[Path, Path]:
     return getattr(assets, attr), assets.captions_dir
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_settings(c: dict[str, Any]) -> None:
+    """Settings that need neither ModelOpt nor a checkpoint (before this check existed, some of them
+    failed only after the model was loaded)."""
+    from autoquant_sweep.sensitivity import METHODS
+
+    model_cfg, data_cfg, aq = c["model"], c["dataset"], c["autoquant"]
+    if aq["method"] not in METHODS:
+        raise UserInputError(
+            f"autoquant.method: unknown method '{aq['method']}'; choose one of {', '.join(METHODS)}"
+        )
+    check_model_settings(model_cfg["kind"], model_cfg["dtype"])
+    for key, value in (
+        ("autoquant.batch_size", aq["batch_size"]),
+        ("autoquant.num_calib_samples", aq["num_calib_samples"]),
+        ("autoquant.num_score_samples", aq["num_score_samples"]),
+    ):
+        if not _is_count(value):
+            raise UserInputError(f"{key}: must be a positive integer, got {value}")
+    if data_cfg.get("max_samples") is not None and not _is_count(data_cfg["max_samples"]):
+        raise UserInputError(
+            f"dataset.max_samples: must be a positive integer or null (every line of dataset.size), "
+            f"got {data_cfg['max_samples']}"
+        )
+    seq_len = data_cfg["seq_len"]
+    if not _is_count(seq_len) or seq_len < 2:
+        raise UserInputError(
+            f"dataset.seq_len: must be an integer of at least 2 (tokens per caption, padded), got {seq_len}"
+        )
+    if model_cfg.get("embedded") and model_cfg.get("path"):
+        path = model_cfg["path"]
+        raise UserInputError(
+            f"model.path: '{path}' is given together with model.embedded={model_cfg['embedded']}, which "
+            f"runs the embedded checkpoint and would ignore it; to run the checkpoint at '{path}' pass "
+            f"model=qwen3_4b model.path={path} (model=qwen3_vl_4b_instruct for Qwen3-VL), or add "
+            f"model.embedded=null"
+        )
+
+
+_WEIGHT_AXES = " (0 = per output channel, 1 = per input channel)"
+
+
+def _override_source(overrides: dict, quantizer: str, attr: str) -> str | None:
+    """The ``quant_cfg_overrides`` entry that set ``attr`` on ``quantizer`` (explicit beats default)."""
+    from fnmatch import fnmatchcase
+
+    for pattern, attrs in overrides.items():
+        if pattern != "default" and attr in attrs and fnmatchcase(quantizer, pattern):
+            return f"quant_cfg_overrides['{pattern}'].{attr}"
+    if attr in overrides.get("default", {}):
+        return f"quant_cfg_overrides['default'].{attr}"
+    return None
+
+
+def _check_granularity_fits(
+    modules: list, fmt: dict, overrides: dict, context: str, format_name: str
+) -> None:
+    """Every axis / block size of the effective format must fit every searchable module's tensors.
+
+    ModelOpt 0.47 does not reject an axis outside a tensor's dims (it runs per tensor, facts 24),
+    ignores a block-size key that names no dim, and pads a block size that does not divide its dim.
+    """
+    from autoquant_sweep.model_shapes import axis_problem, block_sizes_problem, common_divisors
+    from autoquant_sweep.quant.overlay import effective_quantizer_cfg
+
+    for module in modules:
+        for tensor, shape in (("weight", module.weight_shape), ("input", module.input_shape)):
+            quantizer = f"{module.name}.{tensor}_quantizer"
+            cfg = effective_quantizer_cfg(fmt, quantizer)
+            stages = cfg if isinstance(cfg, list) else [cfg]
+            for stage in stages:
+                if not isinstance(stage, dict) or stage.get("enable", True) is False:
+                    continue
+                if tensor == "weight" and module.kind == "linear":
+                    where = f"the weight (out, in) = {module.weight_shape} of {module.name}"
+                elif tensor == "input" and module.kind == "linear":
+                    where = f"the input (batch, seq, in) = (*, *, {module.weight_shape[1]}) of {module.name}"
+                else:
+                    where = f"the {len(shape)}-D {tensor} of {module.name}"
+                hint = _WEIGHT_AXES if tensor == "weight" and module.kind == "linear" else ""
+                problem = axis_problem(stage.get("axis"), shape, hint)
+                if problem:
+                    source = _override_source(overrides, quantizer, "axis") or (
+                        f"the {tensor} quantizer's axis of quant_pair.format_name={format_name}"
+                    )
+                    raise UserInputError(
+                        f"{context}: {source}={stage.get('axis')} does not fit {where}: {problem}"
+                    )
+                found = block_sizes_problem(stage.get("block_sizes"), shape)
+                if not found:
+                    continue
+                key, problem = found
+                source = _override_source(overrides, quantizer, "block_sizes")
+                source = f"{source}[{key!r}]" if source else (
+                    f"the {tensor} quantizer's block_sizes[{key!r}] of quant_pair.format_name={format_name}"
+                )
+                message = f"{context}: {source} does not fit {where}: {problem}"
+                if "divide" in problem or "larger" in problem:
+                    axis = int(key) if not isinstance(key, int) else key
+                    sizes = [
+                        (m.weight_shape if tensor == "weight" else m.input_shape)[axis]
+                        for m in modules
+                        if m.kind == module.kind
+                    ]
+                    divisors = common_divisors([s for s in sizes if s])
+                    if divisors:
+                        message += (
+                            f"; block sizes that divide dim {axis} of every searchable {tensor}: "
+                            f"{', '.join(map(str, divisors))}"
+                        )
+                    raise CapabilityRefusedError(message)
+                raise UserInputError(message)
+
+
+def _check_against_checkpoint(
+    c: dict[str, Any], checkpoint: Path, fmt: dict, overrides: dict
+) -> float | None:
+    """What ``config.json`` decides before loading: it parses, ``dataset.seq_len`` fits the model, the
+    granularity fits every searchable Linear, and ``autoquant.effective_bits`` is reachable.
+
+    Returns the minimum achievable effective bits (``None`` when the model's shapes are unknown).
+    """
+    from autoquant_sweep.model_shapes import (
+        KNOWN_MODEL_TYPES,
+        ShapeUnknown,
+        max_position_embeddings,
+        min_effective_bits,
+        quantizable_modules,
+        searchable_modules,
+    )
+    from autoquant_sweep.quant.overlay import format_bits
+
+    model_cfg, pair = c["model"], c["quant_pair"]
+    config_file = checkpoint / "config.json"
+    config = read_checkpoint_config(checkpoint)
+    seq_len = int(c["dataset"]["seq_len"])
+    max_positions = max_position_embeddings(config)
+    if max_positions is not None and seq_len > max_positions:
+        raise UserInputError(
+            f"dataset.seq_len: {seq_len} is more than max_position_embeddings={max_positions} of "
+            f"'{config_file}'; use dataset.seq_len={max_positions} or less"
+        )
+    try:
+        modules = quantizable_modules(config)
+    except ShapeUnknown as exc:
+        log.warning("%s (%s): granularity shapes and the reachable effective bits are not checked before "
+                    "loading", exc, config_file)
+        return None
+    if modules is None:
+        log.warning(
+            "model_type %r of '%s' has no shape formulas (known: %s): granularity shapes and the reachable "
+            "effective bits are not checked before loading",
+            config.get("model_type"), config_file, ", ".join(KNOWN_MODEL_TYPES),
+        )
+        return None
+    disabled = list(model_cfg["disabled_layers"])
+    context = f"quant_granularity={c['quant_granularity']['name']} on quant_pair={pair['name']}"
+    _check_granularity_fits(
+        searchable_modules(modules, disabled), fmt, overrides, context, pair["format_name"]
+    )
+    bits = format_bits(fmt)
+    minimum = min_effective_bits(modules, disabled, bits)
+    budget = float(c["autoquant"]["effective_bits"])
+    if budget < minimum - 1e-9:
+        frozen = sum(m.numel for m in modules) - sum(m.numel for m in searchable_modules(modules, disabled))
+        at16 = (
+            f"the {frozen:,} weights of model.disabled_layers at 16 bits" if frozen else "no disabled layers"
+        )
+        raise UserInputError(
+            f"autoquant.effective_bits: {budget:g} is below the minimum achievable effective bits "
+            f"{minimum:.4f} of {model_cfg['name']} with quant_pair={pair['name']} ({pair['format_name']}, "
+            f"{bits:g} bits per weight; every searchable layer at {bits:g} bits, {at16}); use "
+            f"autoquant.effective_bits={math.ceil(minimum * 100 - 1e-6) / 100:g} or more, or a lower-bit "
+            f"quant_pair"
+        )
+    return minimum
+
+
 def plan_run(cfg: DictConfig | dict) -> RunPlan:
     """Validate a composed config and resolve it into a :class:`RunPlan` (no model is loaded).
 
@@ -154,6 +341,7 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
         )
     if not 0 < float(aq["effective_bits"]) <= 16:
         raise UserInputError(f"autoquant.effective_bits: must be in (0, 16], got {aq['effective_bits']}")
+    _check_settings(c)
     device = resolve_device(aq["device"])
 
     try:
@@ -183,6 +371,7 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
             from autoquant_sweep.embedded import ensure_embedded_assets
 
             embedded_captions = ensure_embedded_assets().captions_dir
+    min_bits = _check_against_checkpoint(c, checkpoint, overlay.format, overrides)
     captions_path = data_mod.resolve_caption_path(
         data_cfg.get("root"), data_cfg["size"], data_cfg.get("path"), embedded_captions
     )
@@ -225,6 +414,7 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
         overrides=overrides,
         fingerprint=config_fingerprint(canonical_json(fingerprint_source)),
         versions=versions,
+        min_effective_bits=min_bits,
     )
 
 
