@@ -156,18 +156,67 @@ def ui_command(tracking_uri: str, artifact_root: str | None, host: str, port: in
     return cmd
 
 
+UI_VIEW_QUERY = "workflowType=machine_learning"  # MLflow 3 opens in its GenAI view otherwise
+UI_STOP_TIMEOUT_S = 10.0
+
+
+def ui_url(host: str, port: int) -> str:
+    """Where a person opens the UI: the experiments list in MLflow 3's machine-learning view."""
+    return f"http://{host}:{port}/#/experiments?{UI_VIEW_QUERY}"
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = UI_STOP_TIMEOUT_S) -> int:
+    """SIGTERM ``proc``'s process group (the server and its workers), SIGKILL it after ``timeout``."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # workers that outlived the server: same group, gone with it
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return proc.returncode if proc.returncode is not None else 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
-    """Run the MLflow UI against the project's store until interrupted."""
+    """Run the MLflow UI against the project's store until Ctrl-C or SIGTERM, which stop the server too.
+
+    The server runs in its own process group; SIGINT / SIGTERM (and SIGHUP) here stop that whole group
+    (``mlflow server`` and its uvicorn workers), so no server is left holding the port.
+    """
+    import signal
+
     from autoquant_sweep.tracking.store import default_artifact_location
 
     uri = _tracking_uri(args)
     artifacts = args.artifact_location or (default_artifact_location() if uri.startswith("sqlite") else None)
     cmd = ui_command(uri, artifacts, args.host, args.port)
-    print(f"MLflow UI on http://{args.host}:{args.port}  (store {uri}); Ctrl-C stops it", flush=True)
+    print(f"MLflow UI on {ui_url(args.host, args.port)}  (store {uri}); Ctrl-C stops it", flush=True)
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        return subprocess.call(cmd)
+        return proc.wait()
     except KeyboardInterrupt:
+        stop_process_group(proc)
+        print("MLflow UI stopped", flush=True)
         return 0
+    finally:
+        if proc.poll() is None:
+            stop_process_group(proc)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def add_tracking_commands(sub: Any) -> None:

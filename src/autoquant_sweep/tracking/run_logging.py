@@ -35,7 +35,8 @@ NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (Mark
 FAILURE_ARTIFACT_DIR = "failure"
 # metrics too small to read in MLflow's table and charts (2.47e-7 shows as "2.47300962..."): each also
 # gets ``log10_<name>`` (-6.61), which sorts the same way and reads at a glance
-LOG10_METRICS = ("total_sensitivity", "constrained_score", "eval_loss_delta", LAYER_SCORE_METRIC)
+# (not eval_loss_delta: it can be <= 0; ppl_increase_pct is its readable form)
+LOG10_METRICS = ("total_sensitivity", "constrained_score", LAYER_SCORE_METRIC)
 # short granularity names for run names: distinct within the first few characters
 SHORT_GRANULARITY = {
     "default": "default",
@@ -286,8 +287,14 @@ def _fmt_metric(value: Any) -> str:
 
 def child_description(c: Mapping[str, Any], manifest: Mapping[str, Any], *, cache_hit: bool,
                       tags: Mapping[str, str], experiment_id: str | None = None) -> str:
-    """The run's description (Markdown): what ran, its numbers, and how they came about."""
-    q = manifest["quantization"]
+    """The run's description (Markdown): what ran, its numbers, and how they came about.
+
+    Names and overlay status come from the run's own config and ``tags`` (a cache hit's manifest is its
+    source run's, which may be another granularity with the same effective config).
+    """
+    q = {**manifest["quantization"], "pair": c["quant_pair"]["name"],
+         "granularity": c["quant_granularity"]["name"],
+         "status": tags.get("overlay_status", manifest["quantization"].get("status"))}
     obj = manifest.get("objectives", {})
     numbers = []
     for key in ("total_sensitivity", "constrained_score"):
@@ -385,11 +392,12 @@ def log_outcome(
             "device": manifest["device"]["type"],
             "device_name": manifest["device"]["name"],
             "cache_hit": "true" if cache_hit else "false",
-            "overlay_status": q["status"],
+            "overlay_status": getattr(plan, "overlay_status", q["status"]),  # own, not a cache source's
         }
     )
     tags.update(extra_tags or {})
-    labels = [label for label, on in (("no-op", q["status"] == "noop"), ("cache hit", cache_hit)) if on]
+    noop = tags["overlay_status"] == "noop"
+    labels = [label for label, on in (("no-op", noop), ("cache hit", cache_hit)) if on]
     status = ", ".join(labels) or None
     tags["effective_config_summary"] = str(q.get("summary", ""))[:4900]
     experiment_id = None
