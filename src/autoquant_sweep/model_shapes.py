@@ -264,10 +264,11 @@ def _axis_range(ndim: int) -> str:
     return "{" + ", ".join(str(a) for a in range(-ndim, ndim)) + "}"
 
 
-def axis_problem(axis: Any, shape: Sequence[int | None]) -> str | None:
+def axis_problem(axis: Any, shape: Sequence[int | None], meaning: str = "") -> str | None:
     """Why ``axis`` cannot apply to a tensor of ``shape`` (``None`` when it can).
 
     ``axis`` is ``None`` (per tensor), an int or a sequence of ints; valid ints are ``-ndim .. ndim-1``.
+    ``meaning`` (e.g. ``" (0 = per output channel)"``) follows the valid range in the message.
 
     Example:
         >>> axis_problem(5, (128, 64))
@@ -281,9 +282,12 @@ def axis_problem(axis: Any, shape: Sequence[int | None]) -> str | None:
     axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
     for a in axes:
         if not isinstance(a, int) or isinstance(a, bool):
-            return f"axis {a!r} is not an int; use one of {_axis_range(ndim)} or null (per tensor)"
+            return f"axis {a!r} is not an int; use one of {_axis_range(ndim)}{meaning} or null (per tensor)"
         if not -ndim <= a < ndim:
-            return f"axis {a} is outside the {ndim} dims; use one of {_axis_range(ndim)} or null (per tensor)"
+            return (
+                f"axis {a} is outside the {ndim} dims; use one of {_axis_range(ndim)}{meaning} "
+                "or null (per tensor)"
+            )
     return None
 
 
