@@ -93,8 +93,19 @@ def plot_sensitivity(path: Path, manifest: Mapping[str, Any]) -> None:
     ax.barh(range(len(names)), scores, color="tab:blue")
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.invert_yaxis()
-    if all(s > 0 for s in scores):
+    if scores and all(s > 0 for s in scores):
+        import math
+
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
         ax.set_xscale("log")
+        # labelled ticks at 1, 2, 5 x 10^k (1 x 10^k only over many decades), short labels: none overlap
+        decades = math.log10(max(scores)) - math.log10(min(scores))
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades < 2.5 else (1.0,),
+                                              numticks=12))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.tick_params(axis="x", labelsize=8)
     ax.set_xlabel(f"AutoQuant {manifest['autoquant']['method']} sensitivity (higher = more sensitive)")
     ax.set_title(
         f"{manifest['model']['name']} | {q['pair']} | {q['granularity']} | {manifest['dataset']['size']}",

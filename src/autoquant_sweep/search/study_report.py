@@ -158,11 +158,11 @@ def plot_history(study: Any, path: Path, objective: str) -> None:
     ax.step(best_x, best_y, where="post", color="red", lw=1.2, label="best so far", zorder=2)
     best = min(done, key=value)
     ax.annotate(f"best: {best.params.get('quant_pair')} / {best.params.get('quant_granularity')}\n"
-                f"{objective} = {value(best):.3e}", (best.number, value(best)), textcoords="offset points",
-                xytext=(10, -28), fontsize=8, color="red",
+                f"{objective} = {value(best):.3e} (trial {best.number})", (best.number, value(best)),
+                textcoords="axes fraction", xytext=(0.98, 0.14), ha="right", fontsize=8, color="red",
                 arrowprops={"arrowstyle": "->", "color": "red", "lw": 0.8})
     if others:
-        ax.scatter([t.number for t in others], [0.02] * len(others), marker="x", color="0.4",
+        ax.scatter([t.number for t in others], [0.97] * len(others), marker="x", color="0.4",
                    transform=ax.get_xaxis_transform(), label="failed / refused (no value)", zorder=3)
     if positive:
         ax.set_yscale("log")
