@@ -304,8 +304,11 @@ def child_description(c: Mapping[str, Any], manifest: Mapping[str, Any], *, cach
     if "effective_bits" in obj:
         numbers.append(f"effective bits {_fmt_metric(obj['effective_bits'])} "
                        f"(budget {float(c['autoquant']['effective_bits']):g})")
-    lines = [f"**{q['pair']} / {q['granularity']}** on {c['dataset']['name']}/{c['dataset']['size']}: "
-             + ", ".join(numbers), "", f"- effective config: `{q.get('summary', '?')}`"]
+    how = [w for w, on in (("no-op", q.get("status") == "noop"), ("cache hit", cache_hit)) if on]
+    # first line plain text: the runs table's Description column shows it as is
+    lines = [f"{q['pair']} / {q['granularity']} on {c['dataset']['name']}/{c['dataset']['size']}"
+             + (f" ({', '.join(how)})" if how else "") + ": " + ", ".join(numbers).replace("`", ""),
+             "", f"- effective config: `{q.get('summary', '?')}`"]
     if q.get("status") == "noop":
         canonical = tags.get("canonical_granularity")
         same = f"`quant_granularity={canonical}`" if canonical and canonical != q["granularity"] else \
@@ -451,7 +454,7 @@ def failure_description(c: Mapping[str, Any] | None, reason: str, kind: str) -> 
         except (KeyError, TypeError):
             pass
     parts = [p.strip() for p in (reason or kind).replace("\n", "; ").split("; ") if p.strip()]
-    lines = [f"**{FAILURE_TITLES.get(kind, kind).upper()}{what}**", ""]
+    lines = [f"{FAILURE_TITLES.get(kind, kind).upper()}{what}", ""]
     lines += [f"- {p}" for p in parts]
     lines += ["", f"The plan that did not run: Artifacts > `{FAILURE_ARTIFACT_DIR}/plan.json`."]
     if kind == "refused":

@@ -315,7 +315,7 @@ def parent_description(
     best_id = parent_tags.get("best_run_id") or (finished[0]["run_id"] if finished else None)
     best = next((r for r in rows if r.get("run_id") == best_id), None)
     if best is None or not _finite(best.get(objective)):
-        lines.append(f"**No finished run with a value of `{objective}`** ({len(rows)} runs: {tally}).")
+        lines.append(f"No finished run with a value of {objective} ({len(rows)} runs: {tally}).")
         failed = [r for r in rows if r.get("failure_reason")]
         if failed:
             lines.append(f"First failure: {failed[0]['failure_reason'][:300]}")
@@ -323,8 +323,8 @@ def parent_description(
         value = float(best[objective])
         worst = max(float(r[objective]) for r in finished)
         log10 = f" (log10 {math.log10(value):.2f})" if value > 0 else ""
-        where = f"`{best['quant_pair']}` / `{_granularity(best)}`** on {best.get('dataset_size')}"
-        lines.append(f"**Best: {where}: `{objective}` = **{value:.3e}**{log10}"
+        where = f"{best['quant_pair']} / {_granularity(best)} on {best.get('dataset_size')}"
+        lines.append(f"Best: {where}: {objective} = {value:.3e}{log10}"
                      + (f", {worst / value:.0f}x lower than the worst finished run" if value > 0
                         and worst / value >= 1.5 else ""))
         lines.append("")
@@ -415,13 +415,13 @@ def set_parent_description(client: Any, parent_run_id: str, container: Mapping[s
                                   best_run=best_run, budget=container["autoquant"].get("effective_bits"),
                                   command=command)
         if stopped:
-            text = f"**{stopped}** (nothing registered from this sweep)\n\n{text}"
+            text = f"{stopped} (nothing registered from this sweep)\n\n{text}"
         client.set_tag(parent_run_id, NOTE_TAG, text)
         if "sweep_command" not in parent.data.params and command:
             client.log_param(parent_run_id, "sweep_command", command[:6000])
         if best_run is not None:
             value = best_run.data.metrics.get(objective)
             if _finite(value) and value > 0:
-                client.log_metric(parent_run_id, f"log10_best_{objective}", math.log10(value))
+                client.log_metric(parent_run_id, f"log10_best_{objective}", round(math.log10(value), 3))
     except Exception as exc:  # a description must never fail a sweep
         log.warning("could not write the sweep's description: %s", exc)
