@@ -16,12 +16,15 @@ __all__ = [
     "plan_batches",
     "read_captions",
     "resolve_caption_path",
+    "resolve_eval_captions",
     "tokenize_batches",
 ]
 
 
-def read_captions(path: Path, required: int) -> list[str]:
+def read_captions(path: Path, required: int, *, keep_all: bool = False) -> list[str]:
     """Read non-empty caption lines from ``path``; at least ``required`` of them must exist.
+
+    Returns the first ``required`` lines (every line with ``keep_all``).
 
     Example:
         >>> read_captions(Path("captions/small.txt"), 16)  # doctest: +SKIP
@@ -44,7 +47,7 @@ def read_captions(path: Path, required: int) -> list[str]:
             f"dataset.size: captions file '{path}' has {len(lines)} lines, "
             f"fewer than the {required} requested"
         )
-    return lines[:required]
+    return lines if keep_all else lines[:required]
 
 
 def resolve_caption_path(root: str | None, size: str, path: str | None, embedded_dir: Path | None) -> Path:
@@ -59,6 +62,44 @@ def resolve_caption_path(root: str | None, size: str, path: str | None, embedded
     if base is None:
         raise UserInputError("dataset.root: no captions root given and no embedded captions available")
     return base / f"{size}.txt"
+
+
+EMBEDDED_EVAL_SOURCE = "embedded held-out split (generate_captions(576, seed=0)[512:], 64 captions)"
+EVAL_FILE = "eval.txt"
+
+
+def resolve_eval_captions(
+    root: str | None, path: str | None, eval_path: str | None, eval_samples: int | None
+) -> tuple[str, list[str]] | None:
+    """Held-out captions for the quality evaluation, never used for calibration or scoring.
+
+    ``dataset.eval_path`` when given; else ``<dataset.root>/eval.txt`` when the root has one; else, for
+    the embedded captions (no root, no path), the embedded held-out split; else None (a user
+    ``dataset.path`` with no ``eval_path``: nothing is known to be held out, so nothing is evaluated).
+    Returns ``(source, captions)``; ``eval_samples`` caps the number of captions.
+
+    Example:
+        >>> source, captions = resolve_eval_captions(None, None, None, None)
+        >>> len(captions)
+        64
+    """
+    if eval_path:
+        file = Path(eval_path).expanduser()
+        if not file.is_file():
+            raise UserInputError(f"dataset.eval_path: held-out captions file '{file}' does not exist")
+        source, lines = str(file), read_captions(file, 1, keep_all=True)
+    elif root and (Path(root).expanduser() / EVAL_FILE).is_file():
+        file = Path(root).expanduser() / EVAL_FILE
+        source, lines = str(file), read_captions(file, 1, keep_all=True)
+    elif not root and not path:
+        from autoquant_sweep.embedded.captions import generate_heldout_captions
+
+        source, lines = EMBEDDED_EVAL_SOURCE, generate_heldout_captions(0)
+    else:
+        return None
+    if eval_samples:
+        lines = lines[: int(eval_samples)]
+    return source, lines
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,13 @@ PER_LAYER_JSON = "per_layer.json"
 PER_LAYER_MD = "per_layer.md"
 PER_LAYER_CSV = "per_layer.csv"
 PER_LAYER_PNG = "per_layer.png"
+RECIPE_DIR = "recipe"
+RECIPE_CFG = "quant_cfg.json"
+RECIPE_CURVE_JSON = "budget_curve.json"
+RECIPE_CURVE_PNG = "budget_curve.png"
 REPORT_FILES = (MANIFEST, PER_LAYER_JSON, PER_LAYER_MD, PER_LAYER_CSV, PER_LAYER_PNG)
+#: files of the report's ``recipe/`` folder (also the MLflow artifact folder ``recipe/``)
+RECIPE_FILES = (RECIPE_CFG, RECIPE_CURVE_JSON, RECIPE_CURVE_PNG)
 CSV_COLUMNS = ("rank", "group", "modules", "score", "cost", "uncompressed_cost", "bits", "chosen_in_budget")
 
 
@@ -43,8 +49,7 @@ def render_markdown(manifest: Mapping[str, Any]) -> str:
         f"calibration + {manifest['autoquant']['num_score_steps']} scoring steps of batch "
         f"{manifest['autoquant']['batch_size']}, device {manifest['autoquant']['device']}",
         f"- total_sensitivity: {obj['total_sensitivity']:.6e}",
-        f"- constrained_score: {obj['constrained_score']:.6e} at effective bits "
-        f"{obj['effective_bits']:.3f} (budget {manifest['autoquant']['effective_bits']})",
+        *_recipe_lines(manifest),
         "",
         "| rank | layer group | modules | score | cost | bits | kept quantized in budget |",
         "|---:|---|---|---:|---:|---:|:---:|",
@@ -56,6 +61,30 @@ def render_markdown(manifest: Mapping[str, Any]) -> str:
             f"{layer['cost']:.0f} | {layer['bits']:g} | {'yes' if layer['chosen_in_budget'] else 'no'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _recipe_lines(manifest: Mapping[str, Any]) -> list[str]:
+    recipe = manifest.get("recipe")
+    if not recipe:  # a manifest written before recipes existed
+        obj = manifest["objectives"]
+        return [f"- constrained_score: {obj.get('constrained_score', float('nan')):.6e} at effective bits "
+                f"{obj['effective_bits']:.3f} (budget {manifest['autoquant']['effective_bits']})"]
+    n = len(recipe["quantized_groups"]) + len(recipe["kept_16bit_groups"])
+    lines = [
+        f"- recipe at {recipe['budget']:g} bits (`recipe/quant_cfg.json`): predicted score "
+        f"{recipe['predicted_score']:.6e}, achieved {recipe['achieved_effective_bits']:.3f} effective bits, "
+        + ("fits the budget" if recipe["satisfied"] else "**does not fit the budget** (all quantized)")
+        + f"; {len(recipe['quantized_groups'])}/{n} groups quantized, kept at 16 bits: "
+        + (", ".join(f"`{g}`" for g in recipe["kept_16bit_groups"]) or "none"),
+    ]
+    ev = manifest.get("evaluation")
+    if ev:
+        lines.append(
+            f"- measured on {ev['num_samples']} held-out captions: loss {ev['eval_loss']:.4f} vs "
+            f"{ev['eval_loss_unquantized']:.4f} unquantized ({ev['eval_loss_delta']:+.4f} nats, perplexity "
+            f"{ev['ppl_increase_pct']:+.2f} %)"
+        )
+    return lines
 
 
 def write_csv(path: Path, layers: Sequence[Mapping[str, Any]]) -> None:
@@ -115,10 +144,29 @@ def plot_sensitivity(path: Path, manifest: Mapping[str, Any]) -> None:
     fig.savefig(path, dpi=100, metadata={"Software": None})
 
 
-def write_report(folder: Path, manifest: Mapping[str, Any]) -> None:
-    """Write every report file of ``manifest`` into ``folder`` (which must exist)."""
+def write_report(
+    folder: Path, manifest: Mapping[str, Any], recipe_cfg: Mapping[str, Any] | None = None
+) -> None:
+    """Write every report file of ``manifest`` into ``folder`` (which must exist); ``recipe_cfg`` (the
+    recipe at the run's budget, a ModelOpt config) goes to ``recipe/quant_cfg.json`` with the curve."""
     (folder / MANIFEST).write_text(dump_json(manifest))
     render_per_layer_files(folder, manifest)
+    if recipe_cfg is not None:
+        write_recipe_files(folder / RECIPE_DIR, manifest, recipe_cfg)
+
+
+def write_recipe_files(folder: Path, manifest: Mapping[str, Any], recipe_cfg: Mapping[str, Any]) -> None:
+    """``quant_cfg.json`` (JSON-safe, loads back into ``mtq.quantize``), ``budget_curve.json`` / ``.png``."""
+    from autoquant_sweep.recipe import plot_curve, recipe_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RECIPE_CFG).write_text(dump_json(recipe_json(recipe_cfg)))
+    curve = manifest.get("budget_curve") or []
+    (folder / RECIPE_CURVE_JSON).write_text(dump_json({"recipe": manifest.get("recipe"), "curve": curve}))
+    q = manifest["quantization"]
+    plot_curve(folder / RECIPE_CURVE_PNG, curve,
+               f"{manifest['model']['name']} | {q['pair']} | {q['granularity']}: budget curve",
+               float(manifest["autoquant"]["effective_bits"]))
 
 
 def render_per_layer_files(folder: Path, manifest: Mapping[str, Any]) -> None:

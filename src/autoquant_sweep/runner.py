@@ -38,23 +38,33 @@ from autoquant_sweep.report import write_report
 
 log = logging.getLogger(__name__)
 
-# autoquant.objective -> the value(s) a sweeper minimises (design: Objectives)
+# autoquant.objective -> the value(s) a sweeper minimises (design: Objectives; docs/recommendation.md)
 OBJECTIVES: dict[str, tuple[str, ...]] = {
-    "total_sensitivity": ("total_sensitivity",),
     "constrained_score": ("constrained_score",),
-    "pareto": ("total_sensitivity", "format_bits"),
+    "eval_loss_delta": ("eval_loss_delta",),
+    "total_sensitivity": ("total_sensitivity",),
+    # predicted damage of the recipe at the budget vs the effective bits it achieves; the sweep's
+    # Pareto set over every trial's budget curve is on the parent run (tracking/recommendation.py)
+    "pareto": ("constrained_score", "effective_bits"),
 }
 
 
 def objective_result(objectives: dict[str, float], objective: str) -> float | list[float]:
     """What the task returns to the sweeper: one float, or a list for multi-objective studies.
 
+    A value the run does not have (``constrained_score`` of a recipe that does not fit the budget,
+    ``eval_loss_delta`` of an unevaluated run) is ``inf``: such a trial never wins.
+
     Example:
-        >>> objective_result({"total_sensitivity": 2.0, "format_bits": 4.0}, "pareto")
+        >>> objective_result({"constrained_score": 2.0, "effective_bits": 4.0}, "pareto")
         [2.0, 4.0]
+        >>> objective_result({"total_sensitivity": 2.0}, "constrained_score")
+        inf
     """
-    values = [float(objectives[name]) for name in OBJECTIVES[objective]]
+    values = [float(objectives.get(name, math.inf)) for name in OBJECTIVES[objective]]
     return values[0] if len(values) == 1 else values
+
+
 VERSIONED_PACKAGES = (
     "torch",
     "nvidia-modelopt",
@@ -397,6 +407,7 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
         "seed": aq["seed"],
         "device": device,
         "effective_format": overlay.format,
+        "recipe_and_evaluation": recipe_eval_inputs(c),
         "versions": {k: v for k, v in versions.items() if k != "autoquant-sweep"},
     }
     return RunPlan(
@@ -418,6 +429,10 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
     )
 
 
+#: captions per held-out evaluation batch
+EVAL_BATCH_SIZE = 16
+
+
 class ModelCache:
     """Pristine models and tokenised batches, kept for the life of a process (one sweep).
 
@@ -427,13 +442,21 @@ class ModelCache:
     def __init__(self) -> None:
         self._models: dict[tuple, LoadedModel] = {}
         self._batches: dict[tuple, list[dict]] = {}
+        self._unquantized_loss: dict[tuple, float] = {}
 
     def model(self, plan: RunPlan) -> tuple[LoadedModel, Any]:
+        """The pristine model and a deep copy of it for one run."""
+        loaded = self.loaded(plan)
+        return loaded, copy.deepcopy(loaded.model)
+
+    def loaded(self, plan: RunPlan) -> LoadedModel:
+        """The pristine model (loaded once per checkpoint and process); never modify it."""
         m = plan.cfg["model"]
         key = (str(plan.checkpoint), plan.checkpoint_identity, m["kind"], m["dtype"], plan.device)
         if key not in self._models:
             self._models.clear()  # one pristine checkpoint at a time keeps memory at one model
             self._batches.clear()
+            self._unquantized_loss.clear()
             self._models[key] = load_model_and_tokenizer(
                 plan.checkpoint,
                 kind=m["kind"],
@@ -441,8 +464,7 @@ class ModelCache:
                 device=plan.device,
                 trust_remote_code=bool(m["trust_remote_code"]),
             )
-        loaded = self._models[key]
-        return loaded, copy.deepcopy(loaded.model)
+        return self._models[key]
 
     def batches(self, plan: RunPlan, loaded: LoadedModel) -> list[dict]:
         seq_len = int(plan.cfg["dataset"]["seq_len"])
@@ -453,8 +475,57 @@ class ModelCache:
             )
         return self._batches[key]
 
+    def eval_batches(self, plan: RunPlan, loaded: LoadedModel, captions: list[str]) -> list[dict]:
+        """Tokenised held-out batches: same ``seq_len`` as scoring, ``EVAL_BATCH_SIZE`` captions each
+        (the quantized forward's cost is mostly per call, so few large batches are cheapest)."""
+        seq_len = int(plan.cfg["dataset"]["seq_len"])
+        key = ("eval", loaded.identity, tuple(captions), seq_len, EVAL_BATCH_SIZE)
+        if key not in self._batches:
+            self._batches[key] = data_mod.tokenize_batches(
+                loaded.tokenizer, captions, seq_len, EVAL_BATCH_SIZE
+            )
+        return self._batches[key]
+
+    def unquantized_loss(self, plan: RunPlan, loaded: LoadedModel, captions: list[str]) -> float:
+        """Held-out loss of the pristine (unquantized) model: computed once per process and split."""
+        from autoquant_sweep.evaluation import eval_loss
+
+        seq_len = int(plan.cfg["dataset"]["seq_len"])
+        key = (loaded.identity, tuple(captions), seq_len, EVAL_BATCH_SIZE, plan.device)
+        if key not in self._unquantized_loss:
+            batches = self.eval_batches(plan, loaded, captions)
+            self._unquantized_loss[key] = eval_loss(loaded.model, batches, plan.device)
+        return self._unquantized_loss[key]
+
 
 MODEL_CACHE = ModelCache()
+
+
+def eval_split(c: dict[str, Any]) -> tuple[str, list[str]] | None:
+    """``(source, captions)`` of the held-out split a run evaluates on, None when nothing is evaluated."""
+    if not c["autoquant"].get("evaluate", True):
+        return None
+    d = c["dataset"]
+    return data_mod.resolve_eval_captions(
+        d.get("root"), d.get("path"), d.get("eval_path"), d.get("eval_samples")
+    )
+
+
+#: bump when a run's manifest gains results a cached run would lack (2: recipe, budget curve, evaluation)
+RESULT_SCHEMA = 2
+
+
+def recipe_eval_inputs(c: dict[str, Any]) -> dict[str, Any]:
+    """What the recipe, the budget curve and the evaluation depend on beyond the scoring inputs
+    (part of the run fingerprint, so a cached run always carries the same sections)."""
+    aq = c["autoquant"]
+    split = eval_split(c)
+    return {
+        "result_schema": RESULT_SCHEMA,
+        "budget_grid": [float(b) for b in aq.get("budget_grid") or []],
+        "evaluate": split is not None,
+        "eval_captions_sha256": hashlib.sha256("\n".join(split[1]).encode()).hexdigest() if split else None,
+    }
 
 
 @dataclass
@@ -492,11 +563,62 @@ def report_destination(plan: RunPlan, run_dir: Path | None) -> Path:
     return tmp_report_dir(run_dir)
 
 
-def execute_run(plan: RunPlan, run_dir: Path | None, cache: ModelCache = MODEL_CACHE) -> RunOutcome:
-    """Load (or reuse) the model, run AutoQuant on the effective format and write the report."""
+def _autoquant_feasible(plan: RunPlan, cache: ModelCache, batches: list[dict]) -> tuple[Any, float]:
+    """``run_autoquant`` at the run's budget; when ModelOpt refuses it as infeasible (before calibrating),
+    again on a fresh copy at the lowest budget it can reach. Returns ``(result, budget it ran at)``.
+
+    The recipe at the run's budget is then the all-quantized one, labelled unsatisfied (facts 20): the
+    returned model is quantized with exactly that recipe, so its evaluation still belongs to it.
+    """
+    import re
+
     import torch
 
-    from autoquant_sweep.sensitivity import run_autoquant
+    from autoquant_sweep.sensitivity import InfeasibleBudgetError, run_autoquant
+
+    c = plan.cfg
+    aq = c["autoquant"]
+    budget = float(aq["effective_bits"])
+    for _attempt in range(3):
+        _, model = cache.model(plan)
+        torch.manual_seed(int(aq["seed"]))
+        try:
+            result = run_autoquant(
+                model,
+                batches,
+                copy.deepcopy(plan.effective_format),
+                format_label=f"{c['quant_pair']['format_name']}+{c['quant_granularity']['name']}",
+                method=aq["method"],
+                effective_bits=budget,
+                num_calib_steps=plan.batch_plan.num_calib_steps,
+                num_score_steps=plan.batch_plan.num_score_steps,
+                disabled_layers=c["model"]["disabled_layers"],
+                device=plan.device,
+            )
+            return result, budget
+        except InfeasibleBudgetError as exc:
+            del model
+            if exc.minimum_bits is not None:
+                retry = min(16.0, math.ceil(exc.minimum_bits * 1e4) / 1e4 + 1e-4)
+            else:  # below the format's own bits: ModelOpt names them
+                found = re.search(r"num_bits = \(?([0-9.]+)", str(exc))
+                retry = float(found.group(1)) if found else 16.0
+            if retry <= budget:
+                raise
+            log.info("budget %.4g infeasible for this format (%s); scoring at %.4g instead, the recipe at "
+                     "%.4g is labelled unsatisfied", budget, str(exc).splitlines()[0][:200], retry,
+                     float(aq["effective_bits"]))
+            budget = retry
+    raise UserInputError(f"autoquant.effective_bits: no feasible budget found for {c['quant_pair']['name']}")
+
+
+def execute_run(plan: RunPlan, run_dir: Path | None, cache: ModelCache = MODEL_CACHE) -> RunOutcome:
+    """Load (or reuse) the model, run AutoQuant on the effective format, export the recipe at the budget
+    and the budget curve, evaluate the returned (quantized) model on held-out captions, write the report."""
+    import torch
+
+    from autoquant_sweep.evaluation import evaluate
+    from autoquant_sweep.recipe import budget_curve, resolve_budget_grid
 
     destination = report_destination(plan, run_dir)
     c = plan.cfg
@@ -510,23 +632,29 @@ def execute_run(plan: RunPlan, run_dir: Path | None, cache: ModelCache = MODEL_C
         summarize_format(plan.effective_format),
     )
     t0 = time.perf_counter()
-    loaded, model = cache.model(plan)
+    loaded = cache.loaded(plan)
     batches = cache.batches(plan, loaded)
     load_seconds = time.perf_counter() - t0
-    torch.manual_seed(int(aq["seed"]))
-    result = run_autoquant(
-        model,
-        batches,
-        copy.deepcopy(plan.effective_format),
-        format_label=f"{c['quant_pair']['format_name']}+{c['quant_granularity']['name']}",
-        method=aq["method"],
-        effective_bits=float(aq["effective_bits"]),
-        num_calib_steps=plan.batch_plan.num_calib_steps,
-        num_score_steps=plan.batch_plan.num_score_steps,
-        disabled_layers=c["model"]["disabled_layers"],
-        device=plan.device,
-    )
-    del model  # release the trial's quantized copy before the next trial starts
+    result, scored_budget = _autoquant_feasible(plan, cache, batches)
+    budget = float(aq["effective_bits"])
+    t_curve = time.perf_counter()
+    grid = resolve_budget_grid(aq.get("budget_grid"), result.format_bits, budget)
+    curve = budget_curve(result.search_state, grid, run_budget=round(budget, 4))
+    recipe = next(r for r in curve if abs(r.budget - round(budget, 4)) < 1e-9)
+    curve_seconds = time.perf_counter() - t_curve
+    evaluation = None
+    split = eval_split(c)
+    if split is not None:
+        source, captions = split
+        t_unq = time.perf_counter()
+        unquantized = cache.unquantized_loss(plan, loaded, captions)
+        unq_seconds = time.perf_counter() - t_unq
+        evaluation = evaluate(result.model, cache.eval_batches(plan, loaded, captions), unquantized,
+                              len(captions), plan.device)
+        evaluation["source"] = source
+        evaluation["unquantized_seconds"] = unq_seconds  # 0 after the first run of a process
+    result.model = None  # release the trial's quantized copy before the next trial starts
+    result.search_state = None
     if plan.device == "cuda":
         # Quantizer hooks form reference cycles: collect them so the GPU memory really goes back
         # before the next trial. On CPU a full collection costs ~0.4 s per trial (every module of
@@ -534,15 +662,41 @@ def execute_run(plan: RunPlan, run_dir: Path | None, cache: ModelCache = MODEL_C
         gc.collect()
         torch.cuda.empty_cache()
     manifest = build_manifest(plan, result, loaded, load_seconds)
-    write_dir_atomically(destination, lambda folder: write_report(folder, manifest))
+    manifest["recipe"] = recipe.summary() | {"scored_at_budget": scored_budget}
+    manifest["budget_curve"] = [r.curve_point() for r in curve]
+    manifest["evaluation"] = evaluation
+    manifest["canonical_granularity"] = canonical_granularity(plan)
+    manifest["autoquant"]["budget_grid"] = grid
+    manifest["autoquant"]["evaluate"] = evaluation is not None
+    manifest["seconds"]["budget_curve"] = curve_seconds
+    if evaluation is not None:
+        manifest["seconds"]["evaluation"] = evaluation["seconds"]
+        manifest["objectives"]["eval_loss_delta"] = evaluation["eval_loss_delta"]
+    if not recipe.satisfied:  # never a winner of a constrained objective (objective_result -> inf)
+        manifest["objectives"].pop("constrained_score", None)
+    write_dir_atomically(destination, lambda folder: write_report(folder, manifest, recipe.quant_cfg))
     log.info(
-        "total_sensitivity=%.6e constrained_score=%.6e effective_bits=%.3f -> %s",
+        "total_sensitivity=%.6e recipe at %.4g bits: score %.6e, %.3f effective bits (%s), %d/%d groups "
+        "quantized%s -> %s",
         result.total_sensitivity,
-        result.constrained_score,
-        result.constrained_effective_bits,
+        budget,
+        recipe.predicted_score,
+        recipe.achieved_effective_bits,
+        "fits" if recipe.satisfied else "does NOT fit the budget",
+        len(recipe.quantized_groups),
+        len(recipe.quantized_groups) + len(recipe.kept_16bit_groups),
+        f"; eval loss +{evaluation['eval_loss_delta']:.4g} nats" if evaluation else "",
         destination,
     )
     return RunOutcome(plan=plan, manifest=manifest, report_dir=destination)
+
+
+def canonical_granularity(plan: RunPlan) -> str:
+    """The granularity a result is recorded under (:func:`autoquant_sweep.canonical.canonical_name`)."""
+    from autoquant_sweep.canonical import canonical_name
+
+    c = plan.cfg
+    return canonical_name(c["quant_pair"], c["quant_granularity"]["name"], plan.effective_format, plan.device)
 
 
 def build_manifest(plan: RunPlan, result: Any, loaded: LoadedModel, load_seconds: float) -> dict[str, Any]:
@@ -557,7 +711,7 @@ def build_manifest(plan: RunPlan, result: Any, loaded: LoadedModel, load_seconds
 
         device_name = torch.cuda.get_device_name()
     return {
-        "schema_version": 1,
+        "schema_version": RESULT_SCHEMA,
         "experiment": c["experiment"],
         "fingerprint": plan.fingerprint,
         "model": {

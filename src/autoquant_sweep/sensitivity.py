@@ -7,6 +7,7 @@ only in granularity were measured to come back with identical scores (facts file
 from __future__ import annotations
 
 import math
+import re
 import resource
 import time
 from collections.abc import Sequence
@@ -16,6 +17,16 @@ from typing import Any
 from autoquant_sweep.errors import SensitivityResultError, UserInputError
 
 METHODS = ("gradient", "kl_div")
+_MIN_BITS = re.compile(r"minimum achievable effective bits is ([0-9.]+)")
+
+
+class InfeasibleBudgetError(UserInputError):
+    """ModelOpt refused the budget before calibrating: below the format's bits, or below the minimum
+    achievable effective bits (``minimum_bits``, when ModelOpt said it)."""
+
+    def __init__(self, message: str, minimum_bits: float | None = None) -> None:
+        super().__init__(message)
+        self.minimum_bits = minimum_bits
 
 
 @dataclass(frozen=True)
@@ -113,7 +124,7 @@ def run_autoquant(
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     try:
-        _, state = mtq.auto_quantize(
+        quantized_model, state = mtq.auto_quantize(
             model,
             constraints={"effective_bits": float(effective_bits)},
             quantization_formats=[quant_format],
@@ -128,11 +139,15 @@ def run_autoquant(
         )
     except ValueError as exc:
         if "infeasible" in str(exc):
-            raise UserInputError(f"autoquant.effective_bits: {exc} (format {format_label})") from exc
+            found = _MIN_BITS.search(str(exc))
+            raise InfeasibleBudgetError(
+                f"autoquant.effective_bits: {exc} (format {format_label})",
+                float(found.group(1)) if found else None,
+            ) from exc
         raise
     except AssertionError as exc:
         if "effective_bits" in str(exc):
-            raise UserInputError(f"autoquant.effective_bits: {exc}") from exc
+            raise InfeasibleBudgetError(f"autoquant.effective_bits: {exc}") from exc
         raise
     end = time.perf_counter()
     if device == "cuda":
@@ -169,7 +184,7 @@ def run_autoquant(
     check_scores(layers, format_label)
     score_start = phase.get("score_start")
     best = state["best"]
-    return SensitivityResult(
+    result = SensitivityResult(
         format_label=format_label,
         method=method,
         layers=layers,
@@ -188,6 +203,11 @@ def run_autoquant(
         peak_memory_mb=peak_mb,
         memory_kind=memory_kind,
     )
+    # Not dataclass fields (never serialised): the search state re-solves recipes at other budgets
+    # (recipe.solve_recipe) and the returned model is quantized + calibrated with the best recipe.
+    result.search_state = state
+    result.model = quantized_model
+    return result
 
 
 def check_scores(layers: Sequence[LayerSensitivity], format_label: str) -> None:

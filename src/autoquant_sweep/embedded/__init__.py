@@ -5,7 +5,12 @@
 """
 
 from .assets import EmbeddedAssets, default_cache_root, ensure_embedded_assets
-from .captions import CAPTION_SUBSET_SIZES, generate_captions, generate_training_captions
+from .captions import (
+    CAPTION_SUBSET_SIZES,
+    generate_captions,
+    generate_heldout_captions,
+    generate_training_captions,
+)
 
 __all__ = [
     "CAPTION_SUBSET_SIZES",
@@ -13,5 +18,6 @@ __all__ = [
     "default_cache_root",
     "ensure_embedded_assets",
     "generate_captions",
+    "generate_heldout_captions",
     "generate_training_captions",
 ]

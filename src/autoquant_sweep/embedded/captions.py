@@ -11,13 +11,23 @@ import random
 
 __all__ = [
     "CAPTION_SUBSET_SIZES",
+    "HELDOUT_CAPTION_COUNT",
+    "HELDOUT_OFFSET",
     "TRAIN_CAPTION_COUNT",
     "generate_captions",
+    "generate_heldout_captions",
     "generate_training_captions",
 ]
 
 #: Sizes of the nested evaluation/calibration subsets (first N lines of one list).
 CAPTION_SUBSET_SIZES: dict[str, int] = {"small": 16, "medium": 128, "large": 512}
+
+#: The held-out evaluation split: the ``HELDOUT_CAPTION_COUNT`` captions that follow the largest subset
+#: in the same seeded stream (indices 512..575). No subset (calibration / scoring) and no training
+#: step ever sees them. Generated on demand, not written to the cache, so the embedded files (and
+#: their hashes) stay exactly as they were.
+HELDOUT_OFFSET = max(CAPTION_SUBSET_SIZES.values())
+HELDOUT_CAPTION_COUNT = 64
 
 #: Number of captions in the (separately seeded) training corpus.
 TRAIN_CAPTION_COUNT = 4000
@@ -172,3 +182,12 @@ def generate_training_captions(n: int = TRAIN_CAPTION_COUNT, seed: int = 0) -> l
     """Return ``n`` training captions from a stream independent of :func:`generate_captions`."""
     # String seeds are hashed with SHA-512 by ``random`` (independent of PYTHONHASHSEED).
     return _generate(n, random.Random(f"autoquant-sweep/train/{seed}"))
+
+
+def generate_heldout_captions(seed: int = 0, n: int = HELDOUT_CAPTION_COUNT) -> list[str]:
+    """The held-out evaluation captions of ``seed``: ``generate_captions(512 + n, seed)[512:]``.
+
+    >>> len(generate_heldout_captions(0)), generate_heldout_captions(0)[0] == generate_captions(513, 0)[512]
+    (64, True)
+    """
+    return generate_captions(HELDOUT_OFFSET + n, seed)[HELDOUT_OFFSET:]

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from autoquant_sweep.report import MANIFEST, REPORT_FILES
+from autoquant_sweep.report import MANIFEST, RECIPE_DIR, REPORT_FILES
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,16 @@ def restore_report(client: Any, source_run_id: str, destination: Path) -> dict[s
         if not (local / MANIFEST).is_file():
             raise FileNotFoundError(f"cached run {source_run_id} has no {REPORT_ARTIFACT_DIR}/{MANIFEST}")
         manifest = json.loads((local / MANIFEST).read_text())
+        recipe = None
+        if manifest.get("recipe"):  # recipe/quant_cfg.json and the budget curve travel with the report
+            recipe = Path(client.download_artifacts(source_run_id, RECIPE_DIR, str(Path(tmp) / "r")))
 
         def copy(folder: Path) -> None:
             for name in REPORT_FILES:
                 if (local / name).is_file():
                     shutil.copy2(local / name, folder / name)
+            if recipe is not None and recipe.is_dir():
+                shutil.copytree(recipe, folder / RECIPE_DIR)
 
         write_dir_atomically(destination, copy)
     return manifest

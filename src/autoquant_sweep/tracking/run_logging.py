@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from autoquant_sweep.report import REPORT_FILES, dump_json
+from autoquant_sweep.report import RECIPE_DIR, REPORT_FILES, dump_json
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ SHORT_GRANULARITY = {
     "a_per_token_dynamic": "a-token-dyn",
     "a_per_tensor_static": "a-tensor-st",
 }
-SECONDS_KEYS = ("calibration", "scoring", "autoquant", "load_and_tokenize")
+SECONDS_KEYS = ("calibration", "scoring", "autoquant", "load_and_tokenize", "budget_curve", "evaluation")
 VERSION_TAGS = {
     "torch": "version.torch",
     "nvidia-modelopt": "version.modelopt",
@@ -263,17 +263,44 @@ def manifest_metrics(manifest: Mapping[str, Any]) -> list[tuple[str, float, int]
         metrics.append(("constraint_satisfied", 1.0 if constrained["is_satisfied"] else 0.0, 0))
     for index, layer in enumerate(manifest["per_layer"]):
         metrics.append((LAYER_SCORE_METRIC, float(layer["score"]), index))
+    metrics += recipe_metrics(manifest, skip={k for k, _, _ in metrics})
     return [(k, v, s) for k, v, s in metrics if math.isfinite(v)]
 
 
+def recipe_metrics(manifest: Mapping[str, Any], skip: set[str] = frozenset()) -> list[tuple[str, float, int]]:
+    """Recipe, budget curve and evaluation metrics (docs/recommendation.md): ``recipe_effective_bits``,
+    ``recipe_satisfied``, ``recipe_predicted_score``, ``curve_predicted_score`` / ``curve_effective_bits``
+    (step = round(budget * 10)), ``eval_loss``, ``eval_loss_unquantized``, ``eval_loss_delta``,
+    ``ppl_increase_pct``."""
+    from autoquant_sweep.recipe import budget_step
+
+    out: list[tuple[str, float, int]] = []
+    recipe = manifest.get("recipe")
+    if recipe:
+        out.append(("recipe_effective_bits", float(recipe["achieved_effective_bits"]), 0))
+        out.append(("recipe_satisfied", 1.0 if recipe["satisfied"] else 0.0, 0))
+        out.append(("recipe_predicted_score", float(recipe["predicted_score"]), 0))
+        out.append(("recipe_kept_16bit_groups", float(len(recipe["kept_16bit_groups"])), 0))
+    for point in manifest.get("budget_curve") or []:
+        step = budget_step(point["budget"])
+        out.append(("curve_predicted_score", float(point["predicted_score"]), step))
+        out.append(("curve_effective_bits", float(point["achieved_effective_bits"]), step))
+    evaluation = manifest.get("evaluation")
+    if evaluation:
+        for key in ("eval_loss", "eval_loss_unquantized", "eval_loss_delta", "ppl_increase_pct"):
+            out.append((key, float(evaluation[key]), 0))
+    return [m for m in out if m[0] not in skip]
+
+
 def readable_metrics(metrics: list[tuple[str, float, int]]) -> list[tuple[str, float, int]]:
-    """``log10_<name>`` of each positive metric in :data:`LOG10_METRICS` (same step).
+    """``log10_<name>`` of each positive metric in :data:`LOG10_METRICS` (same step), to 3 decimals so
+    that a table cell shows it whole.
 
     Example:
-        >>> readable_metrics([("total_sensitivity", 1e-7, 0), ("effective_bits", 10.0, 0)])
-        [('log10_total_sensitivity', -7.0, 0)]
+        >>> readable_metrics([("total_sensitivity", 2.473e-7, 0), ("effective_bits", 10.0, 0)])
+        [('log10_total_sensitivity', -6.607, 0)]
     """
-    return [(f"log10_{k}", math.log10(v), s) for k, v, s in metrics
+    return [(f"log10_{k}", round(math.log10(v), 3), s) for k, v, s in metrics
             if k in LOG10_METRICS and math.isfinite(v) and v > 0]
 
 
@@ -370,6 +397,15 @@ def write_config_artifacts(
         (folder / HYDRA_CFG_FILE).write_text(hydra_yaml)
 
 
+def _canonical(plan: Any) -> str:
+    from autoquant_sweep.runner import canonical_granularity
+
+    try:
+        return canonical_granularity(plan)
+    except Exception:  # a manifest from before canonical names: the requested name
+        return str(plan.cfg["quant_granularity"]["name"])
+
+
 def log_outcome(
     client: Any,
     run_id: str,
@@ -396,6 +432,7 @@ def log_outcome(
             "device_name": manifest["device"]["name"],
             "cache_hit": "true" if cache_hit else "false",
             "overlay_status": getattr(plan, "overlay_status", q["status"]),  # own, not a cache source's
+            "canonical_granularity": str(manifest.get("canonical_granularity") or _canonical(plan)),
         }
     )
     tags.update(extra_tags or {})
@@ -418,6 +455,8 @@ def log_outcome(
     files = [report_dir / name for name in REPORT_FILES if (report_dir / name).is_file()]
     for path in files:
         client.log_artifact(run_id, str(path), REPORT_ARTIFACT_DIR)
+    if (report_dir / RECIPE_DIR).is_dir():  # recipe/quant_cfg.json, budget_curve.json / .png
+        client.log_artifacts(run_id, str(report_dir / RECIPE_DIR), RECIPE_DIR)
     with tempfile.TemporaryDirectory(prefix="aqs-cfg-") as tmp:
         write_config_artifacts(Path(tmp), manifest, plan.base_format, hydra_yaml)
         client.log_artifacts(run_id, tmp, CONFIG_ARTIFACT_DIR)
