@@ -69,12 +69,29 @@ class Chromium:
         self._profile = tempfile.TemporaryDirectory(prefix="aqs-chromium-")
         profile = Path(self._profile.name)
         self._proc = subprocess.Popen(
-            [self.binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--hide-scrollbars", "--no-first-run", "--no-default-browser-check", "--mute-audio",
-             "--disable-extensions", "--disable-background-networking", "--disable-sync",
-             f"--user-data-dir={profile}", "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1",
-             f"--window-size={self.width},{self.height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                self.binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--hide-scrollbars",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--mute-audio",
+                "--disable-extensions",
+                "--disable-background-networking",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--remote-debugging-port=0",
+                "--remote-debugging-address=127.0.0.1",
+                f"--window-size={self.width},{self.height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 30
         while not port_file.is_file() or not port_file.read_text().strip():
@@ -92,8 +109,13 @@ class Chromium:
         self._reader = asyncio.create_task(self._read())
         await self.send("Page.enable")
         await self.send("Runtime.enable")
-        await self.send("Emulation.setDeviceMetricsOverride", width=self.width, height=self.height,
-                        deviceScaleFactor=1, mobile=False)
+        await self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=self.width,
+            height=self.height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -135,10 +157,13 @@ class Chromium:
 
     async def eval(self, expression: str) -> Any:
         """Value of a JavaScript expression in the page (promises awaited)."""
-        result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True,
-                                 awaitPromise=True)
+        result = await self.send(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+        )
         if "exceptionDetails" in result:
-            raise BrowserError(f"javascript error: {result['exceptionDetails'].get('text')}: {expression[:200]}")
+            raise BrowserError(
+                f"javascript error: {result['exceptionDetails'].get('text')}: {expression[:200]}"
+            )
         return result.get("result", {}).get("value")
 
     async def goto(self, url: str) -> None:
@@ -160,22 +185,29 @@ class Chromium:
 
     async def wait_text(self, text: str, timeout: float = 30) -> None:
         """Wait until ``text`` is part of the page's visible text."""
-        await self.wait_for(f"document.body && document.body.innerText.includes({json.dumps(text)})",
-                            timeout, f"text {text!r}")
+        await self.wait_for(
+            f"document.body && document.body.innerText.includes({json.dumps(text)})",
+            timeout,
+            f"text {text!r}",
+        )
 
     async def text(self) -> str:
         """The page's rendered, visible text."""
         return await self.eval("document.body ? document.body.innerText : ''") or ""
 
-    async def click_text(self, text: str, selector: str = "button, a, [role=button], [role=menuitem], "
-                         "[role=tab], [role=option], [role=menuitemcheckbox], label, span",
-                         exact: bool = True) -> bool:
+    async def click_text(
+        self,
+        text: str,
+        selector: str = "button, a, [role=button], [role=menuitem], "
+        "[role=tab], [role=option], [role=menuitemcheckbox], label, span",
+        exact: bool = True,
+    ) -> bool:
         """Click the first visible element matching ``selector`` whose text is ``text``."""
         js = f"""(() => {{
             const want = {json.dumps(text)};
             for (const el of document.querySelectorAll({json.dumps(selector)})) {{
                 const t = (el.innerText || el.textContent || '').trim();
-                if ({'t === want' if exact else 't.includes(want)'} && el.offsetParent !== null) {{
+                if ({"t === want" if exact else "t.includes(want)"} && el.offsetParent !== null) {{
                     el.scrollIntoView({{block: 'center'}}); el.click(); return true; }}
             }}
             return false; }})()"""
@@ -184,13 +216,23 @@ class Chromium:
     async def screenshot(self, path: str | Path, full_height: int | None = None) -> Path:
         """PNG of the viewport (``full_height``: a taller viewport for this shot)."""
         if full_height:
-            await self.send("Emulation.setDeviceMetricsOverride", width=self.width, height=full_height,
-                            deviceScaleFactor=1, mobile=False)
+            await self.send(
+                "Emulation.setDeviceMetricsOverride",
+                width=self.width,
+                height=full_height,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
             await asyncio.sleep(0.5)
         data = await self.send("Page.captureScreenshot", format="png")
         if full_height:
-            await self.send("Emulation.setDeviceMetricsOverride", width=self.width, height=self.height,
-                            deviceScaleFactor=1, mobile=False)
+            await self.send(
+                "Emulation.setDeviceMetricsOverride",
+                width=self.width,
+                height=self.height,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data["data"]))

@@ -1,0 +1,245 @@
+"""What a person reads of a sweep, without MLflow or a model: summary table, heatmap cells, descriptions,
+run names, params of overlays that took effect, log10 metrics, the trial <-> run link."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from autoquant_sweep.search.study_report import link_trials_to_runs
+from autoquant_sweep.tracking.run_logging import (
+    effective_override_params,
+    failure_description,
+    readable_metrics,
+    run_name,
+    short_granularity,
+)
+from autoquant_sweep.tracking.summary import (
+    NOT_TRIED,
+    REFUSED,
+    format_value,
+    heatmap_cells,
+    outcome,
+    parent_description,
+    write_summary,
+)
+
+NAN = math.nan
+
+
+def _row(rid: str, pair: str, gran: str, value: float, status: str = "FINISHED", **extra) -> dict:
+    row = {
+        "run_id": rid * 8,
+        "run_name": f"{pair} {gran}",
+        "quant_pair": pair,
+        "quant_granularity": gran,
+        "dataset_size": "small",
+        "total_sensitivity": value,
+        "constrained_score": value,
+        "effective_bits": 10.0 if value == value else NAN,
+        "status": status,
+        "cache_hit": "false",
+        "failure_reason": "",
+        "overlay_status": "ok",
+    }
+    row.update(extra)
+    return row
+
+
+ROWS = [
+    _row("a", "wint8_aint8", "default", 8.73e-6),
+    _row("b", "wint8_aint8", "w_group64", 2.473e-7),
+    _row("c", "wint4_aint8", "w_group64", 1.2e-6, cache_hit="true"),
+    _row(
+        "d",
+        "wint4_afp16",
+        "a_per_token_dynamic",
+        5.0e-6,
+        overlay_status="noop",
+        canonical_granularity="default",
+    ),
+    _row(
+        "e",
+        "wfp4_afp8",
+        "w_per_out_channel",
+        NAN,
+        status="FAILED",
+        failure_kind="refused",
+        failure_reason="fp4 | no axis",
+    ),
+]
+
+
+def test_summary_table_is_sorted_by_the_objective_and_formatted_per_column(tmp_path: Path) -> None:
+    paths = write_summary(tmp_path, ROWS, "total_sensitivity", "t")
+    md = paths[1].read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| #"))
+    assert "| quant_granularity |" in header and "| granularity |" not in header
+    body = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [line.split(" | ")[2] for line in body] == [
+        "w_group64",
+        "w_group64",
+        "a_per_token_dynamic",
+        "default",
+        "w_per_out_channel",
+    ]  # best first
+    assert "| 2.47e-07 | 1.0 |" in body[0] and "| 10.00 |" in body[0] and "e+01" not in md
+    assert "| 35.3 |" in body[3]  # 8.73e-6 is 35x the best
+    assert "no-op (= default)" in body[2] and "cache hit" in body[1] and "refused" in body[4]
+    assert "fp4 \\| no axis" in body[4]
+    csv_lines = paths[0].read_text().splitlines()
+    assert csv_lines[0].startswith("run_id,quant_pair,quant_granularity,")
+    assert csv_lines[1].startswith("bbbbbbbb,") and "2.473e-07" in csv_lines[1]
+    assert paths[2].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_number_formats() -> None:
+    assert format_value("total_sensitivity", 2.473e-07) == "2.47e-07"
+    assert format_value("effective_bits", 10.0) == "10.00"
+    assert format_value("ppl_increase_pct", 1.234) == "+1.23 %"
+    assert format_value("recipe_satisfied", 1.0) == "yes"
+    assert format_value("total_sensitivity", NAN) == ""
+
+
+def test_heatmap_cells_tell_refused_failed_not_tried_and_noop_apart() -> None:
+    rows = [*ROWS, _row("f", "wint8_aint8", "w_per_tensor", NAN, status="FAILED", failure_kind="error")]
+    _pairs, grans, cells = heatmap_cells(rows, "total_sensitivity")
+    assert grans[0] == "default"
+    assert cells[("wfp4_afp8", "w_per_out_channel")] == (REFUSED, False)
+    assert cells[("wint8_aint8", "w_per_tensor")] == ("failed", False)
+    assert cells[("wfp4_afp8", "default")] == (NOT_TRIED, False)
+    assert cells[("wint4_afp16", "a_per_token_dynamic")] == (5.0e-6, True)
+    assert cells[("wint8_aint8", "w_group64")] == (2.473e-7, False)
+
+
+def test_outcome_of_a_run() -> None:
+    assert outcome(ROWS[0]) == "computed"
+    assert outcome(ROWS[2]) == "cache hit"
+    assert outcome(ROWS[3]) == "no-op (= default)"
+    assert outcome(ROWS[4]) == "refused"
+    assert outcome({"status": "FAILED", "failure_kind": "error"}) == "failed"
+
+
+def test_parent_description_names_the_winner_first() -> None:
+    text = parent_description(
+        ROWS,
+        "total_sensitivity",
+        experiment_id="3",
+        parent_tags={
+            "best_run_id": "b" * 8,
+            "registered_model": "autoquant-m-total_sensitivity",
+            "registered_version": "2",
+            "best_alias_moved": "true",
+        },
+        best_run=SimpleNamespace(
+            data=SimpleNamespace(
+                metrics={"recipe_effective_bits": 9.8, "recipe_satisfied": 1.0, "ppl_increase_pct": 0.5},
+                tags={"effective_config_summary": "weight: num_bits=8 axis=0"},
+            )
+        ),
+        budget=10.0,
+        command="python experiments/sensitivity.py -m",
+    )
+    first = text.splitlines()[0]
+    assert first.startswith("Best: wint8_aint8 / w_group64 on small: total_sensitivity = 2.473e-07")
+    assert "(log10 -6.61)" in first and "35x lower than the worst" in first
+    assert "(#/experiments/3/runs/bbbbbbbb)" in text and "v2; alias `best` now points here" in text
+    assert "9.80 effective bits (budget met)" in text and "perplexity +0.50 %" in text
+    assert "5 child runs" in text and "1 refused" in text
+    assert "`python experiments/sensitivity.py -m`" in text
+    nothing = parent_description([ROWS[4]], "total_sensitivity", experiment_id="3", parent_tags={})
+    assert nothing.startswith("No finished run") and "fp4 | no axis" in nothing
+
+
+def test_override_params_only_where_the_overlay_took_effect() -> None:
+    weight, inp = "*weight_quantizer", "*input_quantizer"
+    overrides = {weight: {"axis": 0}, inp: {"type": "dynamic", "block_sizes": {-1: None}}}
+    noop = SimpleNamespace(changed_patterns=(), noop_patterns=(inp,))
+    partial = SimpleNamespace(changed_patterns=(weight,), noop_patterns=(inp,))
+    both = SimpleNamespace(changed_patterns=(weight, inp), noop_patterns=())
+    assert effective_override_params(overrides, noop) == {"override.status": "noop"}
+    assert effective_override_params(overrides, partial) == {
+        "override.weight.axis": "0",
+        "override.ignored": "input (quantizer disabled)",
+        "override.status": "partial",
+    }
+    assert effective_override_params(overrides, both)["override.input.type"] == "dynamic"
+    assert effective_override_params({}, None) == {"override.status": "none"}
+    refused = effective_override_params(overrides, None, "refused")
+    assert refused["override.status"] == "refused" and refused["override.input.type"] == "dynamic"
+
+
+def test_log10_metrics_and_run_names() -> None:
+    metrics = [
+        ("total_sensitivity", 2.473e-7, 0),
+        ("layer_score", 1e-8, 3),
+        ("layer_score", 0.0, 4),
+        ("effective_bits", 10.0, 0),
+    ]
+    assert readable_metrics(metrics) == [
+        ("log10_total_sensitivity", -6.607, 0),
+        ("log10_layer_score", -8.0, 3),
+    ]
+    c = {
+        "quant_pair": {"name": "wint4_aint8"},
+        "quant_granularity": {"name": "w_group64"},
+        "dataset": {"size": "small"},
+    }
+    assert run_name(c) == "wint4_aint8 w-g64"
+    assert run_name(c, "cache hit") == "wint4_aint8 w-g64 [cache hit]"
+    assert run_name({**c, "dataset": {"size": "large"}}) == "wint4_aint8 w-g64 large"
+    shorts = [
+        short_granularity(g)
+        for g in (
+            "w_per_tensor",
+            "w_per_out_channel",
+            "w_per_in_channel",
+            "a_per_token_dynamic",
+            "a_per_tensor_static",
+        )
+    ]
+    assert len({s[:5] for s in shorts}) == len(shorts)  # distinct within a few characters
+    assert short_granularity("my_custom") == "my_custom"
+
+
+def test_failure_description_keeps_the_whole_reason() -> None:
+    c = {"quant_pair": {"name": "wfp4_afp8"}, "quant_granularity": {"name": "w_per_out_channel"}}
+    reason = "format X + granularity Y: fp4 takes no axis; ModelOpt fails with 'bad'" + "; more" * 200
+    text = failure_description(c, reason, "refused")
+    assert text.startswith("REFUSED BEFORE ANY MODEL WAS LOADED: wfp4_afp8 / w_per_out_channel")
+    assert "- ModelOpt fails with 'bad'" in text and text.count("- more") == 200
+    assert "failure/plan.json" in text and "autoquant-sweep validate" in text
+
+
+def _trial(number: int, pair: str, start: float, end: float | None) -> SimpleNamespace:
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    return SimpleNamespace(
+        number=number,
+        params={"quant_pair": pair},
+        datetime_start=t0 + dt.timedelta(seconds=start),
+        datetime_complete=None if end is None else t0 + dt.timedelta(seconds=end),
+    )
+
+
+def _run(rid: str, pair: str, start: float) -> SimpleNamespace:
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp() * 1000
+    return SimpleNamespace(
+        info=SimpleNamespace(run_id=rid, start_time=t0 + start * 1000),
+        data=SimpleNamespace(params={"quant_pair": pair}),
+    )
+
+
+def test_trials_link_to_the_run_with_their_params_inside_their_time_window() -> None:
+    trials = [_trial(0, "a", 0, 10), _trial(1, "a", 10, 20), _trial(2, "b", 20, 30), _trial(3, "b", 30, None)]
+    runs = [_run("r-a2", "a", 10.5), _run("r-a1", "a", 0.4), _run("r-b1", "b", 20.2), _run("old", "b", -100)]
+    linked = link_trials_to_runs(trials, runs)
+    assert {n: r.info.run_id for n, r in linked.items()} == {0: "r-a1", 1: "r-a2", 2: "r-b1"}
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, NAN])
+def test_no_log10_for_values_without_one(value: float) -> None:
+    assert readable_metrics([("total_sensitivity", value, 0)]) == []
