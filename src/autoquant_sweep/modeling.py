@@ -147,6 +147,7 @@ def load_model_and_tokenizer(
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
     check_model_settings(kind, dtype)
+    config = read_checkpoint_config(path)  # a broken config.json names itself, not "cannot load a tokenizer"
     auto_cls = AutoModelForCausalLM if kind == "causal_lm" else AutoModelForImageTextToText
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -165,7 +166,6 @@ def load_model_and_tokenizer(
             f"model.path: cannot load a {kind} model from '{path}': {_first_line(exc)}"
         ) from exc
     model.to(device).eval()
-    config = json.loads((path / "config.json").read_text())
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

@@ -392,6 +392,20 @@ def test_broken_config_json_is_named(compose_cfg, tmp_path, embedded, no_model_l
     assert "tokenizer" not in message and "\n" not in message
 
 
+def test_loader_names_a_broken_config_json_too(tmp_path, embedded):
+    """Callers that load without a plan (``autoquant-sweep apply``) get the same answer."""
+    from autoquant_sweep.modeling import load_model_and_tokenizer
+
+    ckpt = _checkpoint_copy(tmp_path, embedded)
+    (ckpt / "config.json").write_text("{oops")
+    with pytest.raises(UserInputError) as info:
+        load_model_and_tokenizer(ckpt, kind="causal_lm", dtype="float32", device="cpu")
+    assert str(info.value) == (
+        f"model.path: '{ckpt / 'config.json'}' is not valid JSON (line 1, column 2: Expecting property name "
+        "enclosed in double quotes); restore the checkpoint's config.json"
+    )
+
+
 # ---- the command line ---------------------------------------------------------------------------------
 
 
