@@ -153,3 +153,14 @@ def test_common_divisors_suggest_group_sizes_that_fit_every_module():
 def test_conv_input_rank_is_the_weight_rank():
     conv = QuantModuleShape("model.visual.patch_embed.proj", "conv", (32, 3, 2, 8, 8))
     assert conv.input_shape == (None,) * 5 and conv.numel == 32 * 3 * 2 * 8 * 8
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import autoquant_sweep.model_shapes as model_shapes
+    import autoquant_sweep.quant.overlay as overlay
+
+    for module in (model_shapes, overlay):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
