@@ -1,10 +1,10 @@
 """Surviving faults: graceful SIGTERM, and cleaning up after a process that died (SIGKILL, OOM, node loss).
 
 * :func:`install_signal_handlers` turns SIGTERM into :class:`Terminated` (a ``SystemExit``) and SIGINT
-  (Ctrl-C) into :class:`Interrupted` (a ``KeyboardInterrupt`` that says why), so ``finally`` blocks and
-  ``except BaseException`` handlers run: the job's MLflow run is marked ``KILLED``, the sweeper fails its
-  own Optuna trials with a ``fail_reason``, the sweep's parent run ends ``KILLED`` and nothing is
-  registered; the process exits with status 143 (SIGTERM) or 130 (SIGINT).
+  (Ctrl-C) into :class:`Interrupted` (the same, status 130, instead of a ``KeyboardInterrupt`` traceback),
+  so ``finally`` blocks and ``except BaseException`` handlers run: the job's MLflow run is marked
+  ``KILLED``, the sweeper fails its own Optuna trials with a ``fail_reason``, the sweep's parent run ends
+  ``KILLED`` and nothing is registered; the process exits with status 143 (SIGTERM) or 130 (SIGINT).
 * Every Optuna trial (system attr ``aqs_owner``) and MLflow run (tag ``aqs.owner``) records its owner
   process as ``<host>:<pid>``. The next sweep marks what a dead owner on this host left ``RUNNING`` as
   ``FAIL`` (Optuna) / ``KILLED`` (MLflow) with a ``failure_reason``, and removes stale staging folders.
@@ -41,12 +41,14 @@ class Terminated(SystemExit):
         return f"killed by {signal.Signals(self.signum).name}"
 
 
-class Interrupted(KeyboardInterrupt):
-    """Raised in the main thread on SIGINT (Ctrl-C); a ``KeyboardInterrupt`` whose text says why."""
+class Interrupted(Terminated):
+    """Raised in the main thread on SIGINT (Ctrl-C): handled like SIGTERM, exit status 130, no traceback."""
 
     def __init__(self, signum: int = signal.SIGINT) -> None:
-        super().__init__(f"interrupted by {signal.Signals(signum).name} (Ctrl-C)")
-        self.signum = signum
+        super().__init__(signum)
+
+    def __str__(self) -> str:
+        return f"interrupted by {signal.Signals(self.signum).name} (Ctrl-C)"
 
 
 def interrupted(exc: BaseException) -> bool:
