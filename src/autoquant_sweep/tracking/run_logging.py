@@ -323,18 +323,19 @@ def child_description(c: Mapping[str, Any], manifest: Mapping[str, Any], *, cach
          "granularity": c["quant_granularity"]["name"],
          "status": tags.get("overlay_status", manifest["quantization"].get("status"))}
     obj = manifest.get("objectives", {})
+    objective = str(c.get("autoquant", {}).get("objective", ""))
     numbers = []
-    for key in ("total_sensitivity", "constrained_score"):
+    for key in sorted(("total_sensitivity", "constrained_score"), key=lambda k: k != objective):
         if key in obj and isinstance(obj[key], (int, float)) and math.isfinite(obj[key]):
             log10 = f" (log10 {math.log10(obj[key]):.2f})" if obj[key] > 0 else ""
-            numbers.append(f"`{key}` = {_fmt_metric(obj[key])}{log10}")
+            numbers.append(f"{key} {_fmt_metric(obj[key])}{log10}")
     if "effective_bits" in obj:
-        numbers.append(f"effective bits {_fmt_metric(obj['effective_bits'])} "
+        numbers.append(f"{_fmt_metric(obj['effective_bits'])} effective bits "
                        f"(budget {float(c['autoquant']['effective_bits']):g})")
     how = [w for w, on in (("no-op", q.get("status") == "noop"), ("cache hit", cache_hit)) if on]
-    # first line plain text: the runs table's Description column shows it as is
-    lines = [f"{q['pair']} / {q['granularity']} on {c['dataset']['name']}/{c['dataset']['size']}"
-             + (f" ({', '.join(how)})" if how else "") + ": " + ", ".join(numbers).replace("`", ""),
+    # first line plain text, status and numbers first: the runs table's Description column shows its start
+    lines = [f"{', '.join(how) or 'computed'} · " + " · ".join(numbers)
+             + f" · {q['pair']} / {q['granularity']} on {c['dataset']['name']}/{c['dataset']['size']}",
              "", f"- effective config: `{q.get('summary', '?')}`"]
     if q.get("status") == "noop":
         canonical = tags.get("canonical_granularity")
