@@ -429,8 +429,14 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
     )
 
 
-#: captions per held-out evaluation batch
-EVAL_BATCH_SIZE = 16
+def eval_captions_used(captions: list[str], batch_size: int) -> list[str]:
+    """The held-out captions evaluated: whole batches only.
+
+    Example:
+        >>> len(eval_captions_used(["a ."] * 66, 4))
+        64
+    """
+    return captions[: len(captions) - len(captions) % batch_size]
 
 
 class ModelCache:
@@ -476,14 +482,15 @@ class ModelCache:
         return self._batches[key]
 
     def eval_batches(self, plan: RunPlan, loaded: LoadedModel, captions: list[str]) -> list[dict]:
-        """Tokenised held-out batches: same ``seq_len`` as scoring, ``EVAL_BATCH_SIZE`` captions each
-        (the quantized forward's cost is mostly per call, so few large batches are cheapest)."""
+        """Tokenised held-out batches with the shapes of the calibration batches (same ``seq_len`` and
+        batch size: a calibrated per-token quantizer keeps an amax of shape (batch, seq, 1)); a trailing
+        partial batch is left out (:func:`eval_captions_used`)."""
         seq_len = int(plan.cfg["dataset"]["seq_len"])
-        key = ("eval", loaded.identity, tuple(captions), seq_len, EVAL_BATCH_SIZE)
+        size = plan.batch_plan.batch_size
+        used = eval_captions_used(captions, size)
+        key = ("eval", loaded.identity, tuple(used), seq_len, size)
         if key not in self._batches:
-            self._batches[key] = data_mod.tokenize_batches(
-                loaded.tokenizer, captions, seq_len, EVAL_BATCH_SIZE
-            )
+            self._batches[key] = data_mod.tokenize_batches(loaded.tokenizer, used, seq_len, size)
         return self._batches[key]
 
     def unquantized_loss(self, plan: RunPlan, loaded: LoadedModel, captions: list[str]) -> float:
@@ -491,7 +498,7 @@ class ModelCache:
         from autoquant_sweep.evaluation import eval_loss
 
         seq_len = int(plan.cfg["dataset"]["seq_len"])
-        key = (loaded.identity, tuple(captions), seq_len, EVAL_BATCH_SIZE, plan.device)
+        key = (loaded.identity, tuple(captions), seq_len, plan.batch_plan.batch_size, plan.device)
         if key not in self._unquantized_loss:
             batches = self.eval_batches(plan, loaded, captions)
             self._unquantized_loss[key] = eval_loss(loaded.model, batches, plan.device)
@@ -644,13 +651,17 @@ def execute_run(plan: RunPlan, run_dir: Path | None, cache: ModelCache = MODEL_C
     curve_seconds = time.perf_counter() - t_curve
     evaluation = None
     split = eval_split(c)
+    if split is not None and not eval_captions_used(split[1], plan.batch_plan.batch_size):
+        log.warning("held-out split %s has fewer captions than one batch (%d): nothing evaluated",
+                    split[0], plan.batch_plan.batch_size)
+        split = None
     if split is not None:
         source, captions = split
         t_unq = time.perf_counter()
         unquantized = cache.unquantized_loss(plan, loaded, captions)
         unq_seconds = time.perf_counter() - t_unq
         evaluation = evaluate(result.model, cache.eval_batches(plan, loaded, captions), unquantized,
-                              len(captions), plan.device)
+                              len(eval_captions_used(captions, plan.batch_plan.batch_size)), plan.device)
         evaluation["source"] = source
         evaluation["unquantized_seconds"] = unq_seconds  # 0 after the first run of a process
     result.model = None  # release the trial's quantized copy before the next trial starts
@@ -685,7 +696,7 @@ def execute_run(plan: RunPlan, run_dir: Path | None, cache: ModelCache = MODEL_C
         "fits" if recipe.satisfied else "does NOT fit the budget",
         len(recipe.quantized_groups),
         len(recipe.quantized_groups) + len(recipe.kept_16bit_groups),
-        f"; eval loss +{evaluation['eval_loss_delta']:.4g} nats" if evaluation else "",
+        f"; eval loss {evaluation['eval_loss_delta']:+.4g} nats" if evaluation else "",
         destination,
     )
     return RunOutcome(plan=plan, manifest=manifest, report_dir=destination)

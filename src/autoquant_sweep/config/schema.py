@@ -51,6 +51,10 @@ class DatasetConfig:
     path: str | None = None
     max_samples: int | None = None
     seq_len: int = 32
+    # held-out captions for the quality evaluation (never calibration / scoring); null -> <root>/eval.txt
+    # when it exists, the embedded held-out split for the embedded captions, else no evaluation
+    eval_path: str | None = None
+    eval_samples: int | None = None
 
 
 @dataclass
@@ -82,10 +86,14 @@ class AutoQuantConfig:
     batch_size: int = 4
     num_calib_samples: int = 16
     num_score_samples: int = 16
-    effective_bits: float = 10.0
-    objective: str = "total_sensitivity"
+    effective_bits: float = 9.0
+    objective: str = "constrained_score"
     seed: int = 0
     cache: bool = True
+    # budgets the recipe is re-solved at (the budget curve); null -> recipe.default_budget_grid
+    budget_grid: list[float] | None = None
+    # held-out loss of the returned (quantized) model vs the unquantized one
+    evaluate: bool = True
 
 
 @dataclass

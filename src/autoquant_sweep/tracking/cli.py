@@ -1,8 +1,8 @@
 """Sub-commands ``lookup``, ``apply`` and ``ui`` of ``autoquant-sweep`` (see :func:`add_tracking_commands`).
 
     autoquant-sweep ui [--host 127.0.0.1] [--port 5000]
-    autoquant-sweep lookup autoquant-qwen3_tiny-total_sensitivity [--alias best | --version 3] [--out F]
-    autoquant-sweep apply autoquant-qwen3_tiny-total_sensitivity --out quantized/ [--model-path DIR]
+    autoquant-sweep lookup autoquant-qwen3_tiny-constrained_score [--alias best-b9 | --version 3] [--uniform]
+    autoquant-sweep apply autoquant-qwen3_tiny-constrained_score --out q/ [--model-path DIR] [--uniform]
 """
 
 from __future__ import annotations
@@ -50,16 +50,33 @@ def _summary(mv: Any) -> str:
             f"config fingerprint {t.get('config_fingerprint')}")
 
 
-def cmd_lookup(args: argparse.Namespace) -> int:
-    """Print the version's summary and write its effective quant config JSON (byte-identical to the run's)."""
-    from autoquant_sweep.tracking.registry import get_version
+def _recipe_lines(mv: Any, recipe: dict[str, Any]) -> list[str]:
+    """What the registered recipe is: budget, achieved bits, measured quality, groups kept at 16 bits."""
+    if not recipe:
+        return ["(a version from before recipes: its config is the uniform pair x granularity config)"]
+    from autoquant_sweep.tracking.registry import version_description
 
-    mv, data = get_version(args.name, args.alias, args.version, _tracking_uri(args))
+    kept = recipe.get("kept_16bit_groups") or []
+    n = len(kept) + len(recipe.get("quantized_groups") or [])
+    return [version_description(mv.tags),
+            f"recipe at {recipe['budget']:g} bits: {n - len(kept)}/{n} layer groups quantized, "
+            "kept at 16 bits: " + (", ".join(kept) or "none")]
+
+
+def cmd_lookup(args: argparse.Namespace) -> int:
+    """Print the version's summary and what its recipe keeps at 16 bits; write its recipe JSON
+    (``--uniform``: the uniform effective config), byte-identical to the run's artifact."""
+    from autoquant_sweep.tracking.registry import get_version, version_recipe
+
+    uniform = getattr(args, "uniform", False)
+    mv, data = get_version(args.name, args.alias, args.version, _tracking_uri(args), uniform=uniform)
     print(_summary(mv))
+    for line in _recipe_lines(mv, version_recipe(mv, _tracking_uri(args))):
+        print(line)
     out = Path(args.out or f"{args.name}-v{mv.version}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)
-    print(f"effective quant config -> {out}")
+    print(f"{'uniform effective quant config' if uniform else 'per-layer recipe (quant_cfg)'} -> {out}")
     return 0
 
 
@@ -100,6 +117,25 @@ def quantize_checkpoint(model_path: Path | None, quant_cfg: dict, out: Path, *, 
     return model
 
 
+def held_out_loss(model: Any, *, seq_len: int = 32, batch_size: int = 4, device: str = "auto"
+                  ) -> dict[str, Any]:
+    """Loss of ``model`` on the embedded held-out captions, batched exactly as a sweep's evaluation."""
+    from transformers import AutoTokenizer
+
+    from autoquant_sweep import data as data_mod
+    from autoquant_sweep.embedded import ensure_embedded_assets
+    from autoquant_sweep.evaluation import eval_loss
+    from autoquant_sweep.modeling import resolve_device
+    from autoquant_sweep.runner import eval_captions_used
+
+    source, captions = data_mod.resolve_eval_captions(None, None, None, None)
+    captions = eval_captions_used(captions, batch_size)
+    tok = AutoTokenizer.from_pretrained(ensure_embedded_assets().tokenizer_dir)
+    batches = data_mod.tokenize_batches(tok, captions, seq_len, batch_size)
+    return {"eval_loss": eval_loss(model, batches, resolve_device(device)), "num_samples": len(captions),
+            "source": source}
+
+
 def check_out_dir(out: Path, force: bool = False) -> None:
     """``apply --out``: a new or empty folder (``--force``: a non-empty one, replaced as a whole).
 
@@ -126,15 +162,23 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_out_dir(out, force=getattr(args, "force", False))  # before any lookup or model load
-    mv, data = get_version(args.name, args.alias, args.version, _tracking_uri(args))
+    uniform = getattr(args, "uniform", False)
+    mv, data = get_version(args.name, args.alias, args.version, _tracking_uri(args), uniform=uniform)
     print(_summary(mv))
+    print(f"applying the {'uniform effective config' if uniform else 'per-layer recipe'}")
     model_path = Path(args.model_path) if args.model_path else None
     info = {"registered_model": mv.name, "version": mv.version, "tags": dict(mv.tags), "source": mv.source,
-            "model_path": args.model_path or "embedded qwen3_tiny", "calibration": f"captions/{args.size}"}
+            "model_path": args.model_path or "embedded qwen3_tiny", "calibration": f"captions/{args.size}",
+            "config": "uniform" if uniform else "recipe"}
 
     def write(folder: Path) -> None:  # into a staging folder, swapped in as `out` once complete
-        quantize_checkpoint(model_path, quantize_config_from_json(data), folder, size=args.size,
-                            device=args.device)
+        model = quantize_checkpoint(model_path, quantize_config_from_json(data), folder, size=args.size,
+                                    device=args.device)
+        if model_path is None:  # the embedded model: measure it on the held-out split, as the sweep did
+            info["evaluation"] = held_out_loss(model, device=args.device)
+            print(f"held-out loss of the quantized model: {info['evaluation']['eval_loss']:.6f} "
+                  f"({info['evaluation']['num_samples']} captions; the run logged eval_loss="
+                  f"{mv.tags.get('eval_loss', 'n/a')})")
         (folder / APPLIED_CFG_FILE).write_bytes(data)
         (folder / APPLY_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
@@ -221,9 +265,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def add_tracking_commands(sub: Any) -> None:
     """Register ``lookup``, ``apply`` and ``ui`` on the ``autoquant-sweep`` sub-parsers."""
-    p = sub.add_parser("lookup", help="print a registered best config and write its quant config JSON")
+    p = sub.add_parser("lookup", help="print a registered best recipe (what it keeps at 16 bits) and write "
+                                      "its quant_cfg JSON")
     _add_version_args(p)
     p.add_argument("--out", default=None, help="JSON file to write (default: <name>-v<version>.json)")
+    p.add_argument("--uniform", action="store_true",
+                   help="the uniform pair x granularity config instead of the per-layer recipe")
     p.set_defaults(func=cmd_lookup)
 
     p = sub.add_parser("apply", help="quantize a checkpoint with a registered config and save it")
@@ -235,6 +282,8 @@ def add_tracking_commands(sub: Any) -> None:
     p.add_argument("--size", default="small", choices=("small", "medium", "large"),
                    help="calibration captions subset (default: small)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--uniform", action="store_true",
+                   help="apply the uniform pair x granularity config instead of the per-layer recipe")
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("ui", help="start the MLflow UI against the project's store (127.0.0.1 unless asked)")

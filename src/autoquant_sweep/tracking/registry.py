@@ -1,7 +1,12 @@
-"""Registry of best configs: one registered model per (model, objective), alias ``best``, lookup.
+"""Registry of best recipes: one registered model per (model, objective), aliases ``best`` and one per
+budget band (``best-b9``), lookup.
 
-A version's source is the child run's ``config/`` artifact folder; its ``effective_quant_cfg.json`` is the
-effective quant config exactly as the run used it (JSON: block_sizes keys are strings like ``"-1"``).
+A version's source is the ``recipe/`` artifact folder of the run that **computed** the result (for a
+cache hit: its ``cache_source_run_id``); its ``quant_cfg.json`` is ModelOpt's per-layer recipe at the
+run's budget, loadable into ``mtq.quantize`` unchanged (JSON: block_sizes keys are strings like
+``"-1"``). The uniform effective config of the pair x granularity stays a second artifact
+(``config/effective_quant_cfg.json``; ``uniform=True`` / ``--uniform``). Only satisfied recipes (achieved
+effective bits <= budget) are registered.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from autoquant_sweep.errors import UserInputError
 log = logging.getLogger(__name__)
 
 BEST_ALIAS = "best"
+RECIPE_FILE = "quant_cfg.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -33,53 +39,122 @@ def registered_name(model: str, objective: str) -> str:
     return _UNSAFE.sub("-", f"autoquant-{model}-{objective}").strip("-")
 
 
+#: objectives whose value must be strictly positive to count (an all-zero score is not a result)
+POSITIVE_OBJECTIVES = ("total_sensitivity", "constrained_score")
+
+
 def qualifying(rows: Sequence[Mapping[str, Any]], objective: str) -> list[Mapping[str, Any]]:
-    """Rows that may become ``best``: FINISHED, with a finite, strictly positive objective."""
+    """Rows that may become ``best``: FINISHED, with a finite objective (strictly positive for the
+    sensitivity objectives) and a recipe that fits its budget (``recipe_satisfied`` == 1 when known)."""
     out = []
     for row in rows:
         value = row.get(objective, math.nan)
         finite = isinstance(value, float) and math.isfinite(value)
-        if row.get("status") == "FINISHED" and finite and value > 0:
+        positive = objective not in POSITIVE_OBJECTIVES or (finite and value > 0)
+        satisfied = row.get("recipe_satisfied", 1.0) == 1.0
+        if row.get("status") == "FINISHED" and finite and positive and satisfied:
             out.append(row)
     return out
 
 
-def _current_best(client: Any, name: str) -> Any | None:
+def _alias_version(client: Any, name: str, alias: str) -> Any | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(name, BEST_ALIAS)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
 
 
-def register_best(client: Any, rows: Sequence[Mapping[str, Any]], objective: str) -> dict[str, Any] | None:
-    """Register the best qualifying child as a new version; move ``best`` only if it beats the current one.
+def _current_best(client: Any, name: str) -> Any | None:
+    return _alias_version(client, name, BEST_ALIAS)
 
-    Returns ``{"name", "version", "value", "alias_moved", "run_id"}`` or None when no child qualifies.
+
+def _fmt(value: Any, spec: str, default: str = "n/a") -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return format(number, spec) if math.isfinite(number) else default
+
+
+def version_description(tags: Mapping[str, str]) -> str:
+    """One paragraph: recipe, budget, achieved bits, predicted score, measured loss / perplexity increase."""
+    measured = (f"measured held-out loss {_fmt(tags.get('eval_loss_delta'), '+.4f')} nats "
+                f"(perplexity {_fmt(tags.get('ppl_increase_pct'), '+.2f')} %)"
+                if tags.get("eval_loss_delta") not in (None, "", "nan") else "not evaluated")
+    bits = _fmt(tags.get("recipe_effective_bits"), ".3f")
+    score = _fmt(tags.get("recipe_predicted_score"), ".4e")
+    return (
+        f"Per-layer recipe of {tags.get('quant_pair')} x {tags.get('granularity')} at "
+        f"{_fmt(tags.get('budget'), 'g')} effective bits: achieves {bits} bits, keeps "
+        f"{tags.get('kept_16bit_groups', '?')} of {tags.get('recipe_groups', '?')} layer groups at 16 bits; "
+        f"predicted score {score}; {measured}; "
+        f"{tags.get('objective')}={_fmt(tags.get('objective_value'), '.6e')}. Load with "
+        f"lookup_best_config('{tags.get('registered_name', '')}') or `autoquant-sweep apply`."
+    )
+
+
+def _same_study(ct: Mapping[str, str], vt: Mapping[str, str]) -> bool:
+    return all(ct.get(k) == vt.get(k) for k in ("objective", "dataset", "dataset_size", "budget"))
+
+
+def _beats(client: Any, name: str, alias: str, version_tags: Mapping[str, str], value: float) -> bool:
+    """Whether ``value`` should move ``alias``: no current holder, or the same objective, dataset and
+    budget with a strictly lower value."""
+    current = _alias_version(client, name, alias)
+    if current is None:
+        return True
+    ct = current.tags
+    try:
+        current_value = float(ct.get("objective_value", "nan"))
+    except ValueError:
+        current_value = math.nan
+    if not _same_study(ct, version_tags):
+        log.warning("registry: %s@%s (v%s) was measured on another dataset/objective/budget; alias kept",
+                    name, alias, current.version)
+        return False
+    return not math.isfinite(current_value) or value < current_value
+
+
+def register_best(client: Any, rows: Sequence[Mapping[str, Any]], objective: str) -> dict[str, Any] | None:
+    """Register the best qualifying child's recipe as a new version; move ``best`` and the budget band's
+    alias (``best-b9``) only if it strictly beats the current holder (same objective, dataset, budget).
+
+    The version points at the run that computed the result (a cache hit's ``cache_source_run_id``).
+    Returns ``{"name", "version", "value", "alias_moved", "band_alias", "band_moved", "run_id",
+    "selected_run_id"}`` or None when no child qualifies.
     """
     from mlflow.exceptions import MlflowException
 
-    from autoquant_sweep.tracking.run_logging import CONFIG_ARTIFACT_DIR
+    from autoquant_sweep.report import RECIPE_DIR
+    from autoquant_sweep.tracking.recommendation import band_alias
 
     candidates = qualifying(rows, objective)
     if not candidates:
-        log.warning("registry: no child qualifies (finished, finite, > 0 %s); nothing registered", objective)
+        log.warning("registry: no child qualifies (finished, finite %s, recipe within its budget); "
+                    "nothing registered", objective)
         return None
-    best = min(candidates, key=lambda r: (r[objective], r["run_id"]))
-    run = client.get_run(best["run_id"])
-    params, tags = run.data.params, run.data.tags
+    best = min(candidates, key=lambda r: (r[objective], r.get("cache_hit") == "true", r["run_id"]))
+    selected = client.get_run(best["run_id"])
+    computed_id = selected.data.tags.get("cache_source_run_id") or best["run_id"]
+    run = client.get_run(computed_id) if computed_id != best["run_id"] else selected
+    params, tags, metrics = selected.data.params, selected.data.tags, selected.data.metrics
     name = registered_name(params.get("model", "model"), objective)
     try:
         client.create_registered_model(
-            name, description=f"Best AutoQuant effective quant config of {params.get('model')} by {objective}"
+            name, description=f"Best AutoQuant per-layer recipe of {params.get('model')} by {objective}, "
+                              "one alias per budget (best-b<bits>) next to best"
         )
     except MlflowException:
         pass  # already exists
     value = float(best[objective])
+    recipe = _recipe_summary(client, computed_id)
+    kept = recipe.get("kept_16bit_groups", [])
     version_tags = {
         "quant_pair": params.get("quant_pair", ""),
-        "granularity": params.get("quant_granularity", ""),
+        "granularity": tags.get("canonical_granularity") or params.get("quant_granularity", ""),
+        "requested_granularity": params.get("quant_granularity", ""),
         "weight": params.get("weight", ""),
         "activation": params.get("activation", ""),
         "base_format": params.get("base_format", ""),
@@ -87,38 +162,53 @@ def register_best(client: Any, rows: Sequence[Mapping[str, Any]], objective: str
         "dataset_size": params.get("dataset_size", ""),
         "objective": objective,
         "objective_value": repr(value),
-        "source_run_id": best["run_id"],
+        "budget": params.get("effective_bits_budget", ""),
+        "recipe_effective_bits": repr(metrics.get("recipe_effective_bits", math.nan)),
+        "recipe_predicted_score": repr(metrics.get("recipe_predicted_score", math.nan)),
+        "recipe_satisfied": "true",
+        "kept_16bit_groups": str(len(kept)),
+        "recipe_groups": str(len(kept) + len(recipe.get("quantized_groups", []))),
+        "eval_loss": repr(metrics.get("eval_loss", math.nan)),
+        "eval_loss_delta": repr(metrics.get("eval_loss_delta", math.nan)),
+        "ppl_increase_pct": repr(metrics.get("ppl_increase_pct", math.nan)),
+        "artifact": f"{RECIPE_DIR}/{RECIPE_FILE}",
+        "uniform_artifact": "config/effective_quant_cfg.json",
+        "source_run_id": computed_id,
+        "selected_run_id": best["run_id"],
         "config_fingerprint": tags.get("config_fingerprint", ""),
         "run_fingerprint": tags.get("run_fingerprint", ""),
+        "registered_name": name,
     }
     version = client.create_model_version(
-        name, source=f"{run.info.artifact_uri}/{CONFIG_ARTIFACT_DIR}", run_id=best["run_id"],
-        tags=version_tags,
-        description=f"{version_tags['quant_pair']} / {version_tags['granularity']}: {objective}={value:.6e}",
+        name, source=f"{run.info.artifact_uri}/{RECIPE_DIR}", run_id=computed_id,
+        tags=version_tags, description=version_description(version_tags),
     )
-    current = _current_best(client, name)
-    moved = False
-    if current is None:
-        moved = True
-    else:
-        ct = current.tags
-        same = (ct.get("objective") == objective and ct.get("dataset") == version_tags["dataset"]
-                and ct.get("dataset_size") == version_tags["dataset_size"])
-        try:
-            current_value = float(ct.get("objective_value", "nan"))
-        except ValueError:
-            current_value = math.nan
-        if not same:
-            log.warning("registry: %s@best (v%s) was measured on another dataset/objective; alias kept",
-                        name, current.version)
-        elif not math.isfinite(current_value) or value < current_value:
-            moved = True
+    moved = _beats(client, name, BEST_ALIAS, version_tags, value)
+    band = band_alias(float(version_tags["budget"])) if version_tags["budget"] else None
+    band_moved = band is not None and _beats(client, name, band, version_tags, value)
     if moved:
         client.set_registered_model_alias(name, BEST_ALIAS, version.version)
-    log.info("registry: %s v%s (%s=%.6e from run %s); alias best %s", name, version.version, objective, value,
-             best["run_id"], "moved here" if moved else "kept")
+    if band_moved:
+        client.set_registered_model_alias(name, band, version.version)
+    log.info("registry: %s v%s (%s=%.6e from run %s); alias best %s, %s %s", name, version.version,
+             objective, value, computed_id, "moved here" if moved else "kept", band,
+             "moved here" if band_moved else "kept")
     return {"name": name, "version": version.version, "value": value, "alias_moved": moved,
-            "run_id": best["run_id"]}
+            "band_alias": band, "band_moved": band_moved, "run_id": computed_id,
+            "selected_run_id": best["run_id"]}
+
+
+def _recipe_summary(client: Any, run_id: str) -> dict[str, Any]:
+    """The ``recipe`` section of a run's manifest (empty when it has none)."""
+    from autoquant_sweep.report import MANIFEST
+    from autoquant_sweep.tracking.run_logging import REPORT_ARTIFACT_DIR
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="aqs-reg-") as tmp:
+            path = client.download_artifacts(run_id, f"{REPORT_ARTIFACT_DIR}/{MANIFEST}", tmp)
+            return json.loads(Path(path).read_text()).get("recipe") or {}
+    except Exception:  # a run without a report: counts stay "?"-free zeros
+        return {}
 
 
 def _client(tracking_uri: str | None) -> Any:
@@ -134,12 +224,23 @@ def _env_uri() -> str | None:
     return os.environ.get("MLFLOW_TRACKING_URI") or None
 
 
-def get_version(name: str, alias: str | None = BEST_ALIAS, version: int | str | None = None,
-                tracking_uri: str | None = None) -> tuple[Any, bytes]:
-    """The model version (by ``version``, else ``alias``) and the bytes of its effective_quant_cfg.json."""
-    from mlflow.exceptions import MlflowException
-
+def artifact_path(mv: Any, uniform: bool = False) -> str:
+    """Run-relative path of a version's config: the recipe (``recipe/quant_cfg.json``), or with ``uniform``
+    the pair x granularity's uniform effective config. Versions registered before recipes existed
+    only have the uniform config."""
     from autoquant_sweep.tracking.run_logging import CONFIG_ARTIFACT_DIR, EFFECTIVE_CFG_FILE
+
+    uniform_path = f"{CONFIG_ARTIFACT_DIR}/{EFFECTIVE_CFG_FILE}"
+    if uniform:
+        return mv.tags.get("uniform_artifact") or uniform_path
+    return mv.tags.get("artifact") or uniform_path
+
+
+def get_version(name: str, alias: str | None = BEST_ALIAS, version: int | str | None = None,
+                tracking_uri: str | None = None, uniform: bool = False) -> tuple[Any, bytes]:
+    """The model version (by ``version``, else ``alias``) and the bytes of its recipe
+    (``recipe/quant_cfg.json``; with ``uniform`` the uniform ``config/effective_quant_cfg.json``)."""
+    from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
     try:
@@ -149,14 +250,24 @@ def get_version(name: str, alias: str | None = BEST_ALIAS, version: int | str | 
         what = f"version {version}" if version is not None else f"alias '{alias}'"
         raise UserInputError(f"registry: no {what} of registered model '{name}': {exc.message}") from exc
     with tempfile.TemporaryDirectory(prefix="aqs-lookup-") as tmp:
+        relative = artifact_path(mv, uniform)
         if mv.run_id:
-            path = client.download_artifacts(mv.run_id, f"{CONFIG_ARTIFACT_DIR}/{EFFECTIVE_CFG_FILE}", tmp)
+            path = client.download_artifacts(mv.run_id, relative, tmp)
         else:
             import mlflow.artifacts
 
-            path = mlflow.artifacts.download_artifacts(f"{mv.source}/{EFFECTIVE_CFG_FILE}", dst_path=tmp)
+            path = mlflow.artifacts.download_artifacts(f"{mv.source}/{relative.rsplit('/', 1)[-1]}",
+                                                       dst_path=tmp)
         data = Path(path).read_bytes()
     return mv, data
+
+
+def version_recipe(mv: Any, tracking_uri: str | None = None) -> dict[str, Any]:
+    """The ``recipe`` section (budget, achieved bits, quantized / kept-at-16-bit groups) of a version's
+    computing run, ``{}`` for versions registered before recipes existed."""
+    if not mv.run_id or not mv.tags.get("artifact"):
+        return {}
+    return _recipe_summary(_client(tracking_uri), mv.run_id)
 
 
 def _normalise_cfg(cfg: Any) -> Any:
@@ -188,14 +299,15 @@ def quantize_config_from_json(text: str | bytes) -> dict[str, Any]:
 
 
 def lookup_best_config(name: str, alias: str = BEST_ALIAS, version: int | str | None = None,
-                       tracking_uri: str | None = None) -> dict[str, Any]:
-    """Effective quant config of registered model ``name`` at ``alias`` (or ``version``) for ``mtq.quantize``.
+                       tracking_uri: str | None = None, uniform: bool = False) -> dict[str, Any]:
+    """The per-layer recipe of registered model ``name`` at ``alias`` (``best``, ``best-b9``, ...) or
+    ``version``, ready for ``mtq.quantize``; ``uniform=True``: the pair x granularity's uniform config.
 
     ``tracking_uri``: default ``$MLFLOW_TRACKING_URI``, else the project's ``sqlite:///<root>/mlflow.db``.
 
     Example:
-        >>> cfg = lookup_best_config("autoquant-qwen3_tiny-total_sensitivity")  # doctest: +SKIP
+        >>> cfg = lookup_best_config("autoquant-qwen3_tiny-constrained_score")  # doctest: +SKIP
         >>> mtq.quantize(model, cfg, forward_loop)  # doctest: +SKIP
     """
-    _, data = get_version(name, alias, version, tracking_uri)
+    _, data = get_version(name, alias, version, tracking_uri, uniform)
     return quantize_config_from_json(data)
