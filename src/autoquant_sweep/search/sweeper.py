@@ -86,10 +86,18 @@ def check_storage(url: Any) -> None:
         raise _storage_error(url, exc) from exc
 
 
-def _one_line_exit(exc: UserInputError) -> SystemExit:
+class SweepExit(SystemExit):
+    """Exit status 2 after the one-line error was printed; ``message`` lets the sweep callback quote it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+
+def _one_line_exit(exc: UserInputError | str) -> SweepExit:
     log.error("%s", exc)
     print(f"autoquant-sweep: error: {exc}", file=sys.stderr)
-    return SystemExit(2)
+    return SweepExit(str(exc))
 
 
 class AutoquantOptunaSweeper(OptunaSweeper):
@@ -118,9 +126,7 @@ class AutoquantOptunaSweeper(OptunaSweeper):
                 "failed or refused); the search space holds only combinations that cannot run here "
                 "(see `autoquant-sweep validate`) or every job failed (see the job lines above)"
             )
-            log.error("%s", message)
-            print(f"autoquant-sweep: error: {message}", file=sys.stderr)
-            raise SystemExit(2) from exc
+            raise _one_line_exit(message) from exc
         except BaseException as exc:
             if study is None and isinstance(url, str):
                 study = self._load(url)

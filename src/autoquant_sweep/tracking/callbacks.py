@@ -56,7 +56,7 @@ def _first_line(exc: BaseException) -> str:
     if interrupted(exc):
         return stop_text(exc)
     if isinstance(exc, SystemExit):
-        return f"exit status {exc.code} (see the error line above)"
+        return getattr(exc, "message", None) or f"exit status {exc.code} (see the error line above)"
     return (str(exc).splitlines() or [type(exc).__name__])[0][:1000]
 
 
@@ -274,36 +274,19 @@ class MlflowSweepCallback(Callback):
             self.client.log_artifacts(self.parent_run_id, tmp, "optuna")
 
     def _print_outcome(self) -> None:
-        """The last lines of a sweep: best configuration, where it is registered, how to look."""
-        tags = self.client.get_run(self.parent_run_id).data.tags
-        best_run = tags.get("best_run_id")
+        """The last lines of a sweep: best recipe (canonical names), budget, achieved bits, predicted score,
+        measured loss / perplexity increase, registry entry, best-per-budget table, proxy fidelity."""
+        from autoquant_sweep.tracking.recommendation import outcome_lines
+
         print(f"\nsweep parent run: {self.parent_run_id} (experiment '{self.settings.experiment_name}')")
-        if best_run:
-            best = self.client.get_run(best_run).data
-            params = best.params
-            metric = primary_metric(self.container["autoquant"]["objective"])
-            value = best.metrics.get(metric)
-            print(
-                f"best config: quant_pair={params.get('quant_pair')} "
-                f"quant_granularity={params.get('quant_granularity')} {metric}={value:.6e} (run {best_run})"
-            )
-            if best.tags.get("overlay_status") == "noop":
-                print(
-                    f"  note: this granularity is a no-op on {params.get('quant_pair')}: its effective "
-                    "config is the pair's own (quant_granularity=default), fingerprint "
-                    f"{best.tags.get('config_fingerprint')}"
-                )
-            name, version = tags.get("registered_model"), tags.get("registered_version")
-            moved = tags.get("best_alias_moved") == "true"
-            print(
-                f"registered: {name} version {version} "
-                f"({'now alias best' if moved else 'alias best kept on a better earlier version'}); "
-                f"look it up with: autoquant-sweep lookup {name}"
-            )
+        result = getattr(self, "_recommendation", None)
+        if result is not None:
+            for line in outcome_lines(result, primary_metric(self.container["autoquant"]["objective"])):
+                print(line)
         print("open the MLflow UI: autoquant-sweep ui  (http://127.0.0.1:5000)")
 
     def _summarise(self) -> None:
-        from autoquant_sweep.tracking.registry import register_best
+        from autoquant_sweep.tracking.recommendation import summarise_sweep
         from autoquant_sweep.tracking.summary import child_rows, write_summary
 
         runs = self.client.search_runs(
@@ -311,8 +294,8 @@ class MlflowSweepCallback(Callback):
             filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
             max_results=5000,
         )
-        rows = child_rows(runs)
         objective = primary_metric(self.container["autoquant"]["objective"])
+        rows = child_rows(runs, objective)
         title = f"{self.container.get('experiment')} sweep {self.parent_run_id[:8]}: {objective}"
         with tempfile.TemporaryDirectory(prefix="aqs-summary-") as tmp:
             write_summary(Path(tmp), rows, objective, title)
@@ -323,12 +306,6 @@ class MlflowSweepCallback(Callback):
         self.client.log_metric(
             self.parent_run_id, "children_cache_hits", float(sum(r["cache_hit"] == "true" for r in rows))
         )
-        if not self.settings.registry:
-            return
-        result = register_best(self.client, rows, objective)
-        if result is not None:
-            self.client.log_metric(self.parent_run_id, f"best_{objective}", result["value"])
-            self.client.set_tag(self.parent_run_id, "registered_model", result["name"])
-            self.client.set_tag(self.parent_run_id, "registered_version", str(result["version"]))
-            self.client.set_tag(self.parent_run_id, "best_run_id", result["run_id"])
-            self.client.set_tag(self.parent_run_id, "best_alias_moved", str(result["alias_moved"]).lower())
+        # best recipe per budget, proxy fidelity, Pareto set of the budget curves, registry (best + band)
+        self._recommendation = summarise_sweep(self.client, self.parent_run_id, runs, rows, objective, title,
+                                               registry=bool(self.settings.registry))
