@@ -21,8 +21,8 @@ from tests.conftest import SENSITIVITY_APP, run_app
 
 pytestmark = pytest.mark.integration
 
-STUDY = "sensitivity-qwen3_tiny-captions-small-total_sensitivity"
-NAME = "autoquant-qwen3_tiny-total_sensitivity"
+STUDY = "sensitivity-qwen3_tiny-captions-small-constrained_score"
+NAME = "autoquant-qwen3_tiny-constrained_score"
 STARTED = "running AutoQuant"  # app.py logs it when a trial's AutoQuant is about to start
 
 

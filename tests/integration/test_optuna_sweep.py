@@ -13,7 +13,7 @@ from ..conftest import run_app
 
 pytestmark = pytest.mark.integration
 
-STUDY = "sensitivity-qwen3_tiny-captions-small-total_sensitivity"
+STUDY = "sensitivity-qwen3_tiny-captions-small-constrained_score"
 
 
 def _store_overrides(tmp_path) -> list[str]:
@@ -46,7 +46,8 @@ def test_default_study_records_trials_in_optuna_and_mlflow(default_study):
 
     tmp_path, result = default_study
     assert "best config: quant_pair=" in result.stdout
-    assert "registered: autoquant-qwen3_tiny-total_sensitivity version 1" in result.stdout
+    assert "registered: autoquant-qwen3_tiny-constrained_score version 1" in result.stdout
+    assert "best per budget" in result.stdout and "proxy fidelity: Spearman" in result.stdout
     assert "autoquant-sweep ui" in result.stdout
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/optuna.db")
     assert len(study.trials) == 5
@@ -60,7 +61,8 @@ def test_default_study_records_trials_in_optuna_and_mlflow(default_study):
         "wfp8_afp16",
     }
     assert {pair for pair, _ in _params(study)} <= cpu_pairs
-    assert study.sampler.__class__.__name__ == "TPESampler"
+    assert study.sampler.__class__.__name__ == "GridSampler"
+    assert len(set(_params(study))) == 5  # every combination at most once
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("sensitivity")
     runs = client.search_runs([experiment.experiment_id])
@@ -71,13 +73,62 @@ def test_default_study_records_trials_in_optuna_and_mlflow(default_study):
     by_params = {(r.data.params["quant_pair"], r.data.params["quant_granularity"]): r for r in children}
     for trial in completed:
         child = by_params[(trial.params["quant_pair"], trial.params["quant_granularity"])]
-        assert child.data.metrics["total_sensitivity"] == pytest.approx(trial.value, rel=1e-12)
+        assert child.data.metrics["constrained_score"] == pytest.approx(trial.value, rel=1e-12)
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "optuna")}
     expected = {"optuna/optimization_history.png", "optuna/param_importances.png", "optuna/trials.csv"}
     assert expected <= artifacts
     assert parents[0].data.tags["optuna_study"] == STUDY
     results = list(tmp_path.glob("multirun/sensitivity/*/optimization_results.yaml"))
     assert len(results) == 1 and "best_params" in results[0].read_text()
+
+
+def test_default_study_answer_is_the_lowest_recorded_recipe_never_a_noop(default_study):
+    """The printed / registered best is the satisfied recipe with the lowest recorded constrained_score,
+    named by its canonical granularity, and points at the run that computed it; proxy fidelity is
+    scipy's Spearman on the recorded numbers."""
+    import re
+
+    from mlflow import MlflowClient
+    from scipy.stats import spearmanr
+
+    from autoquant_sweep.canonical import canonical_name
+    from autoquant_sweep.config.groups import load_group
+    from autoquant_sweep.quant.formats import resolve_format
+    from autoquant_sweep.quant.overlay import apply_overlay, validate_overrides
+
+    tmp_path, result = default_study
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("sensitivity").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    finished = [r for r in runs if "mlflow.parentRunId" in r.data.tags and r.info.status == "FINISHED"]
+    satisfied = [r for r in finished if r.data.metrics.get("recipe_satisfied") == 1.0]
+    lowest = min(r.data.metrics["constrained_score"] for r in satisfied)
+    printed = re.search(r"best config: quant_pair=(\S+) quant_granularity=(\S+) constrained_score=(\S+) "
+                        r"\(run (\w+)\)", result.stdout)
+    assert printed, result.stdout[-3000:]
+    pair, gran, value, run_id = printed.groups()
+    assert float(value) == pytest.approx(lowest, rel=1e-6)
+    best = client.get_run(run_id)
+    assert best.data.tags["cache_hit"] == "false"  # the run that computed it
+    assert best.data.metrics["constrained_score"] == lowest and best.data.metrics["recipe_satisfied"] == 1.0
+    assert best.data.metrics["recipe_effective_bits"] <= 9.0
+    # the printed granularity is canonical: no other name gives this effective config with less
+    pair_cfg = next(p for p in load_group("quant_pair") if p["name"] == pair)
+    gran_cfg = next(g for g in load_group("quant_granularity") if g["name"] == gran)
+    effective = apply_overlay(resolve_format(pair_cfg["format_name"]),
+                              validate_overrides(gran_cfg.get("quant_cfg_overrides") or {})).format
+    assert canonical_name(pair_cfg, gran, effective) == gran == best.data.tags["canonical_granularity"]
+    mv = client.get_model_version_by_alias("autoquant-qwen3_tiny-constrained_score", "best")
+    assert mv.run_id == run_id and mv.tags["granularity"] == gran
+    assert "measured held-out loss" in result.stdout and "achieves" in result.stdout
+    computed = [r for r in finished if r.data.tags["cache_hit"] == "false"
+                and "eval_loss_delta" in r.data.metrics]
+    metrics = client.get_run(parent.info.run_id).data.metrics
+    if len(computed) >= 3:
+        rho = spearmanr([r.data.metrics["constrained_score"] for r in computed],
+                        [r.data.metrics["eval_loss_delta"] for r in computed]).statistic
+        assert metrics["proxy_fidelity_spearman"] == pytest.approx(rho, abs=1e-12)
+    assert metrics["proxy_fidelity_n"] == len(computed)
 
 
 def test_same_seed_same_sequence_and_resume_grows_the_study(default_study, embedded):

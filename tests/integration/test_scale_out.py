@@ -21,8 +21,8 @@ from tests.conftest import run_app
 
 pytestmark = pytest.mark.integration
 
-STUDY = "sensitivity-qwen3_tiny-captions-small-total_sensitivity"
-NAME = "autoquant-qwen3_tiny-total_sensitivity"
+STUDY = "sensitivity-qwen3_tiny-captions-small-constrained_score"
+NAME = "autoquant-qwen3_tiny-constrained_score"
 PG_ENV = "AUTOQUANT_SWEEP_TEST_PG_URL"
 SPACE = ["quant_pair=choice(wint8_aint8,wint4_aint8)", "quant_granularity=choice(default,w_group128)"]
 
@@ -43,7 +43,7 @@ def _check_each_trial_once(study: optuna.Study, client, n_trials: int) -> None:
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(runs) == n_trials + 1 and len(children) == n_trials
     assert all(c.info.status == "FINISHED" for c in children)
-    assert sorted(c.data.metrics["total_sensitivity"] for c in children) == pytest.approx(
+    assert sorted(c.data.metrics["constrained_score"] for c in children) == pytest.approx(
         sorted(t.value for t in trials), rel=1e-12)
     assert len({c.data.tags["aqs.owner"] for c in children}) == 2  # two worker processes
     for child in children:

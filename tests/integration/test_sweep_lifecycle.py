@@ -29,8 +29,8 @@ from ..conftest import SENSITIVITY_APP
 
 pytestmark = pytest.mark.integration
 
-STUDY = "sensitivity-qwen3_tiny-captions-small-total_sensitivity"
-NAME = "autoquant-qwen3_tiny-total_sensitivity"
+STUDY = "sensitivity-qwen3_tiny-captions-small-constrained_score"
+NAME = "autoquant-qwen3_tiny-constrained_score"
 SPACE = ["quant_pair=choice(wint8_aint8,wint4_aint8)", "quant_granularity=choice(default,w_group128)"]
 STARTED = "running AutoQuant"  # app.py logs it when a trial's AutoQuant is about to start
 ERROR = "autoquant-sweep: error:"

@@ -23,7 +23,7 @@ from tests.conftest import CONF, REPO, run_app
 pytestmark = pytest.mark.integration
 
 GRID = ["quant_pair=wint8_aint8,wint4_aint8", "quant_granularity=default,w_group64", "dataset.size=small"]
-NAME = "autoquant-qwen3_tiny-total_sensitivity"
+NAME = "autoquant-qwen3_tiny-constrained_score"
 EXPERIMENT = "tracking_test"
 
 
@@ -97,13 +97,25 @@ def test_single_run_logs_params_metrics_artifacts_tags(store: dict, client, tmp_
     assert p["override.weight.axis"] == "0"
     assert p["override.input.type"] == "dynamic" and p["override.input.block_sizes.-1"] == "None"
     assert p["autoquant_method"] == "gradient" and p["num_calib_steps"] == "4" and p["num_score_steps"] == "4"
-    assert p["batch_size"] == "4" and p["effective_bits_budget"] == "10.0"
-    assert p["objective"] == "total_sensitivity"
+    assert p["batch_size"] == "4" and p["effective_bits_budget"] == "9.0"
+    assert p["objective"] == "constrained_score"
     for key, value in outcome.objectives.items():
         assert m[key] == pytest.approx(value, rel=1e-12)
     for key in ("format_bits", "peak_memory_mb", "seconds_calibration", "seconds_scoring",
-                "seconds_autoquant", "seconds_load_and_tokenize"):
+                "seconds_autoquant", "seconds_load_and_tokenize", "seconds_budget_curve",
+                "seconds_evaluation"):
         assert key in m
+    recipe, ev = outcome.manifest["recipe"], outcome.manifest["evaluation"]
+    assert m["recipe_effective_bits"] == pytest.approx(recipe["achieved_effective_bits"])
+    assert m["recipe_satisfied"] == 1.0 and recipe["satisfied"]
+    for key in ("eval_loss", "eval_loss_unquantized", "eval_loss_delta", "ppl_increase_pct"):
+        assert m[key] == pytest.approx(ev[key], rel=1e-12)
+    curve = outcome.manifest["budget_curve"]
+    for metric, field in (("curve_predicted_score", "predicted_score"),
+                          ("curve_effective_bits", "achieved_effective_bits")):
+        logged = {h.step: h.value for h in client.get_metric_history(run.info.run_id, metric)}
+        assert logged == {round(p["budget"] * 10): pytest.approx(p[field]) for p in curve}
+    assert t["canonical_granularity"] == "recipe_match_channel_token"
     history = client.get_metric_history(run.info.run_id, "layer_score")
     layers = outcome.manifest["per_layer"]
     assert sorted(h.step for h in history) == list(range(len(layers)))
@@ -119,10 +131,12 @@ def test_single_run_logs_params_metrics_artifacts_tags(store: dict, client, tmp_
     files = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     files |= {a.path for a in client.list_artifacts(run.info.run_id, "config")}
     files |= {a.path for a in client.list_artifacts(run.info.run_id)}
+    files |= {a.path for a in client.list_artifacts(run.info.run_id, "recipe")}
     for name in ("report/manifest.json", "report/per_layer.json", "report/per_layer.md",
                  "report/per_layer.csv", "report/per_layer.png", "config/effective_quant_cfg.json",
                  "config/base_quant_cfg.json",
-                 "config/overrides.json", "config/config.yaml", "per_layer_table.json"):
+                 "config/overrides.json", "config/config.yaml", "per_layer_table.json",
+                 "recipe/quant_cfg.json", "recipe/budget_curve.json", "recipe/budget_curve.png"):
         assert name in files, name
     local = Path(client.download_artifacts(run.info.run_id, "config/effective_quant_cfg.json", str(tmp_path)))
     assert json.loads(local.read_text()) == q["effective_quant_cfg"]
@@ -157,17 +171,32 @@ def test_grid_makes_parent_children_summary_and_registers_best(store: dict, clie
     assert {(c.data.params["quant_pair"], c.data.params["quant_granularity"]) for c in children} == {
         (p, g) for p in ("wint8_aint8", "wint4_aint8") for g in ("default", "w_group64")}
     summary = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
-    assert summary == {"summary/sweep_summary.csv", "summary/sweep_summary.md",
-                       "summary/heatmap_total_sensitivity.png"}
+    assert {"summary/sweep_summary.csv", "summary/sweep_summary.md",
+            "summary/heatmap_constrained_score.png"} <= summary
+    recommendation = {a.path for a in client.list_artifacts(parent.info.run_id, "recommendation")}
+    assert {"recommendation/best_per_budget.md", "recommendation/proxy_fidelity.png",
+            "recommendation/pareto_curves.png", "recommendation/curve_points.csv"} <= recommendation
+    # proxy fidelity = scipy's Spearman on the numbers the children recorded
+    from scipy.stats import spearmanr
+
+    x = [c.data.metrics["constrained_score"] for c in children]
+    y = [c.data.metrics["eval_loss_delta"] for c in children]
+    parent_metrics = client.get_run(parent.info.run_id).data.metrics
+    assert parent_metrics["proxy_fidelity_spearman"] == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
     csv_text = Path(client.download_artifacts(parent.info.run_id, "summary/sweep_summary.csv",
                                               str(tmp_path))).read_text()
     assert len(csv_text.strip().splitlines()) == 5 and "w_group64" in csv_text
-    best = min(children, key=lambda c: c.data.metrics["total_sensitivity"])
+    best = min(children, key=lambda c: c.data.metrics["constrained_score"])
     mv = client.get_model_version_by_alias(NAME, "best")
     assert mv.run_id == best.info.run_id and mv.tags["source_run_id"] == best.info.run_id
+    assert client.get_model_version_by_alias(NAME, "best-b9").version == mv.version  # the budget band
+    assert mv.source.endswith("/recipe") and mv.tags["artifact"] == "recipe/quant_cfg.json"
     assert mv.tags["quant_pair"] == best.data.params["quant_pair"]
-    assert mv.tags["granularity"] == best.data.params["quant_granularity"]
-    assert float(mv.tags["objective_value"]) == best.data.metrics["total_sensitivity"]
+    assert mv.tags["granularity"] == best.data.tags["canonical_granularity"]
+    assert float(mv.tags["objective_value"]) == best.data.metrics["constrained_score"]
+    assert mv.tags["budget"] == "9.0" and mv.tags["recipe_satisfied"] == "true"
+    assert float(mv.tags["eval_loss"]) == best.data.metrics["eval_loss"]
+    assert "effective bits" in mv.description and "perplexity" in mv.description
     assert mv.tags["dataset"] == "captions" and mv.tags["dataset_size"] == "small"
     store["state"].update(first_children=children, best_run=best, best_version=mv.version)
 
@@ -192,8 +221,13 @@ def test_repeated_grid_is_served_from_cache(store: dict, client, tmp_path: Path)
         assert child.data.params == source.data.params
     reports = sorted(tmp_path.glob("multirun/**/report/manifest.json"))
     assert len(reports) == 4
+    assert len(sorted(tmp_path.glob("multirun/**/report/recipe/quant_cfg.json"))) == 4
     # alias best stays on the first sweep's version: equal values never move it
     assert client.get_model_version_by_alias(NAME, "best").version == store["state"]["best_version"]
+    # the new version (a cache hit won) points at the run that computed the result, not the cache hit
+    newest = max(client.search_model_versions(f"name = '{NAME}'"), key=lambda v: int(v.version))
+    assert newest.run_id == store["state"]["best_run"].info.run_id
+    assert newest.tags["selected_run_id"] in {c.info.run_id for c in children}
     print(f"cached 2x2 sweep: {elapsed:.1f} s wall (incl. interpreter + imports)")
 
 
@@ -216,22 +250,24 @@ def test_lookup_in_fresh_process_returns_same_bytes(store: dict, client, tmp_pat
         [sys.executable, "-m", "autoquant_sweep.cli", "lookup", NAME, "--tracking-uri", store["uri"],
          "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "aliases: best" in result.stdout
+    assert "aliases: best" in result.stdout and "kept at 16 bits:" in result.stdout
     best = store["state"]["best_run"]
-    artifact = Path(client.download_artifacts(best.info.run_id, "config/effective_quant_cfg.json",
+    artifact = Path(client.download_artifacts(best.info.run_id, "recipe/quant_cfg.json",
                                               str(tmp_path / "dl")))
-    assert out.read_bytes() == artifact.read_bytes()
+    assert out.read_bytes() == artifact.read_bytes()  # the per-layer recipe
     cfg = lookup_best_config(NAME, tracking_uri=store["uri"])
-    weight_rules = [r for r in cfg["quant_cfg"] if r["quantizer_name"] == "*weight_quantizer"]
-    block = weight_rules[-1]["cfg"].get("block_sizes") or {}
-    assert all(isinstance(k, int) for k in block if k not in ("type", "scale_bits", "scale_block_sizes"))
+    for rule in cfg["quant_cfg"]:
+        block = (rule.get("cfg") or {}).get("block_sizes") or {}
+        assert all(isinstance(k, int) for k in block if k not in ("type", "scale_bits", "scale_block_sizes"))
+    uniform = lookup_best_config(NAME, tracking_uri=store["uri"], uniform=True)
+    assert any(r["quantizer_name"] == "*weight_quantizer" for r in uniform["quant_cfg"])
 
 
-def test_apply_quantizes_with_the_registered_config(store: dict, tmp_path: Path) -> None:
+def test_apply_quantizes_with_the_registered_recipe(store: dict, client, tmp_path: Path) -> None:
     import modelopt.torch.opt as mto
     from transformers import AutoModelForCausalLM
 
-    from autoquant_sweep.tracking.registry import lookup_best_config
+    from autoquant_sweep.tracking.registry import lookup_best_config, version_recipe
 
     out = tmp_path / "quantized"
     result = subprocess.run(
@@ -239,20 +275,24 @@ def test_apply_quantizes_with_the_registered_config(store: dict, tmp_path: Path)
          "--out", str(out)], capture_output=True, text=True, timeout=240, cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "modelopt_state.pth").is_file() and (out / "applied_quant_cfg.json").is_file()
+    mv = client.get_model_version_by_alias(NAME, "best")
+    # same recipe, same calibration captions, same held-out batches: the run's logged eval_loss
+    info = json.loads((out / "autoquant_apply.json").read_text())
+    assert info["config"] == "recipe"
+    logged = client.get_run(mv.run_id).data.metrics["eval_loss"]
+    assert info["evaluation"]["eval_loss"] == pytest.approx(logged, abs=1e-6)
     cfg = lookup_best_config(NAME, tracking_uri=store["uri"])
-    wcfg = [r for r in cfg["quant_cfg"] if r["quantizer_name"] == "*weight_quantizer"][-1]["cfg"]
-    icfg = [r for r in cfg["quant_cfg"] if r["quantizer_name"] == "*input_quantizer"][-1]["cfg"]
+    recipe = version_recipe(mv, store["uri"])
     mto.enable_huggingface_checkpointing()
     model = AutoModelForCausalLM.from_pretrained(out)
-    linear = model.model.layers[0].self_attn.q_proj
-    wq, iq = linear.weight_quantizer, linear.input_quantizer
-    assert wq.is_enabled and iq.is_enabled and not model.lm_head.weight_quantizer.is_enabled
-    assert wq.num_bits == wcfg["num_bits"] and iq.num_bits == icfg["num_bits"]
-    if wcfg.get("block_sizes"):
-        assert wq.block_sizes == wcfg["block_sizes"]
-    else:
-        assert wq.axis in (wcfg.get("axis"), (wcfg.get("axis"),)) and not wq.block_sizes
-    assert wq.amax is not None  # calibrated
+    assert not model.lm_head.weight_quantizer.is_enabled
+    rules = {r["quantizer_name"]: r for r in cfg["quant_cfg"]}
+    for group in recipe["quantized_groups"]:
+        wq = model.get_submodule(group).weight_quantizer
+        assert wq.is_enabled and wq.num_bits == rules[f"{group}.weight_quantizer"]["cfg"]["num_bits"]
+        assert wq.amax is not None  # calibrated
+    for group in recipe["kept_16bit_groups"]:
+        assert not model.get_submodule(group).weight_quantizer.is_enabled
 
 
 def _free_port() -> int:
