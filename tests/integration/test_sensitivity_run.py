@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from autoquant_sweep.errors import SensitivityResultError, UserInputError
-from autoquant_sweep.report import REPORT_FILES
+from autoquant_sweep.report import RECIPE_FILES, REPORT_FILES
 from autoquant_sweep.runner import plan_run, run
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -32,7 +32,8 @@ def default_outcome(tmp_path_factory, embedded):
 def test_default_run_writes_every_report_file(default_outcome):
     folder = default_outcome.report_dir
     assert folder.name == "report"
-    assert sorted(p.name for p in folder.iterdir()) == sorted(REPORT_FILES)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*REPORT_FILES, "recipe"])
+    assert sorted(p.name for p in (folder / "recipe").iterdir()) == sorted(RECIPE_FILES)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["model"]["name"] == "qwen3_tiny"
     assert manifest["model"]["architecture"] == "Qwen3ForCausalLM"
@@ -86,7 +87,7 @@ def test_scores_equal_a_direct_modelopt_call(default_outcome):
     torch.manual_seed(0)
     _, state = mtq.auto_quantize(
         model,
-        constraints={"effective_bits": 10.0},
+        constraints={"effective_bits": 10.0},  # the default budget (conf/autoquant/default.yaml)
         quantization_formats=[copy.deepcopy(mtq.INT8_DEFAULT_CFG)],
         data_loader=batches,
         forward_step=lambda m, b: m(**b),

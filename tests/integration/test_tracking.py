@@ -97,7 +97,7 @@ def test_single_run_logs_params_metrics_artifacts_tags(store: dict, client, tmp_
     assert p["override.weight.axis"] == "0"
     assert p["override.input.type"] == "dynamic" and p["override.input.block_sizes.-1"] == "None"
     assert p["autoquant_method"] == "gradient" and p["num_calib_steps"] == "4" and p["num_score_steps"] == "4"
-    assert p["batch_size"] == "4" and p["effective_bits_budget"] == "9.0"
+    assert p["batch_size"] == "4" and p["effective_bits_budget"] == "10.0"
     assert p["objective"] == "constrained_score"
     for key, value in outcome.objectives.items():
         assert m[key] == pytest.approx(value, rel=1e-12)
@@ -189,12 +189,12 @@ def test_grid_makes_parent_children_summary_and_registers_best(store: dict, clie
     best = min(children, key=lambda c: c.data.metrics["constrained_score"])
     mv = client.get_model_version_by_alias(NAME, "best")
     assert mv.run_id == best.info.run_id and mv.tags["source_run_id"] == best.info.run_id
-    assert client.get_model_version_by_alias(NAME, "best-b9").version == mv.version  # the budget band
+    assert client.get_model_version_by_alias(NAME, "best-b10").version == mv.version  # the budget band
     assert mv.source.endswith("/recipe") and mv.tags["artifact"] == "recipe/quant_cfg.json"
     assert mv.tags["quant_pair"] == best.data.params["quant_pair"]
     assert mv.tags["granularity"] == best.data.tags["canonical_granularity"]
     assert float(mv.tags["objective_value"]) == best.data.metrics["constrained_score"]
-    assert mv.tags["budget"] == "9.0" and mv.tags["recipe_satisfied"] == "true"
+    assert mv.tags["budget"] == "10.0" and mv.tags["recipe_satisfied"] == "true"
     assert float(mv.tags["eval_loss"]) == best.data.metrics["eval_loss"]
     assert "effective bits" in mv.description and "perplexity" in mv.description
     assert mv.tags["dataset"] == "captions" and mv.tags["dataset_size"] == "small"

@@ -86,7 +86,7 @@ class AutoQuantConfig:
     batch_size: int = 4
     num_calib_samples: int = 16
     num_score_samples: int = 16
-    effective_bits: float = 9.0
+    effective_bits: float = 10.0
     objective: str = "constrained_score"
     seed: int = 0
     cache: bool = True
