@@ -193,7 +193,8 @@ class Chromium:
 
     async def text(self) -> str:
         """The page's rendered, visible text."""
-        return await self.eval("document.body ? document.body.innerText : ''") or ""
+        text = await self.eval("document.body ? document.body.innerText : ''") or ""
+        return text.replace("\xa0", " ")  # the UI separates "@" and an alias with a no-break space
 
     async def click_text(
         self,
@@ -213,26 +214,20 @@ class Chromium:
             return false; }})()"""
         return bool(await self.eval(js))
 
-    async def screenshot(self, path: str | Path, full_height: int | None = None) -> Path:
-        """PNG of the viewport (``full_height``: a taller viewport for this shot)."""
-        if full_height:
-            await self.send(
-                "Emulation.setDeviceMetricsOverride",
-                width=self.width,
-                height=full_height,
-                deviceScaleFactor=1,
-                mobile=False,
-            )
-            await asyncio.sleep(0.5)
+    async def resize(self, width: int, height: int) -> None:
+        """Resize the page's viewport (the layout follows)."""
+        self.width, self.height = width, height
+        await self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+
+    async def screenshot(self, path: str | Path) -> Path:
+        """PNG of the viewport."""
         data = await self.send("Page.captureScreenshot", format="png")
-        if full_height:
-            await self.send(
-                "Emulation.setDeviceMetricsOverride",
-                width=self.width,
-                height=self.height,
-                deviceScaleFactor=1,
-                mobile=False,
-            )
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data["data"]))

@@ -155,7 +155,7 @@ class UiServer:
             return json.loads(r.read())
 
 
-def study_facts(server: UiServer, objective: str = OBJECTIVE) -> dict[str, Any]:
+def study_facts(server: UiServer) -> dict[str, Any]:
     """What the pages must show, from the REST API: experiment, parent, winner, registered version."""
     exp = server.api(f"experiments/get-by-name?experiment_name={EXPERIMENT}")["experiment"]
     runs = server.api("runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 1000})["runs"]
@@ -165,6 +165,8 @@ def study_facts(server: UiServer, objective: str = OBJECTIVE) -> dict[str, Any]:
 
     parents = [r for r in runs if tags(r).get("sweep") == "true"]
     parent = max(parents, key=lambda r: r["info"]["start_time"])
+    objective = next(p["value"] for p in parent["data"]["params"] if p["key"] == "objective")
+    objective = OBJECTIVE if objective == "pareto" else objective  # a pareto study ranks by its first
     best_id = tags(parent)["best_run_id"]
     best = next(r for r in runs if r["info"]["run_id"] == best_id)
     metrics = {m["key"]: m["value"] for m in best["data"].get("metrics", [])}
@@ -174,6 +176,7 @@ def study_facts(server: UiServer, objective: str = OBJECTIVE) -> dict[str, Any]:
         "model_version"
     ]
     return {
+        "objective": objective,
         "experiment_id": exp["experiment_id"],
         "parent_id": parent["info"]["run_id"],
         "parent_name": parent["info"]["run_name"],
@@ -190,9 +193,10 @@ def study_facts(server: UiServer, objective: str = OBJECTIVE) -> dict[str, Any]:
     }
 
 
-def runs_table_state(facts: dict[str, Any], objective: str = OBJECTIVE) -> dict[str, Any]:
+def runs_table_state(facts: dict[str, Any]) -> dict[str, Any]:
     """The runs page's UI state as MLflow keeps it in localStorage: sorted by ``log10_<objective>``,
     the README's columns, the sweep's parent expanded."""
+    objective = facts["objective"]
     return {
         "orderByKey": f"metrics.`log10_{objective}`",
         "orderByAsc": True,
@@ -257,16 +261,26 @@ async def open_version(browser: Chromium, base: str, facts: dict[str, Any]) -> N
     await browser.wait_text(facts["best_name"], 60)
 
 
-async def shoot(base: str, facts: dict[str, Any], out: Path, objective: str = OBJECTIVE) -> list[Path]:
+async def show_more(browser: Chromium) -> None:
+    """Unfold a run's description (the UI shows its first lines only)."""
+    if await browser.click_text("Show more", selector="button, a, span"):
+        await asyncio.sleep(0.5)
+
+
+async def shoot(base: str, facts: dict[str, Any], out: Path) -> list[Path]:
     """Every screenshot of the module docstring into ``out``."""
+    objective = facts["objective"]
     paths = []
     async with Chromium(width=WIDTH, height=HEIGHT) as browser:
         await prepare(browser, base, facts)
+        await browser.resize(1760, 600)
         await open_runs_table(browser, base, facts)
         await settle(browser)
-        paths.append(await browser.screenshot(out / "runs_table.png", full_height=560))
+        paths.append(await browser.screenshot(out / "runs_table.png"))
+        await browser.resize(WIDTH, HEIGHT)
         await open_run(browser, base, facts, facts["parent_id"], "Best:")
         await settle(browser)
+        await show_more(browser)
         paths.append(await browser.screenshot(out / "parent_overview.png"))
         await browser.goto(
             f"{base}/#/experiments/{facts['experiment_id']}/runs/{facts['parent_id']}/artifacts/"
@@ -279,10 +293,12 @@ async def shoot(base: str, facts: dict[str, Any], out: Path, objective: str = OB
         paths.append(await browser.screenshot(out / "parent_heatmap.png"))
         await open_run(browser, base, facts, facts["best_id"], "effective config")
         await settle(browser)
+        await show_more(browser)
         paths.append(await browser.screenshot(out / "child_run.png"))
+        await browser.resize(WIDTH, 600)
         await open_version(browser, base, facts)
         await settle(browser)
-        paths.append(await browser.screenshot(out / "registry.png", full_height=640))
+        paths.append(await browser.screenshot(out / "registry.png"))
     return paths
 
 
