@@ -351,8 +351,6 @@ def child_description(c: Mapping[str, Any], manifest: Mapping[str, Any], *, cach
             else f"`{source}`"
         lines.append(f"- **cache hit**: same computation (run fingerprint) as run {where}; its numbers and "
                      "report were reused, no model was loaded")
-    else:
-        lines.append("- computed in this run")
     return "\n".join(lines) + "\n"
 
 
