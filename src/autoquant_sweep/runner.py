@@ -648,6 +648,9 @@ def execute_run(plan: RunPlan, run_dir: Path | None, cache: ModelCache = MODEL_C
     grid = resolve_budget_grid(aq.get("budget_grid"), result.format_bits, budget)
     curve = budget_curve(result.search_state, grid, run_budget=round(budget, 4))
     recipe = next(r for r in curve if abs(r.budget - round(budget, 4)) < 1e-9)
+    # get_auto_quantize_config always says algorithm "max"; the one format searched here was calibrated
+    # with its own algorithm (e.g. awq_lite for W4A8_AWQ_BETA_CFG), which mtq.quantize should repeat
+    recipe.quant_cfg["algorithm"] = copy.deepcopy(plan.effective_format.get("algorithm", "max"))
     curve_seconds = time.perf_counter() - t_curve
     evaluation = None
     split = eval_split(c)
