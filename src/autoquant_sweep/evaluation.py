@@ -15,6 +15,25 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+#: largest held-out batch (captions); the quantized forward's cost is mostly per call on small models
+MAX_EVAL_BATCH = 16
+
+
+def eval_batch_size(model: Any, calib_batch_size: int) -> int:
+    """Captions per held-out batch: ``MAX_EVAL_BATCH`` (at least the calibration batch size), unless a
+    calibrated quantizer keeps an amax with the calibration batch's leading dimension (a per-token
+    static quantizer, amax of shape (batch, seq, 1)): then exactly the calibration batch size.
+
+    ``autoquant-sweep apply`` uses the same rule, so it evaluates on the very same batches.
+    """
+    import torch
+
+    for module in model.modules():
+        amax = getattr(module, "_amax", None)
+        if isinstance(amax, torch.Tensor) and amax.dim() >= 3 and amax.shape[0] == calib_batch_size:
+            return calib_batch_size
+    return max(calib_batch_size, MAX_EVAL_BATCH)
+
 
 def target_tokens(batch: dict) -> int:
     """Number of tokens a causal-LM loss averages over in ``batch`` (shifted labels != -100)."""

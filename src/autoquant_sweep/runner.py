@@ -481,26 +481,30 @@ class ModelCache:
             )
         return self._batches[key]
 
-    def eval_batches(self, plan: RunPlan, loaded: LoadedModel, captions: list[str]) -> list[dict]:
-        """Tokenised held-out batches with the shapes of the calibration batches (same ``seq_len`` and
-        batch size: a calibrated per-token quantizer keeps an amax of shape (batch, seq, 1)); a trailing
+    def eval_batches(self, plan: RunPlan, loaded: LoadedModel, captions: list[str],
+                     size: int | None = None) -> list[dict]:
+        """Tokenised held-out batches: the scoring ``seq_len``, ``size`` captions each (default: the
+        calibration batch size; :func:`autoquant_sweep.evaluation.eval_batch_size` picks it); a trailing
         partial batch is left out (:func:`eval_captions_used`)."""
         seq_len = int(plan.cfg["dataset"]["seq_len"])
-        size = plan.batch_plan.batch_size
+        size = size or plan.batch_plan.batch_size
         used = eval_captions_used(captions, size)
         key = ("eval", loaded.identity, tuple(used), seq_len, size)
         if key not in self._batches:
             self._batches[key] = data_mod.tokenize_batches(loaded.tokenizer, used, seq_len, size)
         return self._batches[key]
 
-    def unquantized_loss(self, plan: RunPlan, loaded: LoadedModel, captions: list[str]) -> float:
-        """Held-out loss of the pristine (unquantized) model: computed once per process and split."""
+    def unquantized_loss(self, plan: RunPlan, loaded: LoadedModel, captions: list[str],
+                         size: int | None = None) -> float:
+        """Held-out loss of the pristine (unquantized) model: computed once per process, split and
+        batching."""
         from autoquant_sweep.evaluation import eval_loss
 
         seq_len = int(plan.cfg["dataset"]["seq_len"])
-        key = (loaded.identity, tuple(captions), seq_len, plan.batch_plan.batch_size, plan.device)
+        size = size or plan.batch_plan.batch_size
+        key = (loaded.identity, tuple(captions), seq_len, size, plan.device)
         if key not in self._unquantized_loss:
-            batches = self.eval_batches(plan, loaded, captions)
+            batches = self.eval_batches(plan, loaded, captions, size)
             self._unquantized_loss[key] = eval_loss(loaded.model, batches, plan.device)
         return self._unquantized_loss[key]
 
@@ -624,7 +628,7 @@ def execute_run(plan: RunPlan, run_dir: Path | None, cache: ModelCache = MODEL_C
     and the budget curve, evaluate the returned (quantized) model on held-out captions, write the report."""
     import torch
 
-    from autoquant_sweep.evaluation import evaluate
+    from autoquant_sweep.evaluation import eval_batch_size, evaluate
     from autoquant_sweep.recipe import budget_curve, resolve_budget_grid
 
     destination = report_destination(plan, run_dir)
@@ -654,17 +658,21 @@ def execute_run(plan: RunPlan, run_dir: Path | None, cache: ModelCache = MODEL_C
     curve_seconds = time.perf_counter() - t_curve
     evaluation = None
     split = eval_split(c)
-    if split is not None and not eval_captions_used(split[1], plan.batch_plan.batch_size):
+    size = eval_batch_size(result.model, plan.batch_plan.batch_size)
+    if split is not None and not eval_captions_used(split[1], size):
+        size = plan.batch_plan.batch_size  # a short held-out file: whole calibration-size batches
+    if split is not None and not eval_captions_used(split[1], size):
         log.warning("held-out split %s has fewer captions than one batch (%d): nothing evaluated",
-                    split[0], plan.batch_plan.batch_size)
+                    split[0], size)
         split = None
     if split is not None:
         source, captions = split
         t_unq = time.perf_counter()
-        unquantized = cache.unquantized_loss(plan, loaded, captions)
+        unquantized = cache.unquantized_loss(plan, loaded, captions, size)
         unq_seconds = time.perf_counter() - t_unq
-        evaluation = evaluate(result.model, cache.eval_batches(plan, loaded, captions), unquantized,
-                              len(eval_captions_used(captions, plan.batch_plan.batch_size)), plan.device)
+        evaluation = evaluate(result.model, cache.eval_batches(plan, loaded, captions, size), unquantized,
+                              len(eval_captions_used(captions, size)), plan.device)
+        evaluation["batch_size"] = size
         evaluation["source"] = source
         evaluation["unquantized_seconds"] = unq_seconds  # 0 after the first run of a process
     result.model = None  # release the trial's quantized copy before the next trial starts

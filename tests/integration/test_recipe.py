@@ -166,12 +166,15 @@ def test_run_manifest_has_recipe_curve_and_evaluation(outcome):
 
 
 def test_unquantized_loss_is_computed_once_per_process(outcome, scored):
+    from autoquant_sweep.embedded.captions import generate_heldout_captions
     from autoquant_sweep.runner import MODEL_CACHE
 
-    # the fixture's run and any earlier one in this process share one cached unquantized evaluation
-    assert len(MODEL_CACHE._unquantized_loss) == 1
-    (value,) = MODEL_CACHE._unquantized_loss.values()
-    assert outcome.manifest["evaluation"]["eval_loss_unquantized"] == value
+    ev = outcome.manifest["evaluation"]
+    plan, loaded = outcome.plan, MODEL_CACHE.loaded(outcome.plan)
+    cached = dict(MODEL_CACHE._unquantized_loss)
+    assert ev["eval_loss_unquantized"] in cached.values()
+    again = MODEL_CACHE.unquantized_loss(plan, loaded, generate_heldout_captions(0), ev["batch_size"])
+    assert again == ev["eval_loss_unquantized"] and MODEL_CACHE._unquantized_loss == cached  # no recompute
 
 
 def test_evaluate_false_switches_evaluation_off_and_held_out_split_is_unseen(compose_cfg, tmp_path):

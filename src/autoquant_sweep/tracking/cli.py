@@ -124,11 +124,12 @@ def held_out_loss(model: Any, *, seq_len: int = 32, batch_size: int = 4, device:
 
     from autoquant_sweep import data as data_mod
     from autoquant_sweep.embedded import ensure_embedded_assets
-    from autoquant_sweep.evaluation import eval_loss
+    from autoquant_sweep.evaluation import eval_batch_size, eval_loss
     from autoquant_sweep.modeling import resolve_device
     from autoquant_sweep.runner import eval_captions_used
 
     source, captions = data_mod.resolve_eval_captions(None, None, None, None)
+    batch_size = eval_batch_size(model, batch_size)  # the sweep's rule: the very same batches
     captions = eval_captions_used(captions, batch_size)
     tok = AutoTokenizer.from_pretrained(ensure_embedded_assets().tokenizer_dir)
     batches = data_mod.tokenize_batches(tok, captions, seq_len, batch_size)
