@@ -166,6 +166,7 @@ def plot_history(study: Any, path: Path, objective: str) -> None:
                    transform=ax.get_xaxis_transform(), label="failed / refused (no value)", zorder=3)
     if positive:
         ax.set_yscale("log")
+    ax.margins(x=0.08)  # room for the last point's label
     ax.set_xlabel("trial number")
     ax.set_ylabel(f"{objective} ({'log scale, ' if positive else ''}lower is better)")
     ax.set_title(f"Optuna study {study.study_name}: {len(study.trials)} trials", fontsize=10)
