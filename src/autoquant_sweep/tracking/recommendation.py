@@ -104,6 +104,7 @@ def curve_points(client: Any, rows: Sequence[Mapping[str, Any]]) -> list[dict[st
                 "achieved_effective_bits": bits[step],
                 "satisfied": bits[step] <= budget + TOLERANCE,
                 "evaluated": _finite(row.get("budget")) and abs(row["budget"] - budget) < 1e-6,
+                "run_budget": row.get("budget", math.nan),
                 "eval_loss_delta": row.get("eval_loss_delta", math.nan),
                 "ppl_increase_pct": row.get("ppl_increase_pct", math.nan),
             })
@@ -131,6 +132,9 @@ def best_per_budget(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
             "eval_loss_delta": best["eval_loss_delta"] if best["evaluated"] else math.nan,
             "ppl_increase_pct": best["ppl_increase_pct"] if best["evaluated"] else math.nan,
             "run_id": best["run_id"],
+            # what the same trial measured at the budget it ran at (another recipe of the same scores)
+            "trial_eval_loss_delta": best.get("eval_loss_delta", math.nan),
+            "trial_budget": best.get("run_budget", math.nan),
         })
     return out
 
@@ -189,6 +193,9 @@ def table_lines(table: Sequence[Mapping[str, Any]], run_budget: float | None = N
             name = "nothing quantized (the 16-bit model fits)"
         measured = (f"{row['eval_loss_delta']:+.4f} nats ({row['ppl_increase_pct']:+.2f} % ppl)"
                     if _finite(row["eval_loss_delta"]) else "-")
+        if measured == "-" and _finite(row.get("trial_eval_loss_delta")) and _finite(row.get("trial_budget")):
+            measured = (f"(this trial at {row['trial_budget']:g} bits: "
+                        f"{row['trial_eval_loss_delta']:+.4f} nats)")
         lines.append(f"| {row['budget']:g}{mark} | {name} | {_fmt(row['predicted_score'], '.3e')} | "
                      f"{_fmt(row['achieved_effective_bits'], '.3f')} | {measured} |")
     return lines
