@@ -199,4 +199,6 @@ def regenerate_report(folder: Path) -> Path:
     manifest = json.loads(manifest_path.read_text())
     if "quantization" not in manifest:
         raise UserInputError(f"report: '{manifest_path}' has no 'quantization' section")
-    return write_dir_atomically(folder, lambda staging: write_report(staging, manifest))
+    recipe_path = folder / RECIPE_DIR / RECIPE_CFG
+    recipe_cfg = json.loads(recipe_path.read_text()) if recipe_path.is_file() else None  # kept, re-plotted
+    return write_dir_atomically(folder, lambda staging: write_report(staging, manifest, recipe_cfg))

@@ -103,7 +103,9 @@ def test_report_regeneration_keeps_the_quantization_section(compose_cfg, tmp_pat
 
     outcome = run(compose_cfg(["quant_granularity=w_group64"]), run_dir=tmp_path)
     before = (outcome.report_dir / "manifest.json").read_text()
+    recipe = (outcome.report_dir / "recipe" / "quant_cfg.json").read_bytes()
     (outcome.report_dir / "per_layer.md").unlink()
     regenerate_report(outcome.report_dir)
     assert (outcome.report_dir / "manifest.json").read_text() == before
     assert "w_group64" in (outcome.report_dir / "per_layer.md").read_text()
+    assert (outcome.report_dir / "recipe" / "quant_cfg.json").read_bytes() == recipe  # the recipe is kept
