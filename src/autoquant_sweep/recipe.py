@@ -220,7 +220,8 @@ def solve_recipe(state: Mapping[str, Any], budget: float, *, with_config: bool =
 
 def budget_curve(state: Mapping[str, Any], budgets: Iterable[float], run_budget: float | None = None
                  ) -> list[Recipe]:
-    """:func:`solve_recipe` at every budget; only the ``run_budget`` point builds its config."""
+    """:func:`solve_recipe` at every budget; only the ``run_budget`` point builds its config, the others
+    run ModelOpt's solver only."""
     return [solve_recipe(state, b, with_config=run_budget is not None and abs(b - run_budget) < 1e-9)
             for b in budgets]
 
