@@ -244,3 +244,30 @@ def test_trial_scores_equal_a_fresh_process_after_other_formats(compose_cfg, tmp
     assert [(x["group"], x["score"]) for x in in_process.manifest["per_layer"]] == [
         (x["group"], x["score"]) for x in fresh_layers
     ]
+
+
+def test_no_op_granularities_cost_a_cache_hit_and_the_space_is_covered_once(tmp_path, embedded):
+    """Activation overlays on a weight-only pair are the pair's own config: one computed trial, two cache
+    hits, every combination once (n_trials > combinations), and the answer is named `default`."""
+    from mlflow import MlflowClient
+
+    result = run_app(
+        ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=5", "quant_pair=choice(wint8_afp16)",
+         "quant_granularity=choice(a_per_token_dynamic,default,a_per_tensor_static)",
+         *_store_overrides(tmp_path)],
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert sorted(g for _, g in _params(study)) == ["a_per_tensor_static", "a_per_token_dynamic", "default"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("sensitivity").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.data.tags["cache_hit"] for r in children) == ["false", "true", "true"]
+    assert {r.data.tags["canonical_granularity"] for r in children} == {"default"}
+    (computed,) = [r for r in children if r.data.tags["cache_hit"] == "false"]
+    assert "best config: quant_pair=wint8_afp16 quant_granularity=default " in result.stdout
+    assert f"(run {computed.info.run_id})" in result.stdout
+    mv = client.get_model_version_by_alias("autoquant-qwen3_tiny-constrained_score", "best")
+    assert mv.run_id == computed.info.run_id and mv.tags["granularity"] == "default"
