@@ -189,11 +189,14 @@ def table_lines(table: Sequence[Mapping[str, Any]], run_budget: float | None = N
     for row in table:
         mark = " (run budget)" if run_budget is not None and abs(row["budget"] - run_budget) < 1e-6 else ""
         name = f"{row['quant_pair']} x {row['granularity']}" if row["quant_pair"] else "none fits"
-        if row["quant_pair"] and row["predicted_score"] == 0 and row["achieved_effective_bits"] >= 16:
+        nothing = (bool(row["quant_pair"]) and row["predicted_score"] == 0
+                   and row["achieved_effective_bits"] >= 16)
+        if nothing:
             name = "nothing quantized (the 16-bit model fits)"
         measured = (f"{row['eval_loss_delta']:+.4f} nats ({row['ppl_increase_pct']:+.2f} % ppl)"
                     if _finite(row["eval_loss_delta"]) else "-")
-        if measured == "-" and _finite(row.get("trial_eval_loss_delta")) and _finite(row.get("trial_budget")):
+        if (measured == "-" and not nothing and _finite(row.get("trial_eval_loss_delta"))
+                and _finite(row.get("trial_budget"))):
             measured = (f"(this trial at {row['trial_budget']:g} bits: "
                         f"{row['trial_eval_loss_delta']:+.4f} nats)")
         lines.append(f"| {row['budget']:g}{mark} | {name} | {_fmt(row['predicted_score'], '.3e')} | "
