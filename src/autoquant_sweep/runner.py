@@ -574,53 +574,32 @@ def report_destination(plan: RunPlan, run_dir: Path | None) -> Path:
     return tmp_report_dir(run_dir)
 
 
-def _autoquant_feasible(plan: RunPlan, cache: ModelCache, batches: list[dict]) -> tuple[Any, float]:
-    """``run_autoquant`` at the run's budget; when ModelOpt refuses it as infeasible (before calibrating),
-    again on a fresh copy at the lowest budget it can reach. Returns ``(result, budget it ran at)``.
+def _run_autoquant(plan: RunPlan, cache: ModelCache, batches: list[dict]) -> Any:
+    """``run_autoquant`` on a fresh copy of the pristine model at the run's budget.
 
-    The recipe at the run's budget is then the all-quantized one, labelled unsatisfied (facts 20): the
-    returned model is quantized with exactly that recipe, so its evaluation still belongs to it.
+    A budget below the reachable minimum was refused by :func:`plan_run` already (from ``config.json``);
+    for a checkpoint whose shapes the plan cannot derive, ModelOpt's own refusal is a one-line error.
     """
-    import re
-
     import torch
 
-    from autoquant_sweep.sensitivity import InfeasibleBudgetError, run_autoquant
+    from autoquant_sweep.sensitivity import run_autoquant
 
     c = plan.cfg
     aq = c["autoquant"]
-    budget = float(aq["effective_bits"])
-    for _attempt in range(3):
-        _, model = cache.model(plan)
-        torch.manual_seed(int(aq["seed"]))
-        try:
-            result = run_autoquant(
-                model,
-                batches,
-                copy.deepcopy(plan.effective_format),
-                format_label=f"{c['quant_pair']['format_name']}+{c['quant_granularity']['name']}",
-                method=aq["method"],
-                effective_bits=budget,
-                num_calib_steps=plan.batch_plan.num_calib_steps,
-                num_score_steps=plan.batch_plan.num_score_steps,
-                disabled_layers=c["model"]["disabled_layers"],
-                device=plan.device,
-            )
-            return result, budget
-        except InfeasibleBudgetError as exc:
-            del model
-            if exc.minimum_bits is not None:
-                retry = min(16.0, math.ceil(exc.minimum_bits * 1e4) / 1e4 + 1e-4)
-            else:  # below the format's own bits: ModelOpt names them
-                found = re.search(r"num_bits = \(?([0-9.]+)", str(exc))
-                retry = float(found.group(1)) if found else 16.0
-            if retry <= budget:
-                raise
-            log.info("budget %.4g infeasible for this format (%s); scoring at %.4g instead, the recipe at "
-                     "%.4g is labelled unsatisfied", budget, str(exc).splitlines()[0][:200], retry,
-                     float(aq["effective_bits"]))
-            budget = retry
-    raise UserInputError(f"autoquant.effective_bits: no feasible budget found for {c['quant_pair']['name']}")
+    _, model = cache.model(plan)
+    torch.manual_seed(int(aq["seed"]))
+    return run_autoquant(
+        model,
+        batches,
+        copy.deepcopy(plan.effective_format),
+        format_label=f"{c['quant_pair']['format_name']}+{c['quant_granularity']['name']}",
+        method=aq["method"],
+        effective_bits=float(aq["effective_bits"]),
+        num_calib_steps=plan.batch_plan.num_calib_steps,
+        num_score_steps=plan.batch_plan.num_score_steps,
+        disabled_layers=c["model"]["disabled_layers"],
+        device=plan.device,
+    )
 
 
 def execute_run(plan: RunPlan, run_dir: Path | None, cache: ModelCache = MODEL_CACHE) -> RunOutcome:
@@ -646,7 +625,7 @@ def execute_run(plan: RunPlan, run_dir: Path | None, cache: ModelCache = MODEL_C
     loaded = cache.loaded(plan)
     batches = cache.batches(plan, loaded)
     load_seconds = time.perf_counter() - t0
-    result, scored_budget = _autoquant_feasible(plan, cache, batches)
+    result = _run_autoquant(plan, cache, batches)
     budget = float(aq["effective_bits"])
     t_curve = time.perf_counter()
     grid = resolve_budget_grid(aq.get("budget_grid"), result.format_bits, budget)
@@ -684,7 +663,7 @@ def execute_run(plan: RunPlan, run_dir: Path | None, cache: ModelCache = MODEL_C
         gc.collect()
         torch.cuda.empty_cache()
     manifest = build_manifest(plan, result, loaded, load_seconds)
-    manifest["recipe"] = recipe.summary() | {"scored_at_budget": scored_budget}
+    manifest["recipe"] = recipe.summary()
     manifest["budget_curve"] = [r.curve_point() for r in curve]
     manifest["evaluation"] = evaluation
     manifest["canonical_granularity"] = canonical_granularity(plan)

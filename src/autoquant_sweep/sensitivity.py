@@ -7,7 +7,6 @@ only in granularity were measured to come back with identical scores (facts file
 from __future__ import annotations
 
 import math
-import re
 import resource
 import time
 from collections.abc import Sequence
@@ -17,16 +16,6 @@ from typing import Any
 from autoquant_sweep.errors import SensitivityResultError, UserInputError
 
 METHODS = ("gradient", "kl_div")
-_MIN_BITS = re.compile(r"minimum achievable effective bits is ([0-9.]+)")
-
-
-class InfeasibleBudgetError(UserInputError):
-    """ModelOpt refused the budget before calibrating: below the format's bits, or below the minimum
-    achievable effective bits (``minimum_bits``, when ModelOpt said it)."""
-
-    def __init__(self, message: str, minimum_bits: float | None = None) -> None:
-        super().__init__(message)
-        self.minimum_bits = minimum_bits
 
 
 @dataclass(frozen=True)
@@ -139,15 +128,11 @@ def run_autoquant(
         )
     except ValueError as exc:
         if "infeasible" in str(exc):
-            found = _MIN_BITS.search(str(exc))
-            raise InfeasibleBudgetError(
-                f"autoquant.effective_bits: {exc} (format {format_label})",
-                float(found.group(1)) if found else None,
-            ) from exc
+            raise UserInputError(f"autoquant.effective_bits: {exc} (format {format_label})") from exc
         raise
     except AssertionError as exc:
         if "effective_bits" in str(exc):
-            raise InfeasibleBudgetError(f"autoquant.effective_bits: {exc}") from exc
+            raise UserInputError(f"autoquant.effective_bits: {exc}") from exc
         raise
     end = time.perf_counter()
     if device == "cuda":
