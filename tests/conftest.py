@@ -47,7 +47,9 @@ def run_app(
     script: Path = SENSITIVITY_APP,
 ) -> subprocess.CompletedProcess:
     """Run ``experiments/sensitivity.py`` (or another script) in a fresh interpreter."""
-    full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
+    # as from a shell: no sweep id inherited from this (pytest) process
+    inherited = {k: v for k, v in os.environ.items() if k != "AUTOQUANT_SWEEP_ID"}
+    full_env = {**inherited, "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run(
         [sys.executable, str(script), *args],
         cwd=cwd,

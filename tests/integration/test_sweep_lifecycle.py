@@ -82,7 +82,8 @@ def sweeps(tmp_path_factory, embedded) -> dict[str, dict]:
         "summary-fails": (roots["summary-fails"], _args(roots["summary-fails"], store, "summary-fails", 1)),
         "sigint": (roots["sigint"], _args(roots["sigint"], store, "sigint", 2, "autoquant.cache=false")),
     }
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    # started as from a shell: no sweep id inherited from this (pytest) process
+    env = {k: v for k, v in os.environ.items() if k != "AUTOQUANT_SWEEP_ID"} | {"HYDRA_FULL_ERROR": "0"}
     procs = {}
     for name, (root, args) in plans.items():  # a and b start within a few milliseconds of each other
         out, err = (root / f"{name}.out").open("w"), (root / f"{name}.err").open("w")

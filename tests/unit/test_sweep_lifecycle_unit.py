@@ -28,7 +28,10 @@ def test_sweep_id_is_per_process_and_reaches_only_direct_children(monkeypatch):
     from autoquant_sweep import layout
 
     monkeypatch.setattr(layout, "_sweep_id", None)
-    monkeypatch.delenv(layout.SWEEP_ID_ENV, raising=False)
+    # setenv first, so that the value sweep_id() exports is undone after the test: a leaked id would be
+    # inherited by every sweep this pytest worker starts as a subprocess (same folder for all of them)
+    monkeypatch.setenv(layout.SWEEP_ID_ENV, "")
+    monkeypatch.delenv(layout.SWEEP_ID_ENV)
     mine = layout.sweep_id()
     host = re.escape(re.sub(r"[^A-Za-z0-9_.-]+", "_", socket.gethostname()))
     assert re.fullmatch(rf"\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d_{host}-{os.getpid()}-[0-9a-f]{{4}}", mine)
