@@ -1,9 +1,9 @@
 """Which (format, granularity overlay) combinations ModelOpt 0.47 can really run (pure, data-driven).
 
-Every rule is data: an id, a one-line summary, the evidence (measured error or behaviour, see
-``shared/reference/modelopt-0.47-cuda-compat.md``), the status it yields and a check function that
-returns one reason line per offending quantizer pattern. :func:`check_combination` runs the rules on
-the base format and on the overlay result; it never loads torch or ModelOpt.
+Every rule is data: an id, a one-line summary, the evidence (the measured error or behaviour, quoted
+in the rule itself and in the CUDA table of ``docs/granularity.md``), the status it yields and a check
+function that returns one reason line per offending quantizer pattern. :func:`check_combination` runs
+the rules on the base format and on the overlay result; it never loads torch or ModelOpt.
 """
 
 from __future__ import annotations
