@@ -7,13 +7,9 @@ sweep (cache), worse sweep (registry alias kept), lookup in a fresh process, app
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -295,43 +291,13 @@ def test_apply_quantizes_with_the_registered_recipe(store: dict, client, tmp_pat
         assert not model.get_submodule(group).weight_quantizer.is_enabled
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ui_serves_the_runs_on_localhost(store: dict, client) -> None:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "autoquant_sweep.cli", "ui", "--port", str(port),
-         "--tracking-uri", store["uri"], "--artifact-location", str(store["root"] / "mlruns")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, "the UI process exited"
-            assert time.monotonic() < deadline, "the UI did not answer within 90 s"
-            time.sleep(0.5)
-        body = json.dumps({"experiment_ids": [_experiment_id(client)], "max_results": 1000}).encode()
-        request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
-                                         headers={"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(request, timeout=10) as r:
-            runs = json.loads(r.read())["runs"]
-        served = {run["info"]["run_id"] for run in runs}
-        expected = {run.info.run_id for run in client.search_runs([_experiment_id(client)], max_results=1000)}
-        assert served == expected and len(served) >= 14
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
+    sys.path.insert(0, str(REPO / "scripts"))
+    from ui_screenshots import UiServer
+
+    experiment_id = _experiment_id(client)
+    with UiServer(store["root"]) as server:  # `autoquant-sweep ui` on 127.0.0.1, answering /health
+        runs = server.api("runs/search", {"experiment_ids": [experiment_id], "max_results": 1000})["runs"]
+    served = {run["info"]["run_id"] for run in runs}
+    expected = {run.info.run_id for run in client.search_runs([experiment_id], max_results=1000)}
+    assert served == expected and len(served) >= 14

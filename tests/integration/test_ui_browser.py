@@ -13,10 +13,8 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -118,12 +116,6 @@ def test_pages_show_the_winner_readable_numbers_and_the_registered_run(ui) -> No
     assert any(f"/runs/{facts['best_id']}" in href for href in seen["version_links"]), seen["version_links"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _descendants(pid: int) -> set[int]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -152,37 +144,10 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ui_stops_its_server_on_ctrl_c_and_sigterm(sig: int, tmp_path: Path) -> None:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "autoquant_sweep.cli",
-            "ui",
-            "--port",
-            str(port),
-            "--tracking-uri",
-            f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "--artifact-location",
-            str(tmp_path / "mlruns"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=REPO,
-        start_new_session=True,
-    )
+    server = UiServer(tmp_path).__enter__()  # started and answering /health; stopped by the signal below
+    proc, port = server.proc, server.port
+    assert proc is not None
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, "the UI exited before it served"
-            assert time.monotonic() < deadline, "the UI did not answer within 120 s"
-            time.sleep(0.3)
         server_side = _descendants(proc.pid)
         assert server_side, "mlflow server runs as a child of the ui command"
         proc.send_signal(sig)  # to the ui command only, as a terminal's Ctrl-C / a service manager would
