@@ -113,3 +113,10 @@ def test_stop_reasons_are_never_empty():
     assert _first_line(SweepExit("hydra.sweeper: no trial ...")) == "hydra.sweeper: no trial ..."
     assert _first_line(SystemExit(2)) == "exit status 2 (see the error line above)"
     assert _first_line(ValueError("first\nsecond")) == "first"
+
+
+def test_study_storage_prints_as_its_url_not_an_object_address(tmp_path):
+    from autoquant_sweep.search.sweeper import OwnedRDBStorage
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert repr(OwnedRDBStorage(url)) == url  # the plugin's "Storage: ..." line on the first screen

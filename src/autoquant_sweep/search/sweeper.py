@@ -38,6 +38,12 @@ class OwnedRDBStorage(RDBStorage):
         frozen.system_attrs[faults.OWNER_ATTR] = who  # the study's trial cache sees it too
         return frozen
 
+    def __repr__(self) -> str:
+        # the plugin logs "Storage: <storage>": show the URL (password masked), not an object address
+        from autoquant_sweep.tracking.store import masked_url
+
+        return masked_url(str(self.url))
+
 
 def _storage(url: Any) -> Any:
     if not isinstance(url, str) or url.startswith(("redis", "journal")):

@@ -283,7 +283,9 @@ class MlflowSweepCallback(Callback):
         if result is not None:
             for line in outcome_lines(result, primary_metric(self.container["autoquant"]["objective"])):
                 print(line)
-        print("open the MLflow UI: autoquant-sweep ui  (http://127.0.0.1:5000)")
+        from autoquant_sweep.tracking.cli import DEFAULT_UI_PORT, ui_url
+
+        print(f"open the MLflow UI: autoquant-sweep ui  ({ui_url('127.0.0.1', DEFAULT_UI_PORT)})")
 
     def _summarise(self) -> None:
         from autoquant_sweep.tracking.recommendation import summarise_sweep

@@ -203,6 +203,7 @@ def ui_command(tracking_uri: str, artifact_root: str | None, host: str, port: in
 
 UI_VIEW_QUERY = "workflowType=machine_learning"  # MLflow 3 opens in its GenAI view otherwise
 UI_STOP_TIMEOUT_S = 10.0
+DEFAULT_UI_PORT = 5000
 
 
 def ui_url(host: str, port: int) -> str:
@@ -289,7 +290,7 @@ def add_tracking_commands(sub: Any) -> None:
 
     p = sub.add_parser("ui", help="start the MLflow UI against the project's store (127.0.0.1 unless asked)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int, default=DEFAULT_UI_PORT)
     _add_store_args(p)
     p.add_argument("--artifact-location", default=None, help="artifact root (default: <project root>/mlruns)")
     p.set_defaults(func=cmd_ui)
