@@ -126,7 +126,7 @@ def resolve_format(format_name: str) -> dict:
     """Return the format named ``format_name`` as a deep copy in list schema.
 
     Example:
-        >>> fmt = resolve_format("INT8_DEFAULT_CFG")  # doctest: +SKIP
+        >>> fmt = resolve_format("INT8_DEFAULT_CFG")
         >>> fmt["quant_cfg"][1]
         {'quantizer_name': '*weight_quantizer', 'cfg': {'num_bits': 8, 'axis': 0}}
     """
