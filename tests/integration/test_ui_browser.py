@@ -157,7 +157,11 @@ def test_ui_stops_its_server_on_ctrl_c_and_sigterm(sig: int, tmp_path: Path) -> 
             time.sleep(0.2)
         assert not [pid for pid in server_side if _alive(pid)], "server processes outlived the ui command"
         with socket.socket() as s:
-            s.bind(("127.0.0.1", port))  # the port is free again
+            # the port is free again: nothing listens on it. SO_REUSEADDR, because the server's closed
+            # connections may sit in TIME_WAIT for a while, which is not a server still running.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+            s.listen()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
