@@ -265,6 +265,10 @@ async def open_version(browser: Chromium, base: str, facts: dict[str, Any]) -> N
     await browser.goto(f"{base}/#/models/{name}/versions/{facts['version']}?{ML_VIEW}")
     await browser.wait_text("Source Run", 60)
     await browser.wait_text(facts["best_name"], 60)
+    # the aliases arrive in a request of their own, after the version's page has drawn
+    await browser.wait_for(
+        "document.body && document.body.innerText.replace(/\\u00a0/g, ' ').includes('@ best')", 60, "the alias @ best"
+    )
 
 
 async def show_more(browser: Chromium) -> None:
