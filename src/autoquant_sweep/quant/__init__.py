@@ -31,7 +31,13 @@ from autoquant_sweep.quant.overlay import (
     validate_overrides,
 )
 
-_LAZY_FORMATS = ("PROJECT_COMPOSITIONS", "UnknownFormatError", "available_format_names", "resolve_format")
+_LAZY_FORMATS = (
+    "PROJECT_COMPOSITIONS",
+    "UnknownFormatError",
+    "available_format_names",
+    "check_with_modelopt",
+    "resolve_format",
+)
 
 __all__ = [
     "CAPABILITY_RULES",
@@ -48,6 +54,7 @@ __all__ = [
     "available_format_names",
     "canonical_json",
     "check_combination",
+    "check_with_modelopt",
     "config_fingerprint",
     "effective_quantizer_cfg",
     "normalize_block_sizes",

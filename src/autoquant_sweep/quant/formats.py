@@ -22,6 +22,7 @@ __all__ = [
     "UnknownFormatError",
     "available_format_names",
     "build_composition",
+    "check_with_modelopt",
     "resolve_format",
 ]
 
@@ -142,3 +143,82 @@ def resolve_format(format_name: str) -> dict:
     if close:
         message += f"; did you mean '{close[0]}'?"
     raise UnknownFormatError(f"{message}; known: {', '.join(known)}")
+
+
+# --------------------------------------------------------------------------------------------- last gate
+
+# pydantic names the branches of a union in an error location ('function-after[...]', 'list[...]',
+# 'int', 'tuple[int, ...]'); they say nothing to a user, so the location keeps only field names and
+# list indexes
+_UNION_BRANCH_NAMES = frozenset({"int", "float", "str", "bool", "dict", "list", "tuple", "none"})
+# a value of the other shape of a union (a cfg mapping vs a list of stage mappings) fails the branch
+# it does not belong to; that error is noise next to the real one
+_BRANCH_MISMATCH_TYPES = frozenset({"model_type", "list_type", "dict_type", "model_attributes_type"})
+
+
+def _error_location(loc: tuple) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif "[" in str(item) or "(" in str(item) or str(item).lower() in _UNION_BRANCH_NAMES:
+            continue
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def _validation_reason(exc: Exception) -> str:
+    """One line from a pydantic ``ValidationError`` (its first meaningful error) or any exception."""
+    errors_of = getattr(exc, "errors", None)
+    if not callable(errors_of):
+        return " ".join(str(exc).split())
+    errors = errors_of(include_url=False)
+    relevant = [e for e in errors if e.get("type") not in _BRANCH_MISMATCH_TYPES] or errors
+    if not relevant:
+        return " ".join(str(exc).split())
+    first = relevant[0]
+    message = str(first.get("msg", "")).removeprefix("Value error, ")
+    if first.get("type") == "assertion_error":
+        # ModelOpt's block_sizes check asserts without a message ('Assertion failed, '): show the value
+        message = message.rstrip(", ").rstrip() + f" (got {first.get('input')!r})"
+    location = _error_location(tuple(first.get("loc", ())))
+    # alternatives of one union field (axis: int | tuple) fail together: count other places only
+    others = {_error_location(tuple(e.get("loc", ()))) for e in relevant} - {location}
+    more = f" (and {len(others)} more)" if others else ""
+    return " ".join(f"{location + ': ' if location else ''}{message}{more}".split())
+
+
+def check_with_modelopt(fmt: dict, context: str) -> None:
+    """Validate an effective format with ModelOpt's own pydantic config; the last gate of a plan.
+
+    Each rule is checked as a ModelOpt ``QuantizerCfgEntry`` (so the error names the rule), then the
+    whole format as a ``QuantizeConfig`` (top-level keys, ``algorithm``). ModelOpt decides which
+    ``cfg`` and ``block_sizes`` keys exist (e.g. ``four_over_six``), so a newer ModelOpt needs no
+    change here. Imports ModelOpt (seconds): call it after every cheaper check.
+
+    Raises:
+        UserInputError: one line, ``<context>: ModelOpt rejects the effective format: <where>: <why>``.
+
+    Example:
+        >>> check_with_modelopt(resolve_format("INT8_DEFAULT_CFG"), "quant_pair=wint8_aint8")
+    """
+    from autoquant_sweep.errors import UserInputError
+
+    with contextlib.redirect_stdout(sys.stderr):
+        from modelopt.torch.quantization.config import QuantizeConfig, QuantizerCfgEntry
+
+    prefix = f"{context}: ModelOpt rejects the effective format"
+    if not isinstance(fmt, dict) or not isinstance(fmt.get("quant_cfg"), list):
+        raise UserInputError(f"{prefix}: it must be a mapping with a list 'quant_cfg'")
+    for index, rule in enumerate(fmt["quant_cfg"]):
+        name = rule.get("quantizer_name") if isinstance(rule, dict) else None
+        where = f"quant_cfg rule #{index}" + (f" ('{name}')" if name else "")
+        try:
+            QuantizerCfgEntry.model_validate(copy.deepcopy(rule))
+        except Exception as exc:  # pydantic.ValidationError, or ModelOpt's own ValueError/AssertionError
+            raise UserInputError(f"{prefix}: {where}: {_validation_reason(exc)}") from exc
+    try:
+        QuantizeConfig.model_validate(copy.deepcopy(fmt))
+    except Exception as exc:
+        raise UserInputError(f"{prefix}: {_validation_reason(exc)}") from exc
