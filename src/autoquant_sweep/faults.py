@@ -5,10 +5,14 @@
   so ``finally`` blocks and ``except BaseException`` handlers run: the job's MLflow run is marked
   ``KILLED``, the sweeper fails its own Optuna trials with a ``fail_reason``, the sweep's parent run ends
   ``KILLED`` and nothing is registered; the process exits with status 143 (SIGTERM) or 130 (SIGINT).
-* Every Optuna trial (system attr ``aqs_owner``) and MLflow run (tag ``aqs.owner``) records its owner
+* Every Optuna trial (user attr ``aqs_owner``) and MLflow run (tag ``aqs.owner``) records its owner
   process as ``<host>:<pid>``. The next sweep marks what a dead owner on this host left ``RUNNING`` as
-  ``FAIL`` (Optuna) / ``KILLED`` (MLflow) with a ``failure_reason``, and removes stale staging folders.
-  Owners on other hosts are left alone (their liveness cannot be checked from here).
+  ``FAIL`` (Optuna, with user attr ``fail_reason``) / ``KILLED`` (MLflow, tag ``failure_reason``), and
+  removes stale staging folders. Owners on other hosts are left alone (their liveness cannot be checked
+  from here).
+
+Optuna is used through its public API only: attributes are written with ``set_trial_user_attr`` of the
+study's storage (the sweeper opens it and passes it in) and read from ``FrozenTrial.user_attrs``.
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-OWNER_ATTR = "aqs_owner"  # Optuna trial system attr
+OWNER_ATTR = "aqs_owner"  # Optuna trial user attr
 OWNER_TAG = "aqs.owner"  # MLflow run tag
-FAIL_REASON_ATTR = "fail_reason"
+FAIL_REASON_ATTR = "fail_reason"  # Optuna trial user attr (Optuna's own objective errors: a system attr)
 _installed = False
 
 
@@ -190,22 +194,59 @@ def owner_is_dead(value: str | None, host: str | None = None) -> bool:
     return not pid_alive(int(pid))
 
 
-def fail_stale_trials(study: Any) -> list[int]:
-    """Mark ``RUNNING`` trials whose owner process is dead as ``FAIL`` (reason in a system attr).
+def trial_owner(trial: Any) -> str | None:
+    """The ``host:pid`` that asked for ``trial`` (a ``FrozenTrial``), ``None`` when unknown.
 
-    Returns the trial numbers that were failed.
+    Trials of studies written before owners became user attrs carry it as a system attr.
+    """
+    return trial.user_attrs.get(OWNER_ATTR) or trial.system_attrs.get(OWNER_ATTR)
+
+
+def trial_fail_reason(trial: Any) -> str | None:
+    """Why ``trial`` (a ``FrozenTrial``) failed: the project's user attr, else Optuna's own system attr.
+
+    Example:
+        >>> import optuna
+        >>> study = optuna.create_study()
+        >>> trial = study.ask()
+        >>> trial.set_user_attr(FAIL_REASON_ATTR, "killed by SIGTERM")
+        >>> study.tell(trial, state=optuna.trial.TrialState.FAIL)  # doctest: +ELLIPSIS
+        FrozenTrial(...)
+        >>> trial_fail_reason(study.trials[0])
+        'killed by SIGTERM'
+    """
+    return trial.user_attrs.get(FAIL_REASON_ATTR) or trial.system_attrs.get(FAIL_REASON_ATTR)
+
+
+def fail_trial(study: Any, storage: Any, number: int, reason: str) -> None:
+    """Mark the ``RUNNING`` trial ``number`` of ``study`` ``FAIL`` with user attr ``fail_reason=reason``.
+
+    ``storage`` is the ``optuna.storages`` object the study was opened on (a ``Study`` does not hand out
+    its storage publicly). Raises ``RuntimeError`` / ``ValueError`` when the trial finished meanwhile.
+    """
+    import optuna
+
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+    storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
+    study.tell(number, state=optuna.trial.TrialState.FAIL)
+
+
+def fail_stale_trials(study: Any, storage: Any) -> list[int]:
+    """Mark ``RUNNING`` trials whose owner process is dead as ``FAIL`` (reason in user attr ``fail_reason``).
+
+    ``storage``: the storage object ``study`` was opened on. Returns the trial numbers that were failed.
     """
     import optuna
 
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        who = trial.system_attrs.get(OWNER_ATTR)
+        who = trial_owner(trial)
         if not owner_is_dead(who):
             continue
         reason = f"owner process {who} died while the trial was running"
         try:
-            study._storage.set_trial_system_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            fail_trial(study, storage, trial.number, reason)
         except (RuntimeError, ValueError) as exc:  # finished meanwhile: nothing to clean
             log.info("trial %d not failed: %s", trial.number, exc)
             continue
@@ -214,17 +255,16 @@ def fail_stale_trials(study: Any) -> list[int]:
     return failed
 
 
-def fail_own_trials(study: Any, reason: str) -> list[int]:
+def fail_own_trials(study: Any, storage: Any, reason: str) -> list[int]:
     """Mark the ``RUNNING`` trials owned by this process as ``FAIL`` (used when the sweep is stopped)."""
     import optuna
 
     me, failed = owner(), []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if trial.system_attrs.get(OWNER_ATTR) != me:
+        if trial_owner(trial) != me:
             continue
         try:
-            study._storage.set_trial_system_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            fail_trial(study, storage, trial.number, reason)
             failed.append(trial.number)
         except (RuntimeError, ValueError):
             continue

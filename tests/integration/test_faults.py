@@ -111,7 +111,7 @@ def test_sigterm_mid_trial_marks_it_failed_and_killed_and_restart_continues(tmp_
     assert returncode == 128 + signal.SIGTERM, log[-3000:]
     trials = _study(tmp_path).trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
-    assert trials[1].system_attrs["fail_reason"] == "killed by SIGTERM"
+    assert trials[1].user_attrs["fail_reason"] == "killed by SIGTERM"
     parents, children = _runs(tmp_path)
     assert [p.info.status for p in parents] == ["KILLED"]
     assert [c.info.status for c in children] == ["FINISHED", "KILLED"]
@@ -137,4 +137,4 @@ def test_sigkill_mid_trial_is_cleaned_up_by_the_restart(tmp_path, embedded):
     (stale / "manifest.json").write_text("{")
     _restart_and_check(tmp_path, n_trials=1, kept=0)
     fail = next(t for t in _study(tmp_path).trials if t.state == optuna.trial.TrialState.FAIL)
-    assert fail.number == 0 and "died while the trial was running" in fail.system_attrs["fail_reason"]
+    assert fail.number == 0 and "died while the trial was running" in fail.user_attrs["fail_reason"]

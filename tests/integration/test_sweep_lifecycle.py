@@ -176,7 +176,7 @@ def test_two_sweeps_started_in_the_same_second_own_their_folder_parent_and_regis
     assert {str(v.version) for v in versions} == {p.data.tags["registered_version"] for p in parents.values()}
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{root}/optuna.db")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
-    owners = [t.system_attrs["aqs_owner"] for t in study.trials]
+    owners = [t.user_attrs["aqs_owner"] for t in study.trials]
     assert sorted(owners) == sorted([f"{socket.gethostname()}:{s['pid']}" for s in (a, b)] * 2)
 
 
@@ -205,7 +205,7 @@ def test_an_interrupted_sweep_is_killed_says_why_and_registers_nothing(sweeps):
     assert "Traceback" not in sweep["stderr"]
     trials = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{sweep['root']}/optuna.db").trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
-    assert trials[1].system_attrs["fail_reason"] == reason
+    assert trials[1].user_attrs["fail_reason"] == reason
     runs = _runs(sweep)
     (parent,) = [r for r in runs if r.data.tags.get("sweep") == "true"]
     assert parent.info.status == "KILLED"

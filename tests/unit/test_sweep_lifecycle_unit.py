@@ -116,7 +116,7 @@ def test_stop_reasons_are_never_empty():
 
 
 def test_study_storage_prints_as_its_url_not_an_object_address(tmp_path):
-    from autoquant_sweep.search.sweeper import OwnedRDBStorage
+    from autoquant_sweep.search.sweeper import StudyStorage
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    assert repr(OwnedRDBStorage(url)) == url  # the plugin's "Storage: ..." line on the first screen
+    assert repr(StudyStorage(url)) == url  # the plugin's "Storage: ..." line on the first screen

@@ -1,14 +1,21 @@
 """hydra-optuna-sweeper with fault handling (``_target_`` of ``conf/hydra/sweeper/optuna.yaml``).
 
-The sweep itself is the plugin's, unchanged. Around it:
+The sweep itself is the plugin's, unchanged, driven through its public constructor arguments only
+(``storage``, ``custom_search_space``). Around it:
 
-* every trial records its owner process (system attr ``aqs_owner`` = ``<host>:<pid>``);
+* every trial records its owner process (user attr ``aqs_owner`` = ``<host>:<pid>``), set by
+  :func:`record_trial_owner`, the plugin's ``custom_search_space`` hook (a user's own hook still runs
+  after it);
 * at start, ``RUNNING`` trials of the study whose owner died (SIGKILL, OOM) are marked ``FAIL``;
 * when the sweep is stopped (SIGTERM -> :class:`~autoquant_sweep.faults.Terminated`, Ctrl-C), this
-  process's ``RUNNING`` trials are marked ``FAIL`` with a ``fail_reason`` before the exception goes on;
+  process's ``RUNNING`` trials are marked ``FAIL`` with user attr ``fail_reason`` before the exception
+  goes on (read it with :func:`autoquant_sweep.faults.trial_fail_reason`);
 * an empty search space is a one-line error instead of a sweep that never asks a trial;
 * a storage that cannot be opened is a one-line error (:func:`check_storage` runs it before the sweep
-  creates anything; the sweep callback calls it).
+  creates anything; the sweep callback calls it);
+* SQLite study files are opened with a 60 s lock timeout and created under a folder lock, and the
+  plugin's ``Storage: ...`` log line shows the (masked) URL: the sweeper hands the plugin a
+  :class:`StudyStorage` object, created when Hydra instantiates the sweeper (after the start checks).
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ import sys
 from typing import Any
 
 import optuna
+from hydra.utils import get_method
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+from omegaconf import DictConfig, OmegaConf
 from optuna.storages import RDBStorage
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -28,21 +37,29 @@ from autoquant_sweep.errors import UserInputError
 log = logging.getLogger(__name__)
 
 
-class OwnedRDBStorage(RDBStorage):
-    """An RDB storage that tags each new trial with the process that asked for it."""
-
-    def _create_new_trial(self, study_id: int, template_trial: Any = None) -> Any:
-        frozen = super()._create_new_trial(study_id, template_trial)
-        who = faults.owner()
-        self.set_trial_system_attr(frozen._trial_id, faults.OWNER_ATTR, who)
-        frozen.system_attrs[faults.OWNER_ATTR] = who  # the study's trial cache sees it too
-        return frozen
+class StudyStorage(RDBStorage):
+    """Optuna's RDB storage, shown as its URL (password masked) instead of an object address."""
 
     def __repr__(self) -> str:
         # the plugin logs "Storage: <storage>": show the URL (password masked), not an object address
         from autoquant_sweep.tracking.store import masked_url
 
         return masked_url(str(self.url))
+
+
+OWNER_HOOK = f"{__name__}.record_trial_owner"
+
+
+def record_trial_owner(cfg: DictConfig, trial: optuna.trial.Trial) -> None:
+    """The plugin's ``custom_search_space`` hook: stamp ``trial`` with its owner process, then run the
+    user's own hook (``hydra.sweeper.custom_search_space``), if one is configured.
+
+    The plugin calls it right after ``study.ask()``, before the trial's job is launched.
+    """
+    trial.set_user_attr(faults.OWNER_ATTR, faults.owner())
+    user_hook = OmegaConf.select(cfg, "hydra.sweeper.custom_search_space", default=None)
+    if user_hook and user_hook != OWNER_HOOK:
+        get_method(user_hook)(cfg, trial)
 
 
 def _storage(url: Any) -> Any:
@@ -57,8 +74,8 @@ def _storage(url: Any) -> Any:
         db = sqlite_path(url)
         if db is not None and db.parent.is_dir():
             with folder_lock(db.parent):  # sweeps started together must not create the schema twice
-                return OwnedRDBStorage(url, **kwargs)
-    return OwnedRDBStorage(url, **kwargs)
+                return StudyStorage(url, **kwargs)
+    return StudyStorage(url, **kwargs)
 
 
 def _storage_error(url: str, exc: BaseException) -> UserInputError:
@@ -109,22 +126,35 @@ def _one_line_exit(exc: UserInputError | str) -> SweepExit:
 class AutoquantOptunaSweeper(OptunaSweeper):
     """:class:`OptunaSweeper` plus stale-trial cleanup, trial ownership and graceful stop."""
 
+    def __init__(self, sampler: Any, direction: Any, storage: Any, study_name: str | None, n_trials: int,
+                 n_jobs: int, max_failure_rate: float, custom_search_space: str | None,
+                 params: DictConfig | None) -> None:
+        self.storage_url = storage
+        self.study_name = study_name
+        self.study_storage: RDBStorage | None = None  # the storage object the plugin's study runs on
+        if isinstance(storage, str):
+            try:
+                opened = _storage(storage)
+            except SQLAlchemyError as exc:  # went bad after the start check (or a schema / driver error)
+                raise _one_line_exit(_storage_error(storage, exc)) from exc
+            if isinstance(opened, RDBStorage):
+                self.study_storage = storage = opened
+        # the user's ``custom_search_space`` stays in the config: record_trial_owner runs it after the stamp
+        super().__init__(sampler, direction, storage, study_name, n_trials, n_jobs, max_failure_rate,
+                         OWNER_HOOK, params)
+
     def sweep(self, arguments: list[str]) -> None:
-        impl = self.sweeper
-        url = impl.storage
         faults.install_signal_handlers()
         study = None
-        if isinstance(url, str):
+        if self.study_storage is not None:
             try:
-                impl.storage = _storage(url)
-                study = self._cleanup(url)
-            except SQLAlchemyError as exc:  # went bad after the start check (or a schema / driver error)
-                impl.storage = url
-                raise _one_line_exit(_storage_error(url, exc)) from exc
+                study = self._cleanup()
+            except SQLAlchemyError as exc:
+                raise _one_line_exit(_storage_error(self.storage_url, exc)) from exc
         try:
             return super().sweep(arguments)
         except ValueError as exc:  # the plugin asks for the best trial of a study where none completed
-            study = study or (self._load(url) if isinstance(url, str) else None)
+            study = study or self._load()
             if study is None or any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
                 raise
             message = (
@@ -134,29 +164,29 @@ class AutoquantOptunaSweeper(OptunaSweeper):
             )
             raise _one_line_exit(message) from exc
         except BaseException as exc:
-            if study is None and isinstance(url, str):
-                study = self._load(url)
+            study = study or self._load()
             faults.record_stop(exc)  # Ctrl-C / SIGTERM: the sweep callback ends the parent KILLED
             if study is not None:
                 reason = (faults.stop_text(exc) if faults.interrupted(exc)
                           else f"sweep aborted: {type(exc).__name__}")
-                failed = faults.fail_own_trials(study, reason)
+                failed = faults.fail_own_trials(study, self.study_storage, reason)
                 if failed:
                     log.warning("optuna trials %s marked FAIL (%s)", failed, reason)
             raise
-        finally:
-            impl.storage = url
 
-    def _load(self, url: str) -> Any:
+    def _load(self) -> Any:
+        """The study on this sweep's RDB storage, ``None`` when it does not exist yet (or no RDB storage)."""
+        if self.study_storage is None:
+            return None
         try:
-            return optuna.load_study(study_name=self.sweeper.study_name, storage=_storage(url))
+            return optuna.load_study(study_name=self.study_name, storage=self.study_storage)
         except KeyError:  # the study does not exist yet
             return None
 
-    def _cleanup(self, url: str) -> Any:
-        study = self._load(url)
+    def _cleanup(self) -> Any:
+        study = self._load()
         if study is not None:
-            failed = faults.fail_stale_trials(study)
+            failed = faults.fail_stale_trials(study, self.study_storage)
             if failed:
                 log.warning("study %s: %d stale RUNNING trial(s) of dead processes marked FAIL: %s",
                             study.study_name, len(failed), failed)
