@@ -25,7 +25,7 @@ import sys
 from typing import Any
 
 import optuna
-from hydra.utils import get_method
+from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig, OmegaConf
 from optuna.storages import RDBStorage
@@ -54,12 +54,13 @@ def record_trial_owner(cfg: DictConfig, trial: optuna.trial.Trial) -> None:
     """The plugin's ``custom_search_space`` hook: stamp ``trial`` with its owner process, then run the
     user's own hook (``hydra.sweeper.custom_search_space``), if one is configured.
 
-    The plugin calls it right after ``study.ask()``, before the trial's job is launched.
+    The plugin calls it right after ``study.ask()``, before the trial's job is launched. The user's hook
+    is instantiated the way the plugin instantiates its own (Hydra's execution whitelist applies).
     """
     trial.set_user_attr(faults.OWNER_ATTR, faults.owner())
     user_hook = OmegaConf.select(cfg, "hydra.sweeper.custom_search_space", default=None)
     if user_hook and user_hook != OWNER_HOOK:
-        get_method(user_hook)(cfg, trial)
+        instantiate({"_target_": user_hook, "_partial_": True})(cfg, trial)
 
 
 def _storage(url: Any) -> Any:
