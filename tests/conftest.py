@@ -13,6 +13,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 SENSITIVITY_APP = REPO / "experiments" / "sensitivity.py"
+# Runs follow the working directory (paths.root_dir); tests run them in temporary folders, so the embedded
+# assets are pinned to the checkout's cache: built once, reused by every test and subprocess.
+os.environ.setdefault("AUTOQUANT_SWEEP_CACHE", str(REPO / ".cache" / "autoquant_sweep"))
 
 
 @pytest.fixture(scope="session")

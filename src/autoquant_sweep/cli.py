@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="build the embedded tiny checkpoints, tokenizer and captions")
     p.add_argument(
-        "--cache", default=None, help="cache root (default: $AUTOQUANT_SWEEP_CACHE or <repo>/.cache)"
+        "--cache", default=None,
+        help="cache root (default: $AUTOQUANT_SWEEP_CACHE, else <working dir>/.cache/autoquant_sweep)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_generate)

@@ -1,5 +1,12 @@
 """Where a run's report lands, and how it gets there without ever being half-written.
 
+Everything the project writes (Hydra's ``outputs/`` and ``multirun/``, the publish tree ``results/``, the
+embedded MLflow store ``mlflow.db`` + ``mlruns/``, the Optuna study ``optuna.db``, the embedded asset cache
+``.cache/``) lies under one root, :func:`data_root`: the working directory of the command, or
+``$AUTOQUANT_SWEEP_ROOT`` when set. The config group ``conf/paths/`` spells the rule out for Hydra
+(``paths.root_dir`` and the paths derived from it); the sub-commands (``autoquant-sweep ui``, ``lookup``,
+``apply``, ``generate``) call :func:`data_root` and so find the same files.
+
 Two layouts (config group ``output_layout``):
 
 * ``tmp``: ``<hydra run dir>/report/`` where the run dir is
@@ -26,6 +33,7 @@ from autoquant_sweep.errors import UserInputError
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 REPORT_DIRNAME = "report"
+ROOT_ENV = "AUTOQUANT_SWEEP_ROOT"  # moves every store and output folder at once (paths.root_dir)
 SWEEP_ID_ENV = "AUTOQUANT_SWEEP_ID"  # "<owner host>:<owner pid> <sweep id>", read by launcher workers
 _sweep_id: str | None = None
 
@@ -50,6 +58,23 @@ def sweep_id() -> str:
             _sweep_id = f"{stamp}_{_UNSAFE_CHARS.sub('_', host)}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
             os.environ[SWEEP_ID_ENV] = f"{host}:{os.getpid()} {_sweep_id}"
     return _sweep_id
+
+
+def data_root() -> Path:
+    """The folder every store and output lives under: ``$AUTOQUANT_SWEEP_ROOT``, else the working directory.
+
+    Absolute, so a path derived from it means the same in launcher workers and sub-commands. It is the
+    value of ``paths.root_dir`` (the ``${aqs_root:}`` resolver), never the installed checkout: two clones
+    sharing one Python environment each keep their own stores when run from their own folders.
+
+    Example:
+        >>> os.environ[ROOT_ENV] = "/data/aqs"; data_root().as_posix()
+        '/data/aqs'
+        >>> del os.environ[ROOT_ENV]; data_root() == Path.cwd()
+        True
+    """
+    configured = os.environ.get(ROOT_ENV)
+    return Path(configured).expanduser().absolute() if configured else Path.cwd()
 
 
 def check_name(key: str, value: str) -> str:

@@ -75,14 +75,91 @@ def test_unreachable_server_fails_fast_with_one_line() -> None:
     assert time.perf_counter() - t0 < 5 and "\n" not in str(info.value)
 
 
-def test_local_yaml_resolves_to_project_root() -> None:
+def _compose_in(folder: Path, overrides: list[str] = ()) -> object:
+    """Compose the whole config (Hydra's own node included) as a command run in ``folder`` would."""
+    from hydra import compose, initialize_config_dir
+
     from autoquant_sweep.config import register_configs
-    from autoquant_sweep.paths import conf_dir, project_root
+    from autoquant_sweep.paths import conf_dir
 
     register_configs()
-    node = OmegaConf.load(conf_dir() / "tracking" / "local.yaml")
-    assert node.tracking_uri == f"sqlite:///{project_root()}/mlflow.db"
-    assert node.artifact_location == f"{project_root()}/mlruns"
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        return compose("sensitivity", overrides=["hydra/sweeper=optuna", *overrides],
+                       return_hydra_config=True)
+
+
+def test_every_store_and_output_follows_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    from autoquant_sweep.embedded import default_cache_root
+    from autoquant_sweep.tracking.store import default_artifact_location, default_tracking_uri
+
+    for name in ("AUTOQUANT_SWEEP_ROOT", "AUTOQUANT_SWEEP_CACHE", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    cfg = _compose_in(tmp_path)
+    assert cfg.paths.root_dir == str(tmp_path)
+    assert cfg.tracking.local_store_uri == f"sqlite:///{tmp_path}/mlflow.db" == default_tracking_uri()
+    assert cfg.hydra.sweeper.storage == f"sqlite:///{tmp_path}/optuna.db"
+    assert cfg.paths.cache_dir == str(default_cache_root()) == f"{tmp_path}/.cache/autoquant_sweep"
+    assert cfg.hydra.job.env_set.AUTOQUANT_SWEEP_CACHE == cfg.paths.cache_dir
+    assert cfg.hydra.run.dir.startswith(f"{tmp_path}/outputs/sensitivity/")
+    assert cfg.hydra.sweep.dir.startswith(f"{tmp_path}/multirun/sensitivity/")
+    assert cfg.output_layout.publish_root == f"{tmp_path}/results"
+    local = settings_from_cfg({"tracking": OmegaConf.to_container(cfg.tracking, resolve=True)})
+    assert (local.tracking_uri, local.source) == (default_tracking_uri(), "paths.mlflow_db")
+    assert local.artifact_location == default_artifact_location() == f"{tmp_path}/mlruns"
+
+
+def test_one_key_or_variable_moves_every_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoquant_sweep.embedded import default_cache_root
+    from autoquant_sweep.tracking.store import default_tracking_uri
+
+    monkeypatch.delenv("AUTOQUANT_SWEEP_CACHE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    cfg = _compose_in(tmp_path, [f"paths.root_dir={tmp_path}/by-key"])
+    assert cfg.tracking.local_store_uri == f"sqlite:///{tmp_path}/by-key/mlflow.db"
+    assert cfg.hydra.sweeper.storage == f"sqlite:///{tmp_path}/by-key/optuna.db"
+    assert cfg.hydra.sweep.dir.startswith(f"{tmp_path}/by-key/multirun/")
+    monkeypatch.setenv("AUTOQUANT_SWEEP_ROOT", str(tmp_path / "by-env"))
+    cfg = _compose_in(tmp_path)
+    assert cfg.tracking.local_store_uri == f"sqlite:///{tmp_path}/by-env/mlflow.db" == default_tracking_uri()
+    assert cfg.paths.cache_dir == str(default_cache_root()) == f"{tmp_path}/by-env/.cache/autoquant_sweep"
+    assert cfg.output_layout.publish_root == f"{tmp_path}/by-env/results"
+
+
+def test_mlflow_tracking_uri_is_honoured_by_local_and_loses_to_an_explicit_uri(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    default = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/env/mlflow.db")
+    from_env = settings_from_cfg({"tracking": {"mode": "local", "local_store_uri": default}})
+    assert (from_env.tracking_uri, from_env.source) == (f"sqlite:///{tmp_path}/env/mlflow.db",
+                                                        "MLFLOW_TRACKING_URI")
+    assert from_env.artifact_location == f"{tmp_path}/env/mlruns"  # next to the store it uses
+    explicit = settings_from_cfg({"tracking": {"mode": "local", "local_store_uri": default,
+                                               "tracking_uri": f"sqlite:///{tmp_path}/x.db"}})
+    assert (explicit.tracking_uri, explicit.source) == (f"sqlite:///{tmp_path}/x.db", "tracking.tracking_uri")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    server = settings_from_cfg({"tracking": {"mode": "local", "local_store_uri": default}})
+    assert server.artifact_location is None  # the server keeps its artifacts
+
+
+def test_connect_logs_where_the_store_came_from_and_leaves_the_environment_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import os
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    settings = settings_from_cfg({"tracking": {"mode": "local", "tracking_uri": f"sqlite:///{tmp_path}/m.db"}})
+    with caplog.at_level("INFO", logger="autoquant_sweep.tracking.store"):
+        connect(settings)
+    assert f"MLflow store: sqlite:///{tmp_path}/m.db (from tracking.tracking_uri)" in caplog.text
+    # mlflow.set_tracking_uri exports the variable; left set, the next run would read it as the user's choice
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/e.db")
+    with caplog.at_level("INFO", logger="autoquant_sweep.tracking.store"):
+        connect(settings_from_cfg({"tracking": {"mode": "local"}}))
+    assert f"MLflow store: sqlite:///{tmp_path}/e.db (from MLFLOW_TRACKING_URI)" in caplog.text
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/e.db"
 
 
 def test_callback_does_nothing_when_tracking_off(monkeypatch: pytest.MonkeyPatch) -> None:

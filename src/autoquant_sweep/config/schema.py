@@ -105,11 +105,25 @@ class OutputLayoutConfig:
 
 
 @dataclass
+class PathsConfig:
+    """Where stores and outputs live (``conf/paths/default.yaml``): all under ``root_dir``, the working
+    directory of the command unless ``$AUTOQUANT_SWEEP_ROOT`` or ``paths.root_dir=...`` says otherwise."""
+
+    root_dir: str = MISSING
+    output_dir: str = "${paths.root_dir}"
+    cache_dir: str = "${paths.root_dir}/.cache/autoquant_sweep"
+    mlflow_db: str = "${paths.root_dir}/mlflow.db"
+    optuna_db: str = "${paths.root_dir}/optuna.db"
+
+
+@dataclass
 class TrackingConfig:
     """MLflow tracking: ``off``, ``local`` (embedded SQLite store) or ``server`` (URI from the env)."""
 
     mode: str = "off"
+    # explicit store; for ``local`` null means $MLFLOW_TRACKING_URI when set, else ``local_store_uri``
     tracking_uri: str | None = None
+    local_store_uri: str | None = None
     artifact_location: str | None = None
     experiment_name: str | None = None
     registry: bool = True
@@ -120,6 +134,7 @@ class SensitivityConfig:
     """The whole run: one (model, dataset, pair, granularity, AutoQuant settings) combination."""
 
     experiment: str = "sensitivity"
+    paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     quant_pair: QuantPairConfig = field(default_factory=QuantPairConfig)

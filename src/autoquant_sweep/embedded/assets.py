@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..paths import project_root
 from .captions import CAPTION_SUBSET_SIZES, generate_captions, generate_training_captions
 
 __all__ = [
@@ -61,18 +60,18 @@ class EmbeddedAssets:
 
 
 def default_cache_root() -> Path:
-    """Cache root: ``$AUTOQUANT_SWEEP_CACHE`` if set, else ``<project>/.cache/autoquant_sweep``.
+    """Cache root: ``$AUTOQUANT_SWEEP_CACHE`` if set, else ``<root>/.cache/autoquant_sweep``.
 
-    The project root is used only for a source checkout (``pyproject.toml`` next to ``src/``);
-    installed copies fall back to ``~/.cache/autoquant_sweep``.
+    ``<root>`` is :func:`autoquant_sweep.layout.data_root` (the working directory, or
+    ``$AUTOQUANT_SWEEP_ROOT``), the rule every store follows; a Hydra job gets ``paths.cache_dir`` through
+    ``AUTOQUANT_SWEEP_CACHE`` (``hydra.job.env_set``).
     """
     env = os.environ.get("AUTOQUANT_SWEEP_CACHE")
     if env:
         return Path(env).expanduser()
-    root = project_root()
-    if root is not None:
-        return root / ".cache" / "autoquant_sweep"
-    return Path.home() / ".cache" / "autoquant_sweep"
+    from ..layout import data_root
+
+    return data_root() / ".cache" / "autoquant_sweep"
 
 
 def _sha256(path: Path) -> str:

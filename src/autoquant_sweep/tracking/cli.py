@@ -23,14 +23,17 @@ APPLY_INFO_FILE = "autoquant_apply.json"
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
-    from autoquant_sweep.tracking.store import default_tracking_uri
+    """The store of a sub-command, by the rule runs use: ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``,
+    else ``sqlite:///<root>/mlflow.db`` (``<root>``: the working directory or ``$AUTOQUANT_SWEEP_ROOT``)."""
+    from autoquant_sweep.tracking.store import resolve_tracking_uri
 
-    return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    return resolve_tracking_uri(args.tracking_uri)[0]
 
 
 def _add_store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None,
-                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlflow.db)")
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlflow.db, "
+                        "<root> being the working directory or $AUTOQUANT_SWEEP_ROOT, as for runs)")
 
 
 def _add_version_args(p: argparse.ArgumentParser) -> None:
@@ -126,7 +129,7 @@ def held_out_loss(model: Any, *, seq_len: int = 32, batch_size: int = 4, device:
     from autoquant_sweep.embedded import ensure_embedded_assets
     from autoquant_sweep.evaluation import eval_batch_size, eval_loss
     from autoquant_sweep.modeling import resolve_device
-    from autoquant_sweep.runner import eval_captions_used
+    from autoquant_sweep.compute import eval_captions_used
 
     source, captions = data_mod.resolve_eval_captions(None, None, None, None)
     batch_size = eval_batch_size(model, batch_size)  # the sweep's rule: the very same batches
@@ -243,7 +246,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from autoquant_sweep.tracking.store import default_artifact_location
 
     uri = _tracking_uri(args)
-    artifacts = args.artifact_location or (default_artifact_location() if uri.startswith("sqlite") else None)
+    artifacts = args.artifact_location or default_artifact_location(uri)  # where runs put them
     cmd = ui_command(uri, artifacts, args.host, args.port)
     print(f"MLflow UI on {ui_url(args.host, args.port)}  (store {uri}); Ctrl-C stops it", flush=True)
     proc = subprocess.Popen(cmd, start_new_session=True)
@@ -292,5 +295,6 @@ def add_tracking_commands(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=DEFAULT_UI_PORT)
     _add_store_args(p)
-    p.add_argument("--artifact-location", default=None, help="artifact root (default: <project root>/mlruns)")
+    p.add_argument("--artifact-location", default=None,
+                   help="artifact root (default: mlruns/ next to a SQLite store)")
     p.set_defaults(func=cmd_ui)

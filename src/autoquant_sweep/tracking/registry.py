@@ -212,16 +212,12 @@ def _recipe_summary(client: Any, run_id: str) -> dict[str, Any]:
 
 
 def _client(tracking_uri: str | None) -> Any:
-    from autoquant_sweep.tracking.store import TrackingSettings, connect, default_tracking_uri
+    """A client of ``tracking_uri``, else of the store a run would use (``$MLFLOW_TRACKING_URI``, else
+    ``<root>/mlflow.db``: :func:`~autoquant_sweep.tracking.store.resolve_tracking_uri`)."""
+    from autoquant_sweep.tracking.store import TrackingSettings, connect, resolve_tracking_uri
 
-    uri = tracking_uri or _env_uri() or default_tracking_uri()
-    return connect(TrackingSettings("local", uri, None, "", True))
-
-
-def _env_uri() -> str | None:
-    import os
-
-    return os.environ.get("MLFLOW_TRACKING_URI") or None
+    uri, source = resolve_tracking_uri(tracking_uri)
+    return connect(TrackingSettings("local", uri, None, "", True, source=source))
 
 
 def artifact_path(mv: Any, uniform: bool = False) -> str:
@@ -303,7 +299,8 @@ def lookup_best_config(name: str, alias: str = BEST_ALIAS, version: int | str | 
     """The per-layer recipe of registered model ``name`` at ``alias`` (``best``, ``best-b9``, ...) or
     ``version``, ready for ``mtq.quantize``; ``uniform=True``: the pair x granularity's uniform config.
 
-    ``tracking_uri``: default ``$MLFLOW_TRACKING_URI``, else the project's ``sqlite:///<root>/mlflow.db``.
+    ``tracking_uri``: default ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlflow.db`` (``<root>``: the
+    working directory or ``$AUTOQUANT_SWEEP_ROOT``).
 
     Example:
         >>> cfg = lookup_best_config("autoquant-qwen3_tiny-constrained_score")  # doctest: +SKIP

@@ -188,14 +188,16 @@ def run_params(c: Mapping[str, Any], batch_plan: Any | None = None, *, effect: A
 
 
 def git_commit() -> str:
-    """``git rev-parse HEAD`` of the project root, ``unknown`` outside a repository."""
+    """``git rev-parse HEAD`` of the source checkout that runs (not of the data root), ``unknown`` outside
+    a repository."""
     global _GIT_COMMIT
     if _GIT_COMMIT is None:
-        from autoquant_sweep.tracking.store import store_root
+        from autoquant_sweep.paths import project_root
 
         try:
             result = subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=store_root(), capture_output=True, text=True, timeout=5
+                ["git", "rev-parse", "HEAD"], cwd=project_root() or Path.cwd(), capture_output=True,
+                text=True, timeout=5,
             )
             commit = result.stdout.strip() if result.returncode == 0 else ""
             _GIT_COMMIT = commit or "unknown"
@@ -207,7 +209,7 @@ def git_commit() -> str:
 def base_tags(c: Mapping[str, Any], versions: Mapping[str, str] | None = None) -> dict[str, str]:
     """Tags every run gets: git commit, package versions, pair / granularity / size for filtering."""
     if versions is None:
-        from autoquant_sweep.runner import package_versions
+        from autoquant_sweep.fingerprints import package_versions
 
         versions = package_versions()
     tags = {"git_commit": git_commit()}
@@ -397,7 +399,7 @@ def write_config_artifacts(
 
 
 def _canonical(plan: Any) -> str:
-    from autoquant_sweep.runner import canonical_granularity
+    from autoquant_sweep.manifest import canonical_granularity
 
     try:
         return canonical_granularity(plan)

@@ -1,4 +1,10 @@
-"""Which MLflow store a run talks to: ``off``, ``local`` (embedded SQLite + ``mlruns/``) or ``server``."""
+"""Which MLflow store a run talks to: ``off``, ``local`` (embedded SQLite + ``mlruns/``) or ``server``.
+
+Store rule (README "Where results are stored"): ``tracking.tracking_uri`` when given, else
+``$MLFLOW_TRACKING_URI`` when set, else the embedded store ``sqlite:///<root>/mlflow.db`` where ``<root>``
+is ``paths.root_dir`` (the working directory, or ``$AUTOQUANT_SWEEP_ROOT``). The sub-commands resolve
+``--tracking-uri`` the same way (:func:`resolve_tracking_uri`).
+"""
 
 from __future__ import annotations
 
@@ -17,65 +23,120 @@ from autoquant_sweep.errors import UserInputError
 log = logging.getLogger(__name__)
 
 PARENT_RUN_ENV = "AUTOQUANT_SWEEP_PARENT_RUN_ID"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 MODES = ("off", "local", "server")
 HEALTH_TIMEOUT_S = 3.0
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def store_root() -> Path:
-    """The project root (source checkout), else the current directory."""
-    from autoquant_sweep.paths import project_root
+    """Where the embedded stores live: :func:`autoquant_sweep.layout.data_root` (``paths.root_dir``)."""
+    from autoquant_sweep.layout import data_root
 
-    return project_root() or Path.cwd()
+    return data_root()
 
 
 def default_tracking_uri() -> str:
-    """``sqlite:///<project root>/mlflow.db`` (MLflow's own default, anchored at the project root)."""
+    """``sqlite:///<root>/mlflow.db``: the embedded store of ``tracking=local`` (``paths.mlflow_db``)."""
     return f"sqlite:///{store_root() / 'mlflow.db'}"
 
 
-def default_artifact_location() -> str:
-    """``<project root>/mlruns``."""
+def default_artifact_location(tracking_uri: str | None = None) -> str | None:
+    """Where a new experiment's artifacts go when ``tracking.artifact_location`` is null.
+
+    Next to a SQLite store file (``<folder of the .db>/mlruns``, MLflow's own layout), so a store and its
+    artifacts always travel together; ``None`` for an HTTP server (it keeps its own artifact root);
+    ``<root>/mlruns`` for any other database URL.
+
+    Example:
+        >>> default_artifact_location("sqlite:////data/aqs/mlflow.db")
+        '/data/aqs/mlruns'
+        >>> default_artifact_location("http://127.0.0.1:5000") is None
+        True
+    """
+    uri = tracking_uri or default_tracking_uri()
+    if urlparse(uri).scheme in ("http", "https"):
+        return None
+    db = sqlite_path(uri)
+    if db is not None:
+        return str(db.absolute().parent / "mlruns")
     return str(store_root() / "mlruns")
 
 
 @dataclass(frozen=True)
 class TrackingSettings:
-    """A resolved ``tracking`` config group."""
+    """A resolved ``tracking`` config group (``source``: where ``tracking_uri`` came from, for the log)."""
 
     mode: str
     tracking_uri: str | None
     artifact_location: str | None
     experiment_name: str
     registry: bool
+    source: str = "tracking.tracking_uri"
 
     @property
     def enabled(self) -> bool:
         return self.mode != "off"
 
 
+def resolve_tracking_uri(explicit: str | None, configured_default: str | None = None) -> tuple[str, str]:
+    """The store a command uses and where it came from: ``(uri, source)``.
+
+    One rule for runs, sweeps and the sub-commands: an explicit URI (``tracking.tracking_uri``,
+    ``--tracking-uri``) beats ``$MLFLOW_TRACKING_URI``, which beats the embedded store under the data root
+    (``configured_default``: ``tracking.local_store_uri`` = ``sqlite:///${paths.mlflow_db}``).
+
+    Example:
+        >>> os.environ[TRACKING_URI_ENV] = "http://mlflow:5000"
+        >>> resolve_tracking_uri(None, "sqlite:////w/mlflow.db")
+        ('http://mlflow:5000', 'MLFLOW_TRACKING_URI')
+        >>> resolve_tracking_uri("sqlite:////x/m.db", "sqlite:////w/mlflow.db")
+        ('sqlite:////x/m.db', 'tracking.tracking_uri')
+        >>> del os.environ[TRACKING_URI_ENV]
+        >>> resolve_tracking_uri(None, "sqlite:////w/mlflow.db")
+        ('sqlite:////w/mlflow.db', 'paths.mlflow_db')
+    """
+    if explicit:
+        return str(explicit), "tracking.tracking_uri"
+    from_env = os.environ.get(TRACKING_URI_ENV)
+    if from_env:
+        return from_env, TRACKING_URI_ENV
+    if configured_default:
+        return str(configured_default), "paths.mlflow_db"
+    return default_tracking_uri(), "working directory"
+
+
 def settings_from_cfg(cfg: Mapping[str, Any]) -> TrackingSettings:
-    """Read ``cfg.tracking`` (a resolved container or DictConfig) into :class:`TrackingSettings`."""
+    """Read ``cfg.tracking`` (a resolved container or DictConfig) into :class:`TrackingSettings`.
+
+    ``local``: :func:`resolve_tracking_uri` (explicit > ``$MLFLOW_TRACKING_URI`` > embedded store); an
+    artifact location left null follows :func:`default_artifact_location`. ``server``: the URI must be
+    given (``$MLFLOW_TRACKING_URI`` or ``tracking.tracking_uri``).
+    """
     t = cfg.get("tracking") or {}
     mode = str(t.get("mode") or "off")
     if mode not in MODES:
         raise UserInputError(f"tracking.mode: unknown mode '{mode}'; choose one of {', '.join(MODES)}")
     uri = t.get("tracking_uri")
     artifacts = t.get("artifact_location")
+    source = "tracking.tracking_uri"
     if mode == "local":
-        uri = uri or default_tracking_uri()
-        artifacts = artifacts or default_artifact_location()
+        uri, source = resolve_tracking_uri(uri, t.get("local_store_uri"))
+        artifacts = artifacts or default_artifact_location(uri)
     elif mode == "server" and not uri:
         raise UserInputError(
             "tracking=server: no tracking URI; export MLFLOW_TRACKING_URI=http://host:5000 "
             "or pass tracking.tracking_uri=..."
         )
+    elif mode == "server" and uri == os.environ.get(TRACKING_URI_ENV):
+        source = TRACKING_URI_ENV
     return TrackingSettings(
         mode=mode,
         tracking_uri=str(uri) if uri else None,
         artifact_location=str(artifacts) if artifacts else None,
         experiment_name=str(t.get("experiment_name") or cfg.get("experiment") or "sensitivity"),
         registry=bool(t.get("registry", True)),
+        source=source,
     )
 
 
@@ -200,11 +261,10 @@ def connect(settings: TrackingSettings) -> Any:
     elif scheme == "sqlite":
         check_sqlite_store(settings.tracking_uri, "tracking.tracking_uri", create_parent=True)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    import mlflow
     from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
+    _log_store(settings)
+    _set_fluent_uri(settings.tracking_uri)
     db = sqlite_path(settings.tracking_uri)
     if db is None:
         return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
@@ -215,6 +275,37 @@ def connect(settings: TrackingSettings) -> Any:
         client.search_experiments(max_results=1)
         client.search_registered_models(max_results=1)
     return client
+
+
+_logged_stores: set[tuple[str, str]] = set()
+
+
+def _log_store(settings: TrackingSettings) -> None:
+    """``MLflow store: <uri> (from <source>)``, once per store and source in a process."""
+    key = (str(settings.tracking_uri), settings.source)
+    if key not in _logged_stores:
+        _logged_stores.add(key)
+        log.info("MLflow store: %s (from %s)", masked_url(str(settings.tracking_uri)), settings.source)
+
+
+def _set_fluent_uri(uri: str) -> None:
+    """Point MLflow's module-level API (``mlflow.get_tracking_uri()``, ``MlflowClient()``) at ``uri``
+    without leaving it in the environment.
+
+    ``mlflow.set_tracking_uri`` / ``set_registry_uri`` also export ``MLFLOW_TRACKING_URI`` /
+    ``MLFLOW_REGISTRY_URI``; left there, the next job of this process, a launcher worker or a command started
+    from it would take this store for one the user chose (the variable beats the embedded default).
+    """
+    import mlflow
+
+    saved = {name: os.environ.get(name) for name in (TRACKING_URI_ENV, "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @contextlib.contextmanager
@@ -259,5 +350,5 @@ def ensure_experiment(client: Any, settings: TrackingSettings) -> str:
 
 
 def resolver_root() -> str:
-    """Value of the ``${aqs_root:}`` OmegaConf resolver (used by ``conf/tracking/local.yaml``)."""
+    """Value of the ``${aqs_root:}`` OmegaConf resolver: ``paths.root_dir`` (``conf/paths/default.yaml``)."""
     return str(store_root())
