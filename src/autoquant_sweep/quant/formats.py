@@ -2,7 +2,10 @@
 
 Names are ModelOpt presets (``INT8_DEFAULT_CFG``...) or project compositions built from preset
 rules with the rule-list machinery of :mod:`autoquant_sweep.quant.overlay` (never hand-written
-cfg dicts). ModelOpt is imported lazily, inside the functions.
+cfg dicts). The presets the project uses are stored as data (:mod:`autoquant_sweep.quant.presets`),
+so resolving them imports no ModelOpt; any other preset name imports ModelOpt (8-12 s) and reads it
+there. :func:`check_with_modelopt`, the last gate of a plan, validates a format with ModelOpt's own
+config schema.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ def _import_modelopt_quietly() -> Any:
 
 
 def _preset_table() -> dict[str, dict]:
+    """Every preset of the installed ModelOpt (imports it)."""
     mtq = _import_modelopt_quietly()
 
     config = mtq.config
@@ -84,6 +88,14 @@ def _preset_table() -> dict[str, dict]:
         if isinstance(value, dict) and "quant_cfg" in value:
             table[name] = value
     return table
+
+
+def _presets_for(names: set[str]) -> dict[str, dict]:
+    """Presets holding ``names``: the stored ones when they have them all, else ModelOpt's."""
+    from autoquant_sweep.quant.presets import stored_presets
+
+    stored = stored_presets()
+    return stored if names <= set(stored) else _preset_table()
 
 
 def available_format_names() -> list[str]:
@@ -126,15 +138,20 @@ def build_composition(comp: Composition, presets: dict[str, dict]) -> dict:
 def resolve_format(format_name: str) -> dict:
     """Return the format named ``format_name`` as a deep copy in list schema.
 
+    The stored presets serve the names the project uses (no ModelOpt import); another preset name
+    imports ModelOpt and takes its preset from there.
+
     Example:
         >>> fmt = resolve_format("INT8_DEFAULT_CFG")
         >>> fmt["quant_cfg"][1]
         {'quantizer_name': '*weight_quantizer', 'cfg': {'num_bits': 8, 'axis': 0}}
     """
     name = str(format_name).strip()
-    presets = _preset_table()
     if name in PROJECT_COMPOSITIONS:
-        return build_composition(PROJECT_COMPOSITIONS[name], presets)
+        comp = PROJECT_COMPOSITIONS[name]
+        sources = {n for n in (comp.weight_from, comp.input_from) if n is not None}
+        return build_composition(comp, _presets_for(sources))
+    presets = _presets_for({name})
     if name in presets:
         return _preset_to_list_schema(presets[name])
     known = sorted(set(presets) | set(PROJECT_COMPOSITIONS))
@@ -201,7 +218,7 @@ def check_with_modelopt(fmt: dict, context: str) -> None:
         UserInputError: one line, ``<context>: ModelOpt rejects the effective format: <where>: <why>``.
 
     Example:
-        >>> check_with_modelopt(resolve_format("INT8_DEFAULT_CFG"), "quant_pair=wint8_aint8")
+        >>> check_with_modelopt(resolve_format("INT8_DEFAULT_CFG"), "quant_pair=x")  # doctest: +SKIP
     """
     from autoquant_sweep.errors import UserInputError
 
