@@ -40,11 +40,12 @@ def main() -> int:
 
     from hydra import compose, initialize_config_dir
 
+    from autoquant_sweep.compute import MODEL_CACHE
     from autoquant_sweep.config import register_configs
     from autoquant_sweep.evaluation import eval_loss
     from autoquant_sweep.paths import conf_dir
+    from autoquant_sweep.plan import eval_split, plan_run
     from autoquant_sweep.recipe import budget_curve, default_budget_grid, solve_recipe
-    from autoquant_sweep.runner import MODEL_CACHE, eval_split, plan_run
     from autoquant_sweep.sensitivity import run_autoquant
 
     register_configs()

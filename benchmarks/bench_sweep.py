@@ -197,8 +197,9 @@ def framework_sweep(base_overrides: list[str], study: str) -> list[float]:
 def bench_shape(shape: str, device: str, work: Path) -> dict[str, Any]:
     import torch
 
+    from autoquant_sweep.compute import MODEL_CACHE
     from autoquant_sweep.embedded import ensure_embedded_assets
-    from autoquant_sweep.runner import MODEL_CACHE, plan_run
+    from autoquant_sweep.plan import plan_run
     from autoquant_sweep.sensitivity import run_autoquant
 
     assets = ensure_embedded_assets(verbose=False)

@@ -1,9 +1,11 @@
-"""The Hydra task behind ``experiments/sensitivity.py``: plan, cache lookup, run, MLflow logging.
+"""The Hydra task behind ``experiments/sensitivity.py``: one job of the pipeline, errors as one line.
 
-Errors become one line; objectives go back to the sweeper. With ``tracking=local|server`` every job is
-an MLflow run (a child of the sweep's parent run when ``-m`` is used, see
-:mod:`autoquant_sweep.tracking.callbacks`); a FINISHED run with the same fingerprint is reused instead
-of running AutoQuant again unless ``autoquant.cache=false``.
+The job itself is :func:`autoquant_sweep.pipeline.run_job` (plan -> lookup -> compute -> write ->
+record). This module adds what only Hydra knows: whether the job belongs to a sweep (``-m``), the sweep's
+MLflow parent run, the signal handlers, the worker's GPU. In a single run, bad input or a refused
+combination is one line on stderr and exit status 2, with no run directory and no MLflow run; in a sweep
+the error goes to the sweeper (a FAILED trial, recorded as a FAILED child run). The objective value(s)
+go back to the sweeper.
 """
 
 from __future__ import annotations
@@ -12,15 +14,14 @@ import logging
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from autoquant_sweep.errors import CapabilityRefusedError, SensitivityResultError, UserInputError
+from autoquant_sweep.errors import SensitivityResultError, UserInputError
 
 log = logging.getLogger("autoquant_sweep")
 
@@ -38,57 +39,6 @@ def _remove_run_dir(run_dir: Path) -> None:
         parent = parent.parent
 
 
-class _Tracker:
-    """The MLflow side of one job (``None`` client when tracking is off)."""
-
-    def __init__(self, cfg: DictConfig) -> None:
-        from autoquant_sweep.tracking.store import settings_from_cfg
-
-        self.container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-        self.settings = settings_from_cfg(self.container)
-        self.client: Any = None
-        self.experiment_id: str | None = None
-        self.run_id: str | None = None
-        if not self.settings.enabled:
-            log.info("tracking=off: MLflow is not used for this run")
-            return
-        from autoquant_sweep.tracking.run_logging import start_run
-        from autoquant_sweep.tracking.store import PARENT_RUN_ENV, connect, ensure_experiment
-
-        self.client = connect(self.settings)
-        self.experiment_id = ensure_experiment(self.client, self.settings)
-        parent = _parent_run_id() or (os.environ.get(PARENT_RUN_ENV) if _in_multirun() else None) or None
-        run = start_run(self.client, self.experiment_id, self.container, parent)
-        self.run_id = run.info.run_id
-        from autoquant_sweep.faults import OWNER_TAG, owner
-
-        self.client.set_tag(self.run_id, OWNER_TAG, owner())  # lets a later sweep clean up after a SIGKILL
-        log.info("MLflow run %s in experiment '%s' (%s)", self.run_id, self.settings.experiment_name,
-                 self.settings.tracking_uri)
-
-    def fail(self, exc: BaseException) -> None:
-        if self.client is None or self.run_id is None:
-            return
-        from autoquant_sweep.faults import interrupted, stop_text
-        from autoquant_sweep.tracking.run_logging import log_failure
-
-        if interrupted(exc):  # stopped from outside (SIGTERM, Ctrl-C): KILLED, not FAILED
-            try:
-                self.client.set_tag(self.run_id, "failure_reason", stop_text(exc))
-                self.client.set_tag(self.run_id, "failure_kind", "killed")
-                self.client.set_terminated(self.run_id, "KILLED")
-            except Exception as log_exc:
-                log.warning("could not mark MLflow run %s KILLED: %s", self.run_id, log_exc)
-            return
-        kind = "refused" if isinstance(exc, CapabilityRefusedError) else (
-            "input_error" if isinstance(exc, UserInputError) else "error")
-        text = str(exc) or type(exc).__name__
-        try:
-            log_failure(self.client, self.run_id, self.container, text, kind)
-        except Exception as log_exc:  # never hide the run's own error behind a logging error
-            log.warning("could not mark MLflow run %s FAILED: %s", self.run_id, log_exc)
-
-
 def _in_multirun() -> bool:
     """Whether this job belongs to a sweep (a single run never hangs under an inherited parent id)."""
     try:
@@ -98,77 +48,39 @@ def _in_multirun() -> bool:
 
 
 def _parent_run_id() -> str | None:
-    """The sweep's MLflow parent run, from the file the sweep callback writes into the sweep dir.
+    """The sweep's MLflow parent run: the id file in this sweep's own folder, else the environment.
 
-    Preferred over the environment variable: a reused launcher worker (joblib/loky) may carry the
-    variable of an earlier sweep. The sweep dir is this sweep process's own (``${aqs_sweep_id:}``), so
-    a job never reads the parent of another sweep started at the same time.
+    The file is preferred: a reused launcher worker (joblib/loky) may carry the variable of an earlier
+    sweep, while the sweep dir is this sweep process's own (``${aqs_sweep_id:}``).
     """
-    from autoquant_sweep.tracking.callbacks import PARENT_RUN_FILE
+    from autoquant_sweep.tracking.callbacks import read_parent_run_id
+    from autoquant_sweep.tracking.store import PARENT_RUN_ENV
 
-    try:
-        hydra_cfg = HydraConfig.get()
-        if hydra_cfg.mode != RunMode.MULTIRUN:
-            return None
-        path = Path(hydra_cfg.sweep.dir) / PARENT_RUN_FILE
-        if not path.is_file():
-            return None
-        return path.read_text().strip() or None
-    except (ValueError, OSError):
+    if not _in_multirun():
         return None
-
-
-def _execute(cfg: DictConfig, run_dir: Path | None, tracker: _Tracker) -> Any:
-    from autoquant_sweep.runner import RunOutcome, execute_run, plan_run, report_destination
-
-    plan = plan_run(cfg)
-    hydra_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    if tracker.client is None:
-        return execute_run(plan, run_dir)
-    from autoquant_sweep.tracking.cache import find_cached_run, restore_report
-    from autoquant_sweep.tracking.run_logging import log_outcome
-
-    if tracker.container["autoquant"].get("cache", True):
-        t0 = time.perf_counter()
-        cached = find_cached_run(tracker.client, tracker.experiment_id, plan.fingerprint)
-        if cached is not None:
-            destination = report_destination(plan, run_dir)
-            manifest = restore_report(tracker.client, cached.info.run_id, destination)
-            log_outcome(tracker.client, tracker.run_id, tracker.container, plan, manifest, destination,
-                        hydra_yaml=hydra_yaml, cache_hit=True,
-                        extra_tags={"cache_source_run_id": cached.info.run_id})
-            log.info("cache hit: fingerprint %s reused from MLflow run %s in %.3f s (AutoQuant skipped)"
-                     " -> %s", plan.fingerprint, cached.info.run_id, time.perf_counter() - t0, destination)
-            return RunOutcome(plan=plan, manifest=manifest, report_dir=destination)
-        log.info("cache miss: fingerprint %s; running AutoQuant", plan.fingerprint)
-    else:
-        log.info("autoquant.cache=false: running AutoQuant")
-    outcome = execute_run(plan, run_dir)
-    log_outcome(tracker.client, tracker.run_id, tracker.container, plan, outcome.manifest, outcome.report_dir,
-                hydra_yaml=hydra_yaml, cache_hit=False)
-    return outcome
+    try:
+        from_file = read_parent_run_id(Path(str(HydraConfig.get().sweep.dir)))
+    except ValueError:  # outside Hydra: the caller's environment
+        from_file = None
+    return from_file or os.environ.get(PARENT_RUN_ENV) or None
 
 
 def tracked_run(cfg: DictConfig, run_dir: Path | None) -> Any:
-    """Plan, reuse a cached result or run AutoQuant, and log the MLflow run (when tracking is on).
+    """:func:`~autoquant_sweep.pipeline.run_job` under this job's parent run; in a sweep (or outside Hydra)
+    a failed plan is recorded as a FAILED run, in a single run it creates none.
 
-    Any error marks the MLflow run FAILED with a ``failure_reason`` tag and is re-raised.
-    Returns the :class:`~autoquant_sweep.runner.RunOutcome`.
+    Returns the :class:`~autoquant_sweep.pipeline.RunOutcome`.
     """
-    tracker: _Tracker | None = None
-    try:
-        tracker = _Tracker(cfg)
-        return _execute(cfg, run_dir, tracker)
-    except BaseException as exc:
-        if tracker is not None:
-            tracker.fail(exc)
-        raise
+    from autoquant_sweep.pipeline import run_job
+
+    return run_job(cfg, run_dir, parent_run_id=_parent_run_id(), record_plan_failures=_in_multirun())
 
 
 def sensitivity_task(cfg: DictConfig) -> float | list[float]:
     """Run one combination; in a single run, bad input exits 2 with one line and leaves no directory."""
     from autoquant_sweep.devices import assign_worker_gpu
     from autoquant_sweep.faults import check_stop, install_signal_handlers
+    from autoquant_sweep.objectives import objective_result
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -185,6 +97,4 @@ def sensitivity_task(cfg: DictConfig) -> float | list[float]:
         _remove_run_dir(run_dir)
         print(f"autoquant-sweep: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    from autoquant_sweep.runner import objective_result
-
     return objective_result(outcome.objectives, cfg.autoquant.objective)

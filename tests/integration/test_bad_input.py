@@ -8,7 +8,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from autoquant_sweep.errors import CapabilityRefusedError, UserInputError
-from autoquant_sweep.runner import plan_run
+from autoquant_sweep.plan import plan_run
 
 from ..conftest import run_app
 

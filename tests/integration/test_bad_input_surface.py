@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from autoquant_sweep.errors import UserInputError
-from autoquant_sweep.runner import plan_run
+from autoquant_sweep.plan import plan_run
 
 from ..conftest import CONF, REPO, SENSITIVITY_APP
 

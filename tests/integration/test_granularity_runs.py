@@ -7,7 +7,7 @@ from itertools import combinations
 
 import pytest
 
-from autoquant_sweep.runner import run
+from autoquant_sweep.pipeline import run
 
 from ..conftest import run_app
 

@@ -7,7 +7,8 @@ import json
 import optuna
 import pytest
 
-from autoquant_sweep.runner import MODEL_CACHE, run
+from autoquant_sweep.compute import MODEL_CACHE
+from autoquant_sweep.pipeline import run
 
 from ..conftest import run_app
 

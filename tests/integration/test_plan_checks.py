@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from autoquant_sweep.errors import CapabilityRefusedError, UserInputError
-from autoquant_sweep.runner import plan_run
+from autoquant_sweep.plan import plan_run
 
 from ..conftest import run_app
 
@@ -43,9 +43,9 @@ def _user_conf(root: Path) -> Path:
 
 @pytest.fixture
 def no_model_load(monkeypatch):
-    """Guard: counts calls of the loader the runner uses; a plan must never call it."""
+    """Guard: counts calls of the loader the compute stage uses; a plan must never call it."""
+    import autoquant_sweep.compute
     import autoquant_sweep.modeling
-    import autoquant_sweep.runner
 
     calls = []
 
@@ -53,7 +53,7 @@ def no_model_load(monkeypatch):
         calls.append(args)
         raise AssertionError("plan_run loaded a model")
 
-    monkeypatch.setattr(autoquant_sweep.runner, "load_model_and_tokenizer", counting_loader)
+    monkeypatch.setattr(autoquant_sweep.compute, "load_model_and_tokenizer", counting_loader)
     monkeypatch.setattr(autoquant_sweep.modeling, "load_model_and_tokenizer", counting_loader)
     yield calls
     assert calls == []
@@ -179,7 +179,7 @@ def test_unknown_model_type_skips_the_shape_checks_with_a_log_line(
     compose_cfg, tmp_path, embedded, no_model_load, caplog
 ):
     ckpt = _checkpoint_copy(tmp_path, embedded, model_type="llama")
-    with caplog.at_level("WARNING", logger="autoquant_sweep.runner"):
+    with caplog.at_level("WARNING", logger="autoquant_sweep.plan"):
         plan = plan_run(compose_cfg(["model=qwen3_4b", f"model.path={ckpt}", "autoquant.effective_bits=4"]))
     assert plan.min_effective_bits is None
     assert any(

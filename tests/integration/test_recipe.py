@@ -22,8 +22,9 @@ def scored(embedded):
     """``run_autoquant`` at BUDGET: the result, its search state and the model it returned."""
     from hydra import compose, initialize_config_dir
 
+    from autoquant_sweep.compute import MODEL_CACHE
     from autoquant_sweep.config import register_configs
-    from autoquant_sweep.runner import MODEL_CACHE, plan_run
+    from autoquant_sweep.plan import plan_run
     from autoquant_sweep.sensitivity import run_autoquant
     from tests.conftest import CONF
 
@@ -55,9 +56,9 @@ def test_exported_recipe_reloads_into_mtq_quantize_with_the_same_quantized_modul
     import modelopt.torch.quantization as mtq
     import torch
 
+    from autoquant_sweep.compute import MODEL_CACHE
     from autoquant_sweep.evaluation import eval_loss
     from autoquant_sweep.recipe import recipe_json, solve_recipe
-    from autoquant_sweep.runner import MODEL_CACHE
     from autoquant_sweep.tracking.registry import quantize_config_from_json
 
     result = scored["result"]
@@ -120,7 +121,7 @@ def outcome(embedded, tmp_path_factory):
     from hydra import compose, initialize_config_dir
 
     from autoquant_sweep.config import register_configs
-    from autoquant_sweep.runner import run
+    from autoquant_sweep.pipeline import run
     from tests.conftest import CONF
 
     register_configs()
@@ -166,8 +167,8 @@ def test_run_manifest_has_recipe_curve_and_evaluation(outcome):
 
 
 def test_unquantized_loss_is_computed_once_per_process(outcome, scored):
+    from autoquant_sweep.compute import MODEL_CACHE
     from autoquant_sweep.embedded.captions import generate_heldout_captions
-    from autoquant_sweep.runner import MODEL_CACHE
 
     ev = outcome.manifest["evaluation"]
     plan, loaded = outcome.plan, MODEL_CACHE.loaded(outcome.plan)
@@ -180,7 +181,7 @@ def test_unquantized_loss_is_computed_once_per_process(outcome, scored):
 def test_evaluate_false_switches_evaluation_off_and_held_out_split_is_unseen(compose_cfg, tmp_path):
     from autoquant_sweep.data import resolve_eval_captions
     from autoquant_sweep.embedded.captions import CAPTION_SUBSET_SIZES, generate_captions
-    from autoquant_sweep.runner import eval_split, plan_run
+    from autoquant_sweep.plan import eval_split, plan_run
 
     c = {"autoquant": {"evaluate": False}, "dataset": {}}
     assert eval_split(c) is None

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from autoquant_sweep.errors import SensitivityResultError, UserInputError
+from autoquant_sweep.pipeline import run
+from autoquant_sweep.plan import plan_run
 from autoquant_sweep.report import RECIPE_FILES, REPORT_FILES
-from autoquant_sweep.runner import plan_run, run
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

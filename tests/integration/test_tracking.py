@@ -143,8 +143,8 @@ def test_single_run_logs_params_metrics_artifacts_tags(store: dict, client, tmp_
 
 def test_refused_combination_is_a_failed_run_without_model_load(store: dict, client, tmp_path: Path) -> None:
     from autoquant_sweep.app import tracked_run
+    from autoquant_sweep.compute import MODEL_CACHE
     from autoquant_sweep.errors import CapabilityRefusedError
-    from autoquant_sweep.runner import MODEL_CACHE
 
     MODEL_CACHE._models.clear()
     cfg = _compose(["quant_pair=wfp4_afp8", "quant_granularity=w_per_out_channel", *store["overrides"]])

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from autoquant_sweep.objectives import OBJECTIVES, objective_result
 from autoquant_sweep.recipe import budget_step, default_budget_grid, resolve_budget_grid
-from autoquant_sweep.runner import OBJECTIVES, objective_result
 from autoquant_sweep.tracking.recommendation import (
     band_alias,
     best_per_budget,

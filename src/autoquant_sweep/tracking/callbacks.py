@@ -29,6 +29,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from autoquant_sweep.objectives import primary_metric
+
 log = logging.getLogger("autoquant_sweep.tracking")
 
 PARENT_RUN_FILE = ".mlflow_parent_run_id"  # in the sweep dir; read by jobs in launcher workers
@@ -43,11 +45,12 @@ def _task_container(config: DictConfig) -> dict[str, Any]:
     }
 
 
-def primary_metric(objective: str) -> str:
-    """The metric a sweep's summary and registry rank by (``pareto`` -> its first objective)."""
-    from autoquant_sweep.runner import OBJECTIVES
-
-    return OBJECTIVES.get(objective, (objective,))[0]
+def read_parent_run_id(sweep_dir: Path) -> str | None:
+    """The parent run id this sweep process wrote into its own sweep folder (None: no file)."""
+    try:
+        return (sweep_dir / PARENT_RUN_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _first_line(exc: BaseException) -> str:

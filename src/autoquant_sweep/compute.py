@@ -1,0 +1,241 @@
+"""Compute: the model-side stage of a run (docs/architecture.md), from a :class:`~autoquant_sweep.plan.
+RunPlan` to a :class:`Computed` result. Nothing here writes a file or talks to MLflow.
+
+load the checkpoint and tokenise the captions (once per process: :data:`MODEL_CACHE`) ->
+``mtq.auto_quantize`` with the one effective format on a fresh copy of the pristine model ->
+per-layer table (guards: all-zero / non-finite) -> recipe at the budget and the budget curve
+(``mtq.get_auto_quantize_config`` re-solves) -> held-out loss of the returned, quantized model against
+the unquantized one.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from autoquant_sweep import data as data_mod
+from autoquant_sweep.modeling import LoadedModel, load_model_and_tokenizer
+from autoquant_sweep.plan import RunPlan
+from autoquant_sweep.quant.overlay import summarize_format
+
+log = logging.getLogger(__name__)
+
+
+def eval_captions_used(captions: list[str], batch_size: int) -> list[str]:
+    """The held-out captions evaluated: whole batches only.
+
+    Example:
+        >>> len(eval_captions_used(["a ."] * 66, 4))
+        64
+    """
+    return captions[: len(captions) - len(captions) % batch_size]
+
+
+class ModelCache:
+    """Pristine models and tokenised batches, kept for the life of a process (one sweep).
+
+    Each run gets a deep copy of the pristine model, so scores never depend on what ran before.
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[tuple, LoadedModel] = {}
+        self._batches: dict[tuple, list[dict]] = {}
+        self._unquantized_loss: dict[tuple, float] = {}
+
+    def model(self, plan: RunPlan) -> tuple[LoadedModel, Any]:
+        """The pristine model and a deep copy of it for one run."""
+        loaded = self.loaded(plan)
+        return loaded, copy.deepcopy(loaded.model)
+
+    def loaded(self, plan: RunPlan) -> LoadedModel:
+        """The pristine model (loaded once per checkpoint and process); never modify it."""
+        m = plan.cfg["model"]
+        key = (str(plan.checkpoint), plan.checkpoint_identity, m["kind"], m["dtype"], plan.device)
+        if key not in self._models:
+            self._models.clear()  # one pristine checkpoint at a time keeps memory at one model
+            self._batches.clear()
+            self._unquantized_loss.clear()
+            self._models[key] = load_model_and_tokenizer(
+                plan.checkpoint,
+                kind=m["kind"],
+                dtype=m["dtype"],
+                device=plan.device,
+                trust_remote_code=bool(m["trust_remote_code"]),
+            )
+        return self._models[key]
+
+    def batches(self, plan: RunPlan, loaded: LoadedModel) -> list[dict]:
+        seq_len = int(plan.cfg["dataset"]["seq_len"])
+        key = (loaded.identity, tuple(plan.captions), seq_len, plan.batch_plan.batch_size)
+        if key not in self._batches:
+            self._batches[key] = data_mod.tokenize_batches(
+                loaded.tokenizer, plan.captions, seq_len, plan.batch_plan.batch_size
+            )
+        return self._batches[key]
+
+    def eval_batches(self, plan: RunPlan, loaded: LoadedModel, captions: list[str],
+                     size: int | None = None) -> list[dict]:
+        """Tokenised held-out batches: the scoring ``seq_len``, ``size`` captions each (default: the
+        calibration batch size; :func:`autoquant_sweep.evaluation.eval_batch_size` picks it); a trailing
+        partial batch is left out (:func:`eval_captions_used`)."""
+        seq_len = int(plan.cfg["dataset"]["seq_len"])
+        size = size or plan.batch_plan.batch_size
+        used = eval_captions_used(captions, size)
+        key = ("eval", loaded.identity, tuple(used), seq_len, size)
+        if key not in self._batches:
+            self._batches[key] = data_mod.tokenize_batches(loaded.tokenizer, used, seq_len, size)
+        return self._batches[key]
+
+    def unquantized_loss(self, plan: RunPlan, loaded: LoadedModel, captions: list[str],
+                         size: int | None = None) -> float:
+        """Held-out loss of the pristine (unquantized) model: computed once per process, split and
+        batching."""
+        from autoquant_sweep.evaluation import eval_loss
+
+        seq_len = int(plan.cfg["dataset"]["seq_len"])
+        size = size or plan.batch_plan.batch_size
+        key = (loaded.identity, tuple(captions), seq_len, size, plan.device)
+        if key not in self._unquantized_loss:
+            batches = self.eval_batches(plan, loaded, captions, size)
+            self._unquantized_loss[key] = eval_loss(loaded.model, batches, plan.device)
+        return self._unquantized_loss[key]
+
+
+MODEL_CACHE = ModelCache()
+
+
+@dataclass
+class Computed:
+    """What the compute stage measured; the manifest (:func:`autoquant_sweep.manifest.build_manifest`)
+    is made from it and the plan."""
+
+    result: Any  # SensitivityResult, its model and search state released
+    recipe: Any  # recipe.Recipe at the run's budget (its quant_cfg goes to recipe/quant_cfg.json)
+    curve: list  # recipe.Recipe per budget of the grid, the run's budget included
+    budget_grid: list[float]
+    evaluation: dict[str, Any] | None  # None: nothing evaluated (autoquant.evaluate=false, short split)
+    model_config: dict[str, Any]  # the loaded checkpoint's config.json
+    load_seconds: float  # loading and tokenising (0-ish when the process had the model already)
+    curve_seconds: float
+
+
+def _run_autoquant(plan: RunPlan, cache: ModelCache, batches: list[dict]) -> Any:
+    """``run_autoquant`` on a fresh copy of the pristine model at the run's budget.
+
+    A budget below the reachable minimum was refused by the plan already (from ``config.json``); for a
+    checkpoint whose shapes the plan cannot derive, ModelOpt's own refusal is a one-line error.
+    """
+    import torch
+
+    from autoquant_sweep.sensitivity import run_autoquant
+
+    c = plan.cfg
+    aq = c["autoquant"]
+    _, model = cache.model(plan)
+    torch.manual_seed(int(aq["seed"]))
+    return run_autoquant(
+        model,
+        batches,
+        copy.deepcopy(plan.effective_format),
+        format_label=f"{c['quant_pair']['format_name']}+{c['quant_granularity']['name']}",
+        method=aq["method"],
+        effective_bits=float(aq["effective_bits"]),
+        num_calib_steps=plan.batch_plan.num_calib_steps,
+        num_score_steps=plan.batch_plan.num_score_steps,
+        disabled_layers=c["model"]["disabled_layers"],
+        device=plan.device,
+    )
+
+
+def _evaluate(plan: RunPlan, cache: ModelCache, loaded: LoadedModel, quantized: Any,
+              split: tuple[str, list[str]] | None) -> dict[str, Any] | None:
+    """Held-out loss of the quantized model against the unquantized one (None: nothing evaluated)."""
+    from autoquant_sweep.evaluation import eval_batch_size, evaluate
+
+    if split is None:
+        return None
+    source, captions = split
+    size = eval_batch_size(quantized, plan.batch_plan.batch_size)
+    if not eval_captions_used(captions, size):
+        size = plan.batch_plan.batch_size  # a short held-out file: whole calibration-size batches
+    if not eval_captions_used(captions, size):
+        log.warning("held-out split %s has fewer captions than one batch (%d): nothing evaluated",
+                    source, size)
+        return None
+    t_unq = time.perf_counter()
+    unquantized = cache.unquantized_loss(plan, loaded, captions, size)
+    unq_seconds = time.perf_counter() - t_unq
+    evaluation = evaluate(quantized, cache.eval_batches(plan, loaded, captions, size), unquantized,
+                          len(eval_captions_used(captions, size)), plan.device)
+    evaluation["batch_size"] = size
+    evaluation["source"] = source
+    evaluation["unquantized_seconds"] = unq_seconds  # 0 after the first run of a process
+    return evaluation
+
+
+def compute(plan: RunPlan, cache: ModelCache = MODEL_CACHE) -> Computed:
+    """Load (or reuse) the model, run AutoQuant on the effective format, re-solve the recipe at the
+    budget and the budget curve, and evaluate the returned (quantized) model on held-out captions."""
+    import torch
+
+    from autoquant_sweep.recipe import budget_curve, resolve_budget_grid
+
+    c = plan.cfg
+    aq = c["autoquant"]
+    log.info(
+        "%s | %s (%s) + %s | effective quantizers: %s",
+        c["model"]["name"],
+        c["quant_pair"]["name"],
+        c["quant_pair"]["format_name"],
+        c["quant_granularity"]["name"],
+        summarize_format(plan.effective_format),
+    )
+    t0 = time.perf_counter()
+    loaded = cache.loaded(plan)
+    batches = cache.batches(plan, loaded)
+    load_seconds = time.perf_counter() - t0
+    result = _run_autoquant(plan, cache, batches)
+    budget = float(aq["effective_bits"])
+    t_curve = time.perf_counter()
+    grid = resolve_budget_grid(aq.get("budget_grid"), result.format_bits, budget)
+    curve = budget_curve(result.search_state, grid, run_budget=round(budget, 4))
+    recipe = next(r for r in curve if abs(r.budget - round(budget, 4)) < 1e-9)
+    # get_auto_quantize_config always says algorithm "max"; the one format searched here was calibrated
+    # with its own algorithm (e.g. awq_lite for W4A8_AWQ_BETA_CFG), which mtq.quantize should repeat
+    recipe.quant_cfg["algorithm"] = copy.deepcopy(plan.effective_format.get("algorithm", "max"))
+    curve_seconds = time.perf_counter() - t_curve
+    evaluation = _evaluate(plan, cache, loaded, result.model, plan.eval_split)
+    result.model = None  # release the trial's quantized copy before the next trial starts
+    result.search_state = None
+    if plan.device == "cuda":
+        # Quantizer hooks form reference cycles: collect them so the GPU memory really goes back
+        # before the next trial. On CPU a full collection costs ~0.4 s per trial (every module of
+        # torch / transformers / MLflow is tracked) and Python's own collector gets there anyway.
+        gc.collect()
+        torch.cuda.empty_cache()
+    log.info(
+        "total_sensitivity=%.6e recipe at %.4g bits: score %.6e, %.3f effective bits (%s), %d/%d groups "
+        "quantized%s",
+        result.total_sensitivity,
+        budget,
+        recipe.predicted_score,
+        recipe.achieved_effective_bits,
+        "fits" if recipe.satisfied else "does NOT fit the budget",
+        len(recipe.quantized_groups),
+        len(recipe.quantized_groups) + len(recipe.kept_16bit_groups),
+        f"; eval loss {evaluation['eval_loss_delta']:+.4g} nats" if evaluation else "",
+    )
+    return Computed(
+        result=result,
+        recipe=recipe,
+        curve=curve,
+        budget_grid=grid,
+        evaluation=evaluation,
+        model_config=dict(loaded.config),
+        load_seconds=load_seconds,
+        curve_seconds=curve_seconds,
+    )

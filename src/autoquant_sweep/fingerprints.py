@@ -1,0 +1,105 @@
+"""Every fingerprint of a run, in one place: what makes two runs the same computation.
+
+* the **config fingerprint** of an effective quant config (:func:`~autoquant_sweep.quant.overlay.
+  config_fingerprint` of its canonical JSON; the overlay module owns it, this module only uses it);
+* the **run fingerprint** (:func:`run_fingerprint`): checkpoint identity, captions, batching, AutoQuant
+  settings, device, effective format, recipe / curve / evaluation inputs and package versions. A
+  FINISHED MLflow run with the same one answers a new run from the result cache (the lookup stage).
+
+Pure and cheap (hashes of data the plan already holds, ``importlib.metadata`` for versions): plan
+computes the fingerprint before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from typing import Any
+
+from autoquant_sweep.quant.overlay import canonical_json, config_fingerprint
+
+#: bump when a run's manifest gains results a cached run would lack (2: recipe, budget curve, evaluation)
+RESULT_SCHEMA = 2
+
+#: the packages a result depends on (manifest ``versions``, MLflow ``version.*`` tags, run fingerprint)
+VERSIONED_PACKAGES = (
+    "torch",
+    "nvidia-modelopt",
+    "transformers",
+    "hydra-core",
+    "optuna",
+    "mlflow",
+    "autoquant-sweep",
+)
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of :data:`VERSIONED_PACKAGES` (from package metadata: nothing is imported)."""
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def captions_sha256(captions: Sequence[str]) -> str:
+    """SHA-256 of the captions as the run reads them (one per line)."""
+    return hashlib.sha256("\n".join(captions).encode()).hexdigest()
+
+
+def recipe_eval_inputs(c: Mapping[str, Any], eval_split: tuple[str, list[str]] | None) -> dict[str, Any]:
+    """What the recipe, the budget curve and the evaluation depend on beyond the scoring inputs
+    (part of the run fingerprint, so a cached run always carries the same sections).
+
+    ``eval_split``: ``(source, captions)`` of the held-out split, ``None`` when nothing is evaluated
+    (:func:`autoquant_sweep.plan.eval_split`).
+
+    Example:
+        >>> recipe_eval_inputs({"autoquant": {"budget_grid": [8, 10]}}, None)["budget_grid"]
+        [8.0, 10.0]
+    """
+    return {
+        "result_schema": RESULT_SCHEMA,
+        "budget_grid": [float(b) for b in c["autoquant"].get("budget_grid") or []],
+        "evaluate": eval_split is not None,
+        "eval_captions_sha256": captions_sha256(eval_split[1]) if eval_split else None,
+    }
+
+
+def run_fingerprint(
+    c: Mapping[str, Any],
+    *,
+    checkpoint_identity: str,
+    captions: Sequence[str],
+    batch_plan: Any,
+    device: str,
+    effective_format: Mapping[str, Any],
+    eval_split: tuple[str, list[str]] | None,
+    versions: Mapping[str, str],
+) -> str:
+    """The run fingerprint: equal for two runs exactly when they compute the same result.
+
+    The project's own version is left out (a release that changes no result keeps the cache); a change
+    that does is a :data:`RESULT_SCHEMA` bump.
+    """
+    model_cfg, data_cfg, aq = c["model"], c["dataset"], c["autoquant"]
+    source = {
+        "checkpoint": checkpoint_identity,
+        "model_kind": model_cfg["kind"],
+        "dtype": model_cfg["dtype"],
+        "disabled_layers": model_cfg["disabled_layers"],
+        "captions_sha256": captions_sha256(captions),
+        "seq_len": data_cfg["seq_len"],
+        "batch_plan": [batch_plan.batch_size, batch_plan.num_calib_steps, batch_plan.num_score_steps],
+        "method": aq["method"],
+        "effective_bits": float(aq["effective_bits"]),
+        "seed": aq["seed"],
+        "device": device,
+        "effective_format": effective_format,
+        "recipe_and_evaluation": recipe_eval_inputs(c, eval_split),
+        "versions": {k: v for k, v in versions.items() if k != "autoquant-sweep"},
+    }
+    return config_fingerprint(canonical_json(source))

@@ -1,0 +1,248 @@
+"""One run, as data flows: plan -> lookup -> compute -> write -> record (docs/architecture.md).
+
+:func:`run_job` is the orchestrator; each stage is a call into the module that owns it and returns data
+to it, never calling back up:
+
+========  ================================================  =============================================
+stage     what                                              owner
+========  ================================================  =============================================
+plan      everything checkable without a model              :mod:`autoquant_sweep.plan`
+lookup    result cache: a FINISHED MLflow run with the      :mod:`autoquant_sweep.tracking.cache`
+          same run fingerprint
+compute   load, tokenise, AutoQuant, recipe + budget        :mod:`autoquant_sweep.compute`
+          curve, held-out evaluation
+write     manifest and report files, atomically             :mod:`autoquant_sweep.manifest`,
+                                                            :mod:`autoquant_sweep.report`
+record    the MLflow run: params, metrics, artifacts, tags  :mod:`autoquant_sweep.tracking.run_logging`
+========  ================================================  =============================================
+
+MLflow is imported only once the plan has passed (lookup). The job's MLflow run is opened ``RUNNING``
+just before compute (so a long trial shows in the UI, and one killed with SIGKILL is found and marked
+``KILLED`` by the next sweep) and filled in after the report is written; a cache hit opens and fills it
+after its report is restored. A job that fails or is stopped after the plan ends ``FAILED`` / ``KILLED``
+with its reason. A plan failure is recorded as a ``FAILED`` run only when ``record_plan_failures`` (a
+sweep's trial must leave its reason in MLflow); a refused single run creates no run at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from autoquant_sweep.compute import MODEL_CACHE, ModelCache, compute
+from autoquant_sweep.errors import CapabilityRefusedError, UserInputError
+from autoquant_sweep.plan import RunPlan, plan_run, report_destination
+
+log = logging.getLogger("autoquant_sweep")
+
+
+@dataclass
+class RunOutcome:
+    """A finished run: where its report is and what it measured."""
+
+    plan: RunPlan
+    manifest: dict[str, Any]
+    report_dir: Path
+    run_id: str | None = None  # its MLflow run (None: tracking=off or no MLflow)
+    cache_hit: bool = False
+    cache_source_run_id: str | None = None  # the run a cache hit reused
+
+    @property
+    def objectives(self) -> dict[str, float]:
+        return self.manifest["objectives"]
+
+
+# --------------------------------------------------------------------------------------------- write
+
+
+def write_report_atomically(destination: Path, manifest: dict[str, Any], recipe_quant_cfg: dict) -> None:
+    """The write stage: manifest, per-layer files, recipe and budget curve into ``destination``, whole or
+    not at all (staging folder renamed into place)."""
+    from autoquant_sweep.layout import write_dir_atomically
+    from autoquant_sweep.report import write_report
+
+    write_dir_atomically(destination, lambda folder: write_report(folder, manifest, recipe_quant_cfg))
+    log.info("report -> %s", destination)
+
+
+def _compute_and_write(plan: RunPlan, destination: Path, cache: ModelCache) -> RunOutcome:
+    from autoquant_sweep.manifest import build_manifest
+
+    computed = compute(plan, cache)
+    manifest = build_manifest(plan, computed)
+    write_report_atomically(destination, manifest, computed.recipe.quant_cfg)
+    return RunOutcome(plan=plan, manifest=manifest, report_dir=destination)
+
+
+def run(cfg: DictConfig | dict, run_dir: Path | None = None, cache: ModelCache = MODEL_CACHE) -> RunOutcome:
+    """Plan, compute and write one run, without MLflow (no lookup, no record): tests and benchmarks."""
+    plan = plan_run(cfg)
+    return _compute_and_write(plan, report_destination(plan, run_dir), cache)
+
+
+# ----------------------------------------------------------------------------------- lookup and record
+
+
+def failure_kind(exc: BaseException) -> str:
+    """``refused`` / ``input_error`` / ``error``: the ``failure_kind`` tag of a failed run."""
+    if isinstance(exc, CapabilityRefusedError):
+        return "refused"
+    return "input_error" if isinstance(exc, UserInputError) else "error"
+
+
+class _Store:
+    """The MLflow store of one job: connected at lookup (never before the plan passed)."""
+
+    def __init__(self, settings: Any, parent_run_id: str | None) -> None:
+        self.settings = settings
+        self.parent_run_id = parent_run_id
+        self.client: Any = None
+        self.experiment_id: str | None = None
+
+    def connect(self) -> None:
+        from autoquant_sweep.tracking.store import connect, ensure_experiment
+
+        self.client = connect(self.settings)  # a damaged or unreachable store is one line here
+        self.experiment_id = ensure_experiment(self.client, self.settings)
+
+    def open_run(self, c: dict[str, Any], *, running: bool) -> str:
+        """Create the job's run (a child of the sweep's parent); ``running``: tag its owner process, so a
+        later sweep can mark it KILLED if this process dies without closing it."""
+        from autoquant_sweep.faults import OWNER_TAG, owner
+        from autoquant_sweep.tracking.run_logging import start_run
+
+        run_id = start_run(self.client, self.experiment_id, c, self.parent_run_id).info.run_id
+        if running:
+            self.client.set_tag(run_id, OWNER_TAG, owner())
+        log.info("MLflow run %s in experiment '%s' (%s)", run_id, self.settings.experiment_name,
+                 self.settings.tracking_uri)
+        return run_id
+
+    def record_failure(self, run_id: str | None, c: dict[str, Any] | None, exc: BaseException) -> None:
+        """End the job's run (created now when it has none) FAILED, or KILLED when stopped from outside.
+
+        Never raises: the job's own error matters more than a logging error.
+        """
+        from autoquant_sweep.faults import interrupted, stop_text
+        from autoquant_sweep.tracking.run_logging import log_failure
+
+        try:
+            if self.client is None:
+                self.connect()
+            if run_id is None:
+                run_id = self.open_run(c or {}, running=False) if c else self._bare_run()
+            if interrupted(exc):  # SIGTERM, Ctrl-C: KILLED, not FAILED
+                self.client.set_tag(run_id, "failure_reason", stop_text(exc))
+                self.client.set_tag(run_id, "failure_kind", "killed")
+                self.client.set_terminated(run_id, "KILLED")
+                return
+            log_failure(self.client, run_id, c, str(exc) or type(exc).__name__, failure_kind(exc))
+        except Exception as log_exc:
+            log.warning("could not record the failure in MLflow run %s: %s", run_id, log_exc)
+
+    def _bare_run(self) -> str:
+        """A run for a job whose config could not even be resolved (its reason is all there is)."""
+        tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {}
+        return self.client.create_run(self.experiment_id, tags=tags).info.run_id
+
+
+def _container(cfg: DictConfig | dict) -> dict[str, Any] | None:
+    """The resolved config for a failure record (None when it does not resolve)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    except Exception:
+        return None
+
+
+def _record_plan_failure(cfg: DictConfig | dict, exc: BaseException, parent_run_id: str | None) -> None:
+    from autoquant_sweep.tracking.store import settings_from_cfg
+
+    c = _container(cfg)
+    try:
+        settings = settings_from_cfg(c or {})
+    except UserInputError:  # the tracking settings are what failed: there is no store to record in
+        return
+    if settings.enabled:
+        _Store(settings, parent_run_id).record_failure(None, c, exc)
+
+
+def run_job(
+    cfg: DictConfig | dict,
+    run_dir: Path | None,
+    *,
+    parent_run_id: str | None = None,
+    record_plan_failures: bool = True,
+    cache: ModelCache = MODEL_CACHE,
+) -> RunOutcome:
+    """One job: plan -> lookup -> compute -> write -> record. Errors are re-raised after recording.
+
+    ``run_dir``: the Hydra run / job directory (``output_layout=tmp`` puts the report there).
+    ``parent_run_id``: the sweep's MLflow parent run. ``record_plan_failures``: record a plan that
+    failed as a FAILED run (sweeps); False for a single run, whose refusal creates no MLflow run.
+    """
+    # plan (no MLflow, torch or model until the plan's last gate)
+    try:
+        plan = plan_run(cfg)
+        destination = report_destination(plan, run_dir)
+    except BaseException as exc:
+        if record_plan_failures:
+            _record_plan_failure(cfg, exc, parent_run_id)
+        raise
+    from autoquant_sweep.tracking.store import settings_from_cfg
+
+    settings = settings_from_cfg(plan.cfg)
+    if not settings.enabled:
+        log.info("tracking=off: MLflow is not used for this run")
+        return _compute_and_write(plan, destination, cache)
+    store = _Store(settings, parent_run_id)
+    store.connect()  # a store that cannot be used is one line; nothing can be recorded in it
+    run_id: str | None = None
+    try:
+        outcome = _lookup(plan, destination, store)
+        if outcome is None:
+            run_id = store.open_run(plan.cfg, running=True)
+            why = f"cache miss: fingerprint {plan.fingerprint}" if plan.cfg["autoquant"].get("cache", True) \
+                else "autoquant.cache=false"
+            log.info("%s; running AutoQuant", why)  # after the run is open: tests stop the job from here
+            outcome = _compute_and_write(plan, destination, cache)
+        else:
+            run_id = store.open_run(plan.cfg, running=False)
+        hydra_yaml = OmegaConf.to_yaml(cfg, resolve=True) if isinstance(cfg, DictConfig) else None
+        _record(store, run_id, plan, outcome, hydra_yaml)
+        outcome.run_id = run_id
+        return outcome
+    except BaseException as exc:
+        store.record_failure(run_id, plan.cfg, exc)
+        raise
+
+
+def _lookup(plan: RunPlan, destination: Path, store: _Store) -> RunOutcome | None:
+    """The lookup stage and, on a hit, its write: the cached run's report restored into ``destination``."""
+    if not plan.cfg["autoquant"].get("cache", True):
+        return None
+    from autoquant_sweep.tracking.cache import find_cached_run, restore_report
+
+    t0 = time.perf_counter()
+    cached = find_cached_run(store.client, store.experiment_id, plan.fingerprint)
+    if cached is None:
+        return None
+    source = cached.info.run_id
+    manifest = restore_report(store.client, source, destination)
+    log.info("cache hit: fingerprint %s reused from MLflow run %s in %.3f s (AutoQuant skipped) -> %s",
+             plan.fingerprint, source, time.perf_counter() - t0, destination)
+    return RunOutcome(plan=plan, manifest=manifest, report_dir=destination, cache_hit=True,
+                      cache_source_run_id=source)
+
+
+def _record(store: _Store, run_id: str, plan: RunPlan, outcome: RunOutcome, hydra_yaml: str | None) -> None:
+    """The record stage: params, metrics, tags and artifacts of the finished run, then FINISHED."""
+    from autoquant_sweep.tracking.run_logging import log_outcome
+
+    extra = {"cache_source_run_id": outcome.cache_source_run_id} if outcome.cache_source_run_id else None
+    log_outcome(store.client, run_id, plan.cfg, plan, outcome.manifest, outcome.report_dir,
+                hydra_yaml=hydra_yaml, cache_hit=outcome.cache_hit, extra_tags=extra)

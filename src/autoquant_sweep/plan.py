@@ -1,0 +1,416 @@
+"""Plan: everything about a run that can be checked without a model, as a :class:`RunPlan`.
+
+The first stage after Hydra composed the config (docs/architecture.md). In this order, cheapest first:
+
+1. settings: names that become paths, objective, budget range, AutoQuant / model / dataset values,
+   the tracking settings (no MLflow import);
+2. device (``auto`` on a machine without a GPU driver is ``cpu`` without importing torch);
+3. the effective format: ``quant_pair`` resolved, ``quant_granularity`` overlaid, the capability rules;
+4. the checkpoint: its folder, ``config.json`` (``dataset.seq_len``, granularity shapes, reachable
+   ``autoquant.effective_bits``), captions, batches, held-out split; the run fingerprint;
+5. last gate: ModelOpt's own validation of the effective format (imports ModelOpt, seconds).
+
+Nothing heavy (torch, transformers, MLflow, ModelOpt, matplotlib) is imported before step 5, so a
+refused or invalid run costs well under a second in-process and leaves nothing behind. Plan never loads
+a model and never writes; :func:`report_destination` only names the report folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from autoquant_sweep import data as data_mod
+from autoquant_sweep.errors import CapabilityRefusedError, UserInputError
+from autoquant_sweep.fingerprints import package_versions, run_fingerprint
+from autoquant_sweep.layout import check_name, publish_dir, tmp_report_dir
+from autoquant_sweep.modeling import (
+    check_checkpoint_dir,
+    checkpoint_identity,
+    read_checkpoint_config,
+    resolve_device,
+)
+from autoquant_sweep.quant.overlay import apply_overlay, canonical_json, config_fingerprint, summarize_format
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunPlan:
+    """Everything about a run that is known before any model is loaded."""
+
+    cfg: dict[str, Any]
+    device: str
+    checkpoint: Path
+    checkpoint_identity: str
+    captions_path: Path
+    captions: list[str]
+    batch_plan: data_mod.BatchPlan
+    base_format: dict
+    effective_format: dict
+    overlay_status: str
+    overlay_notes: list[str]
+    overrides: dict
+    fingerprint: str
+    versions: dict[str, str] = field(default_factory=package_versions)
+    # lowest autoquant.effective_bits this model reaches with this format, from config.json
+    # (None: model_type without shape formulas, see model_shapes)
+    min_effective_bits: float | None = None
+    # (source, captions) of the held-out split the run evaluates on; None: nothing is evaluated
+    eval_split: tuple[str, list[str]] | None = None
+    # wall-clock time (epoch seconds) the plan started: the job's start, for its MLflow run
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def quantization(self) -> dict[str, Any]:
+        """The manifest's ``quantization`` section."""
+        pair = self.cfg["quant_pair"]
+        return {
+            "pair": pair["name"],
+            "weight": pair["weight"],
+            "activation": pair["activation"],
+            "base_format": pair["format_name"],
+            "granularity": self.cfg["quant_granularity"]["name"],
+            "overrides": _json_ready(self.overrides),
+            "status": self.overlay_status,
+            "notes": self.overlay_notes,
+            "summary": summarize_format(self.effective_format),
+            # JSON form: integer block_sizes keys become strings ("-1"); the overlay reads them back
+            "effective_quant_cfg": _json_ready(self.effective_format),
+            "base_fingerprint": config_fingerprint(self.base_format),
+            "fingerprint": config_fingerprint(self.effective_format),
+        }
+
+
+def _json_ready(value: Any) -> Any:
+    import json
+
+    return json.loads(canonical_json(value))
+
+
+def _embedded_checkpoint(name: str) -> tuple[Path, Path]:
+    from autoquant_sweep.embedded import ensure_embedded_assets
+
+    assets = ensure_embedded_assets()
+    attr = f"{name}_dir"
+    if not hasattr(assets, attr):
+        raise UserInputError(
+            f"model.embedded: unknown embedded model '{name}'; choose qwen3_tiny or qwen3_vl_tiny"
+        )
+    return getattr(assets, attr), assets.captions_dir
+
+
+def _gpu_driver_present() -> bool:
+    """Whether this machine shows a GPU driver's device files (NVIDIA, WSL's ``/dev/dxg``, ROCm's
+    ``/dev/kfd``). Off Linux the files say nothing, so the answer is yes (torch decides)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    dev = Path("/dev")
+    return any(dev.glob("nvidia*")) or (dev / "dxg").exists() or (dev / "kfd").exists()
+
+
+def plan_device(requested: str) -> str:
+    """:func:`~autoquant_sweep.modeling.resolve_device` that answers without torch where it can.
+
+    torch sees no CUDA device on a machine without a GPU driver's device files; saying so without
+    importing torch (~2 s) keeps a refused run on a CPU machine under a second.
+    """
+    if requested in ("auto", "cuda") and not _gpu_driver_present():
+        if requested == "cuda":
+            raise UserInputError(
+                "autoquant.device=cuda but this machine has no GPU driver (no /dev/nvidia*), so torch sees "
+                "no CUDA device; use autoquant.device=cpu or auto"
+            )
+        return "cpu"
+    return resolve_device(requested)
+
+
+_WEIGHT_AXES = " (0 = per output channel, 1 = per input channel)"
+
+
+def _override_source(overrides: dict, quantizer: str, attr: str) -> str | None:
+    """The ``quant_cfg_overrides`` entry that set ``attr`` on ``quantizer`` (explicit beats default)."""
+    from fnmatch import fnmatchcase
+
+    for pattern, attrs in overrides.items():
+        if pattern != "default" and attr in attrs and fnmatchcase(quantizer, pattern):
+            return f"quant_cfg_overrides['{pattern}'].{attr}"
+    if attr in overrides.get("default", {}):
+        return f"quant_cfg_overrides['default'].{attr}"
+    return None
+
+
+def _check_granularity_fits(
+    modules: list, fmt: dict, overrides: dict, context: str, format_name: str
+) -> None:
+    """Every axis / block size of the effective format must fit every searchable module's tensors.
+
+    ModelOpt 0.47 does not reject an axis outside a tensor's dims (it runs per tensor, facts 24),
+    ignores a block-size key that names no dim, and pads a block size that does not divide its dim.
+    """
+    from autoquant_sweep.model_shapes import axis_problem, block_sizes_problem, common_divisors
+    from autoquant_sweep.quant.overlay import effective_quantizer_cfg
+
+    for module in modules:
+        for tensor, shape in (("weight", module.weight_shape), ("input", module.input_shape)):
+            quantizer = f"{module.name}.{tensor}_quantizer"
+            cfg = effective_quantizer_cfg(fmt, quantizer)
+            stages = cfg if isinstance(cfg, list) else [cfg]
+            for stage in stages:
+                if not isinstance(stage, dict) or stage.get("enable", True) is False:
+                    continue
+                if tensor == "weight" and module.kind == "linear":
+                    where = f"the weight (out, in) = {module.weight_shape} of {module.name}"
+                elif tensor == "input" and module.kind == "linear":
+                    where = f"the input (batch, seq, in) = (*, *, {module.weight_shape[1]}) of {module.name}"
+                else:
+                    where = f"the {len(shape)}-D {tensor} of {module.name}"
+                hint = _WEIGHT_AXES if tensor == "weight" and module.kind == "linear" else ""
+                problem = axis_problem(stage.get("axis"), shape, hint)
+                if problem:
+                    source = _override_source(overrides, quantizer, "axis") or (
+                        f"the {tensor} quantizer's axis of quant_pair.format_name={format_name}"
+                    )
+                    raise UserInputError(
+                        f"{context}: {source}={stage.get('axis')} does not fit {where}: {problem}"
+                    )
+                found = block_sizes_problem(stage.get("block_sizes"), shape)
+                if not found:
+                    continue
+                key, problem = found
+                source = _override_source(overrides, quantizer, "block_sizes")
+                source = f"{source}[{key!r}]" if source else (
+                    f"the {tensor} quantizer's block_sizes[{key!r}] of quant_pair.format_name={format_name}"
+                )
+                message = f"{context}: {source} does not fit {where}: {problem}"
+                if "divide" in problem or "larger" in problem:
+                    axis = int(key) if not isinstance(key, int) else key
+                    sizes = [
+                        (m.weight_shape if tensor == "weight" else m.input_shape)[axis]
+                        for m in modules
+                        if m.kind == module.kind
+                    ]
+                    divisors = common_divisors([s for s in sizes if s])
+                    if divisors:
+                        message += (
+                            f"; block sizes that divide dim {axis} of every searchable {tensor}: "
+                            f"{', '.join(map(str, divisors))}"
+                        )
+                    raise CapabilityRefusedError(message)
+                raise UserInputError(message)
+
+
+def _check_against_checkpoint(
+    c: dict[str, Any], checkpoint: Path, fmt: dict, overrides: dict
+) -> float | None:
+    """What ``config.json`` decides before loading: it parses, ``dataset.seq_len`` fits the model, the
+    granularity fits every searchable Linear, and ``autoquant.effective_bits`` is reachable.
+
+    Returns the minimum achievable effective bits (``None`` when the model's shapes are unknown).
+    """
+    from autoquant_sweep.model_shapes import (
+        KNOWN_MODEL_TYPES,
+        ShapeUnknown,
+        max_position_embeddings,
+        min_effective_bits,
+        quantizable_modules,
+        searchable_modules,
+    )
+    from autoquant_sweep.quant.overlay import format_bits
+
+    model_cfg, pair = c["model"], c["quant_pair"]
+    config_file = checkpoint / "config.json"
+    config = read_checkpoint_config(checkpoint)
+    seq_len = int(c["dataset"]["seq_len"])
+    max_positions = max_position_embeddings(config)
+    if max_positions is not None and seq_len > max_positions:
+        raise UserInputError(
+            f"dataset.seq_len: {seq_len} is more than max_position_embeddings={max_positions} of "
+            f"'{config_file}'; use dataset.seq_len={max_positions} or less"
+        )
+    try:
+        modules = quantizable_modules(config)
+    except ShapeUnknown as exc:
+        log.warning("%s (%s): granularity shapes and the reachable effective bits are not checked before "
+                    "loading", exc, config_file)
+        return None
+    if modules is None:
+        log.warning(
+            "model_type %r of '%s' has no shape formulas (known: %s): granularity shapes and the reachable "
+            "effective bits are not checked before loading",
+            config.get("model_type"), config_file, ", ".join(KNOWN_MODEL_TYPES),
+        )
+        return None
+    disabled = list(model_cfg["disabled_layers"])
+    context = f"quant_granularity={c['quant_granularity']['name']} on quant_pair={pair['name']}"
+    _check_granularity_fits(
+        searchable_modules(modules, disabled), fmt, overrides, context, pair["format_name"]
+    )
+    bits = format_bits(fmt)
+    minimum = min_effective_bits(modules, disabled, bits)
+    budget = float(c["autoquant"]["effective_bits"])
+    if budget < minimum - 1e-9:
+        frozen = sum(m.numel for m in modules) - sum(m.numel for m in searchable_modules(modules, disabled))
+        at16 = (
+            f"the {frozen:,} weights of model.disabled_layers at 16 bits" if frozen else "no disabled layers"
+        )
+        raise UserInputError(
+            f"autoquant.effective_bits: {budget:g} is below the minimum achievable effective bits "
+            f"{minimum:.4f} of {model_cfg['name']} with quant_pair={pair['name']} ({pair['format_name']}, "
+            f"{bits:g} bits per weight; every searchable layer at {bits:g} bits, {at16}); use "
+            f"autoquant.effective_bits={math.ceil(minimum * 100 - 1e-6) / 100:g} or more, or a lower-bit "
+            f"quant_pair"
+        )
+    return minimum
+
+
+def eval_split(c: dict[str, Any]) -> tuple[str, list[str]] | None:
+    """``(source, captions)`` of the held-out split a run evaluates on, None when nothing is evaluated."""
+    if not c["autoquant"].get("evaluate", True):
+        return None
+    d = c["dataset"]
+    return data_mod.resolve_eval_captions(
+        d.get("root"), d.get("path"), d.get("eval_path"), d.get("eval_samples")
+    )
+
+
+def plan_run(cfg: DictConfig | dict) -> RunPlan:
+    """Validate a composed config and resolve it into a :class:`RunPlan` (no model is loaded).
+
+    Raises :class:`~autoquant_sweep.errors.UserInputError` (bad input) or
+    :class:`~autoquant_sweep.errors.CapabilityRefusedError` (a combination this device cannot run), each
+    one line naming the key.
+
+    Example:
+        >>> plan = plan_run(cfg)  # doctest: +SKIP
+        >>> plan.quantization["summary"]  # doctest: +SKIP
+    """
+    from autoquant_sweep.config.validation import validate_settings
+    from autoquant_sweep.quant.capability import check_combination
+    from autoquant_sweep.quant.formats import UnknownFormatError, check_with_modelopt, resolve_format
+    from autoquant_sweep.quant.overlay import OverlayError, validate_overrides
+    from autoquant_sweep.tracking.store import settings_from_cfg
+
+    started_at = time.time()
+    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
+    # 1. settings: value domains (method, device, counts, ranges, objective, ...), names, tracking
+    validate_settings(c)
+    model_cfg, data_cfg, aq = c["model"], c["dataset"], c["autoquant"]
+    pair, gran = c["quant_pair"], c["quant_granularity"]
+    for key, value in (
+        ("experiment", c["experiment"]),
+        ("model.name", model_cfg["name"]),
+        ("quant_pair.name", pair["name"]),
+        ("quant_granularity.name", gran["name"]),
+    ):
+        check_name(key, value)
+    settings_from_cfg(c)  # tracking=server without a URI
+    # 2. device
+    device = plan_device(aq["device"])
+    # 3. effective format and capability rules
+    context = f"quant_granularity={gran['name']} on quant_pair={pair['name']}"
+    try:
+        base = resolve_format(pair["format_name"])
+        overrides = validate_overrides(gran.get("quant_cfg_overrides") or {})
+        overlay = apply_overlay(base, overrides)
+    except UnknownFormatError as exc:
+        raise UserInputError(str(exc)) from exc
+    except OverlayError as exc:
+        raise UserInputError(f"{context}: {exc}") from exc
+    verdict = check_combination(
+        base,
+        overrides,
+        cuda_available=device == "cuda",
+        format_name=pair["format_name"],
+        granularity_name=gran["name"],
+    )
+    if verdict.status == "refused":
+        raise CapabilityRefusedError("; ".join(verdict.reasons))
+    # 4. checkpoint, data, fingerprint
+    if model_cfg.get("embedded"):
+        checkpoint_path, embedded_captions = _embedded_checkpoint(model_cfg["embedded"])
+        checkpoint = check_checkpoint_dir(str(checkpoint_path))
+    else:
+        checkpoint, embedded_captions = check_checkpoint_dir(model_cfg.get("path")), None
+        if data_cfg.get("root") is None and data_cfg.get("path") is None:
+            from autoquant_sweep.embedded import ensure_embedded_assets
+
+            embedded_captions = ensure_embedded_assets().captions_dir
+    min_bits = _check_against_checkpoint(c, checkpoint, overlay.format, overrides)
+    captions_path = data_mod.resolve_caption_path(
+        data_cfg.get("root"), data_cfg["size"], data_cfg.get("path"), embedded_captions
+    )
+    required = data_mod.CAPTION_SUBSET_SIZES[data_cfg["size"]]
+    if data_cfg.get("max_samples"):
+        required = min(required, int(data_cfg["max_samples"]))
+    captions = data_mod.read_captions(captions_path, required)
+    batch_plan = data_mod.plan_batches(
+        len(captions), int(aq["batch_size"]), int(aq["num_calib_samples"]), int(aq["num_score_samples"])
+    )
+    split = eval_split(c)
+    identity = checkpoint_identity(checkpoint)
+    versions = package_versions()
+    fingerprint = run_fingerprint(
+        c,
+        checkpoint_identity=identity,
+        captions=captions,
+        batch_plan=batch_plan,
+        device=device,
+        effective_format=overlay.format,
+        eval_split=split,
+        versions=versions,
+    )
+    # 5. last gate: ModelOpt's own schema (imports ModelOpt; every cheaper check has passed)
+    check_with_modelopt(overlay.format, context)
+    return RunPlan(
+        cfg=c,
+        device=device,
+        checkpoint=checkpoint,
+        checkpoint_identity=identity,
+        captions_path=captions_path,
+        captions=captions,
+        batch_plan=batch_plan,
+        base_format=base,
+        effective_format=overlay.format,
+        overlay_status=verdict.status,
+        overlay_notes=[*overlay.notes, *verdict.reasons],
+        overrides=overrides,
+        fingerprint=fingerprint,
+        versions=versions,
+        min_effective_bits=min_bits,
+        eval_split=split,
+        started_at=started_at,
+    )
+
+
+def report_destination(plan: RunPlan, run_dir: Path | None) -> Path:
+    """Where the report will land: ``tmp``: ``<run_dir>/report``; ``publish``: the stable publish tree.
+
+    Names the folder only (the write stage creates it, atomically).
+    """
+    c = plan.cfg
+    layout = c["output_layout"]
+    if layout["name"] == "publish":
+        return publish_dir(
+            Path(layout["publish_root"]).expanduser(),
+            experiment=c["experiment"],
+            model=c["model"]["name"],
+            quant_pair=c["quant_pair"]["name"],
+            weight=c["quant_pair"]["weight"],
+            activation=c["quant_pair"]["activation"],
+            granularity=c["quant_granularity"]["name"],
+            size=c["dataset"]["size"],
+        )
+    if layout["name"] != "tmp":
+        raise UserInputError(f"output_layout.name: unknown layout '{layout['name']}'; choose tmp or publish")
+    if run_dir is None:
+        raise UserInputError("output_layout=tmp needs a Hydra run directory; use output_layout=publish")
+    return tmp_report_dir(run_dir)
