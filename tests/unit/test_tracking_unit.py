@@ -191,3 +191,19 @@ def test_summary_files_with_failed_cells(tmp_path: Path) -> None:
     assert [p.name for p in paths] == names
     assert "refused \\| because" in paths[1].read_text()
     assert paths[2].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sub_commands_find_the_store_a_run_in_the_same_folder_uses(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from autoquant_sweep.tracking.cli import _tracking_uri
+
+    for name in ("AUTOQUANT_SWEEP_ROOT", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    run_store = _compose_in(tmp_path).tracking.local_store_uri
+    assert _tracking_uri(argparse.Namespace(tracking_uri=None)) == run_store == f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert _tracking_uri(argparse.Namespace(tracking_uri=None)) == "http://127.0.0.1:5000"
+    assert _tracking_uri(argparse.Namespace(tracking_uri="sqlite:///x.db")) == "sqlite:///x.db"
