@@ -2,7 +2,8 @@
 
 Registered as OmegaConf resolvers so ``conf/hydra/sweeper/optuna.yaml`` can say
 ``quant_pair: ${aqs_search_pairs:${autoquant.device}}`` and get, on this machine, only the pairs that
-can run here (CPU: the INT and FP8 pairs; CUDA: all).
+can run here (CPU: the INT and FP8 pairs; CUDA: all). Resolving it imports neither ModelOpt nor
+(on a CPU build of torch) torch: the presets are stored data and the capability rules are pure.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ def searchable_pairs(device: str) -> list[str]:
     """Pairs whose base format runs on ``device`` (``auto``: what torch sees), in name order.
 
     Example:
-        >>> searchable_pairs("cpu")  # doctest: +SKIP
+        >>> searchable_pairs("cpu")
         ['wfp8_afp16', 'wfp8_afp8', 'wint4_afp16', 'wint4_afp8', 'wint4_aint8', 'wint8_afp16', 'wint8_aint8']
     """
-    from autoquant_sweep.modeling import device_view
-    from autoquant_sweep.quant.capability import check_combination
+    from autoquant_sweep.quant.capability import check_combination, device_view
     from autoquant_sweep.quant.formats import resolve_format
 
     device = device_view(device)
