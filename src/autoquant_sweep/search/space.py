@@ -19,11 +19,11 @@ _UNSAFE_STUDY_CHARS = re.compile(r"[^A-Za-z0-9_.+-]+")
 
 
 def searchable_pairs(device: str) -> list[str]:
-    """Pairs whose base format runs on ``device`` (``auto``: what torch sees), in name order.
+    """Pairs whose base format runs on ``device`` (``auto``: what torch sees), in vocabulary order.
 
     Example:
         >>> searchable_pairs("cpu")
-        ['wfp8_afp16', 'wfp8_afp8', 'wint4_afp16', 'wint4_afp8', 'wint4_aint8', 'wint8_afp16', 'wint8_aint8']
+        ['wint8_aint8', 'wint8_afp16', 'wint4_afp16', 'wint4_aint8', 'wint4_afp8', 'wfp8_afp8', 'wfp8_afp16']
     """
     from autoquant_sweep.quant.capability import check_combination, device_view
     from autoquant_sweep.quant.formats import resolve_format
