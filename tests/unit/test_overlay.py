@@ -112,9 +112,26 @@ def test_non_positive_or_non_int_group_size_is_error(value):
         validate_overrides({WEIGHT: {"block_sizes": {-1: value}}})
 
 
-def test_bad_block_size_key_is_error():
-    with pytest.raises(OverlayError, match=r"block_sizes key 'last'"):
-        normalize_block_sizes({"last": 64})
+def test_non_axis_block_size_keys_pass_through_for_modelopt_to_judge():
+    """ModelOpt's schema (check_with_modelopt, the plan's last gate) decides which keys exist."""
+    assert normalize_block_sizes({"last": 64}) == {"last": 64}
+
+
+FOUR_OVER_SIX = {"-1": 16, "type": "dynamic", "scale_bits": [4, 3], "four_over_six": True}
+
+
+def test_four_over_six_passes_the_overlay():
+    """ModelOpt 0.47's NVFP4 four-over-six key, in an override and in a base format."""
+    overrides = validate_overrides({WEIGHT: {"block_sizes": FOUR_OVER_SIX}})
+    assert overrides == {
+        WEIGHT: {"block_sizes": {-1: 16, "type": "dynamic", "scale_bits": (4, 3), "four_over_six": True}}
+    }
+    res = apply_overlay(W4A16_NVFP4, {WEIGHT: {"block_sizes": FOUR_OVER_SIX}})
+    assert wcfg(res)["block_sizes"]["four_over_six"] is True and res.changed_patterns == (WEIGHT,)
+    four_over_six = {**NVFP4_W["block_sizes"], "four_over_six": True}
+    res = apply_overlay(fmt({**NVFP4_W, "block_sizes": four_over_six}, input_rule=False),
+                        {WEIGHT: {"block_sizes": {-1: 32}}})
+    assert wcfg(res)["block_sizes"] == {**four_over_six, -1: 32}
 
 
 def test_unknown_attribute_names_it_and_lists_allowed():
@@ -219,11 +236,30 @@ def test_legacy_default_disable_trap_is_refused():
     assert to_rule_list({"default": {"num_bits": 8}}) == [{"quantizer_name": "*", "cfg": {"num_bits": 8}}]
 
 
-def test_to_rule_list_validates_entries():
-    with pytest.raises(OverlayError, match=r"unknown key"):
-        to_rule_list([{"quantizer_name": "*", "enable": False, "bogus": 1}])
-    with pytest.raises(OverlayError, match=r"needs 'cfg', 'enable'"):
-        to_rule_list([{"quantizer_name": "*"}])
+def test_to_rule_list_leaves_rule_contents_to_modelopt():
+    """Unknown rule keys or a rule without cfg/enable are for ModelOpt's schema (the last gate)."""
+    assert to_rule_list([{"quantizer_name": "*", "enable": False, "bogus": 1}]) == [
+        {"quantizer_name": "*", "enable": False, "bogus": 1}
+    ]
+    assert to_rule_list([{"quantizer_name": "*"}]) == [{"quantizer_name": "*"}]
+    with pytest.raises(OverlayError, match=r"'quantizer_name' must be a non-empty string"):
+        to_rule_list([{"quantizer_name": 3, "enable": False}])
+    with pytest.raises(OverlayError, match=r"is not a recognised rule"):
+        to_rule_list([{"a": 1, "b": 2}])
+
+
+def test_legacy_nn_scoped_multi_key_entry_is_expanded_like_modelopt():
+    rules = to_rule_list([{"nn.Linear": {WEIGHT: {"num_bits": 8}}, "*lm_head*": {"enable": False}}])
+    assert rules == [
+        {"quantizer_name": WEIGHT, "parent_class": "nn.Linear", "cfg": {"num_bits": 8}},
+        {"quantizer_name": "*lm_head*", "enable": False},
+    ]
+
+
+def test_cfg_the_overlay_cannot_edit_is_named():
+    base = fmt("int8")
+    with pytest.raises(OverlayError, match=r"pattern '\*weight_quantizer' .* its cfg 'int8' is neither"):
+        apply_overlay(base, {WEIGHT: {"axis": 0}})
 
 
 # ---------------------------------------------------------------- determinism and identity

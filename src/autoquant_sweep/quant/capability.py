@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autoquant_sweep.quant.overlay import (
-    BLOCK_SIZE_SPECIAL_KEYS,
     INPUT,
     OverlayError,
     OverlayResult,
     _effective_from_rules,
     apply_overlay,
+    axis_key,
     expand_overrides,
     to_rule_list,
 )
@@ -106,7 +106,7 @@ def _sizes(stage: Mapping) -> dict:
     bs = stage.get("block_sizes")
     if not isinstance(bs, Mapping):
         return {}
-    return {k: v for k, v in bs.items() if k not in BLOCK_SIZE_SPECIAL_KEYS}
+    return {k: v for k, v in bs.items() if axis_key(k) is not None}  # type, scale_bits... are no sizes
 
 
 def _is_fp4(stage: Mapping) -> bool:

@@ -25,6 +25,12 @@ Semantics (see ``docs/granularity.md``):
   per-tensor) is overlaid on stage 0 only: stage 0 is the low-bit primary quantizer whose
   granularity is the experiment variable; the later stage re-quantizes the result per tensor and
   changing it would alter the format's dtype recipe, not its granularity. A note records it.
+
+What is checked here is the overlay's own input (the override attributes and their values) and
+what the overlay needs to work. The structure of a ``quant_cfg`` (which rule keys, ``cfg``
+attributes and ``block_sizes`` keys exist, e.g. ModelOpt 0.47's ``four_over_six``) is ModelOpt's
+business: :func:`autoquant_sweep.quant.formats.check_with_modelopt`, the last gate of a plan,
+validates the effective format with ModelOpt's own schema, so new ModelOpt keys pass through here.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ __all__ = [
     "OverlayError",
     "OverlayResult",
     "apply_overlay",
+    "axis_key",
     "canonical_json",
     "config_fingerprint",
     "effective_quantizer_cfg",
@@ -61,9 +68,9 @@ INPUT = "*input_quantizer"
 DEFAULT_KEY = "default"
 STANDARD_PATTERNS: tuple[str, ...] = (WEIGHT, INPUT)
 ALLOWED_ATTRS: tuple[str, ...] = ("axis", "block_sizes", "type")
-BLOCK_SIZE_SPECIAL_KEYS: tuple[str, ...] = ("type", "scale_bits", "scale_block_sizes")
+# the non-axis block_sizes keys ModelOpt 0.47 knows (for reading formats; ModelOpt validates them)
+BLOCK_SIZE_SPECIAL_KEYS: tuple[str, ...] = ("type", "scale_bits", "scale_block_sizes", "four_over_six")
 TYPE_VALUES: tuple[str, ...] = ("static", "dynamic")
-_RULE_KEYS = ("quantizer_name", "cfg", "enable", "parent_class")
 
 
 class OverlayError(ValueError):
@@ -90,6 +97,23 @@ def _plain(obj: Any) -> Any:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def axis_key(key: Any) -> int | None:
+    """A ``block_sizes`` key naming an axis as an int (``-1``, or ``"-1"`` from JSON/YAML), else None.
+
+    Example:
+        >>> axis_key("-1"), axis_key(0), axis_key("type"), axis_key(True)
+        (-1, 0, None, None)
+    """
+    if _is_int(key):
+        return key
+    if isinstance(key, str):
+        try:
+            return int(key.strip())
+        except ValueError:
+            return None
+    return None
 
 
 # --------------------------------------------------------------------------------------------- rule list
@@ -135,36 +159,20 @@ def _legacy_entry(key: Any, value: Any) -> list[dict[str, Any]]:
 
 
 def _check_rule(rule: Mapping[str, Any], index: int) -> dict[str, Any]:
-    unknown = sorted(str(k) for k in rule if k not in _RULE_KEYS)
-    if unknown:
-        raise OverlayError(
-            f"quant_cfg rule #{index} has unknown key(s) {unknown}; allowed: {list(_RULE_KEYS)}"
-        )
+    """A deep copy of ``rule``; only what the overlay reads is checked (ModelOpt checks the rest)."""
     name = rule.get("quantizer_name")
     if not isinstance(name, str) or not name:
         raise OverlayError(f"quant_cfg rule #{index}: 'quantizer_name' must be a non-empty string")
-    if "cfg" not in rule and "enable" not in rule:
-        raise OverlayError(f"quant_cfg rule #{index} ('{name}') needs 'cfg', 'enable' or both")
-    if "enable" in rule and not isinstance(rule["enable"], bool):
-        raise OverlayError(f"quant_cfg rule #{index} ('{name}'): 'enable' must be true/false")
-    cfg = rule.get("cfg")
-    if cfg is not None and not isinstance(cfg, Mapping):
-        if not (isinstance(cfg, Sequence) and not isinstance(cfg, (str, bytes))) or not all(
-            isinstance(stage, Mapping) for stage in cfg
-        ):
-            raise OverlayError(
-                f"quant_cfg rule #{index} ('{name}'): 'cfg' must be a mapping or a list of mappings"
-            )
     return _plain(rule)
 
 
 def to_rule_list(quant_cfg: list | dict) -> list[dict]:
-    """Return ``quant_cfg`` as a validated, deep-copied ModelOpt 0.47 rule list.
+    """Return ``quant_cfg`` as a deep-copied ModelOpt 0.47 rule list.
 
-    A list is validated entry by entry (legacy single-key entries are converted); a legacy dict is
+    Legacy single-key entries (and multi-key ``nn.*``-scoped ones) are converted; a legacy dict is
     converted in dict order like ``normalize_quant_cfg_list``. A dict-form ``"default"`` that
     disables is refused: it would append a trailing ``*`` disable rule that switches every
-    quantizer off.
+    quantizer off. Rule contents are not validated here (ModelOpt's schema does that).
 
     Example:
         >>> to_rule_list({"*": {"enable": False}, "*weight_quantizer": {"num_bits": 8, "axis": 0}})
@@ -184,10 +192,10 @@ def to_rule_list(quant_cfg: list | dict) -> list[dict]:
             raise OverlayError(f"quant_cfg rule #{len(rules)} must be a mapping, got {entry!r}")
         if "quantizer_name" in entry:
             rules.append(_check_rule(entry, len(rules)))
-        elif len(entry) == 1:
-            key, value = next(iter(entry.items()))
-            for converted in _legacy_entry(key, value):
-                rules.append(_check_rule(converted, len(rules)))
+        elif len(entry) == 1 or any(str(key).startswith("nn.") for key in entry):
+            for key, value in entry.items():
+                for converted in _legacy_entry(key, value):
+                    rules.append(_check_rule(converted, len(rules)))
         else:
             raise OverlayError(f"quant_cfg rule #{len(rules)} is not a recognised rule: {dict(entry)!r}")
     return rules
@@ -196,34 +204,24 @@ def to_rule_list(quant_cfg: list | dict) -> list[dict]:
 # --------------------------------------------------------------------------------------------- validation
 
 
-def _block_size_key(key: Any, where: str) -> int:
-    if _is_int(key):
-        return key
-    if isinstance(key, str):
-        try:
-            return int(key.strip())
-        except ValueError:
-            pass
-    raise OverlayError(
-        f"{where}: block_sizes key {key!r} is neither an axis index (e.g. -1) nor one of "
-        f"{list(BLOCK_SIZE_SPECIAL_KEYS)}"
-    )
-
-
 def normalize_block_sizes(block_sizes: Mapping, *, where: str = "block_sizes") -> dict:
     """Normalise a ``block_sizes`` mapping: ``"-1"`` -> ``-1`` (also in ``scale_block_sizes``).
 
-    Keeps ``type`` (``static``/``dynamic``), ``scale_bits`` and ``scale_block_sizes``. Block sizes
-    must be positive ints or ``None`` (``{-1: None}`` = whole axis, per token for inputs).
+    Axis keys must map to positive ints or ``None`` (``{-1: None}`` = whole axis, per token for
+    inputs); ``type`` must be ``static`` or ``dynamic``; ``scale_bits`` lists become tuples. Other
+    keys (``four_over_six``...) pass through unchanged: ModelOpt's schema judges them.
 
     Example:
         >>> normalize_block_sizes({"-1": 64, "type": "static"})
         {-1: 64, 'type': 'static'}
+        >>> normalize_block_sizes({-1: 16, "type": "dynamic", "scale_bits": [4, 3], "four_over_six": True})
+        {-1: 16, 'type': 'dynamic', 'scale_bits': (4, 3), 'four_over_six': True}
     """
     if not isinstance(block_sizes, Mapping):
         raise OverlayError(f"{where}: block_sizes must be a mapping like {{-1: 64}}, got {block_sizes!r}")
     out: dict[Any, Any] = {}
     for key, value in block_sizes.items():
+        axis = axis_key(key)
         if key == "type":
             if value not in TYPE_VALUES:
                 raise OverlayError(f"{where}: block_sizes.type={value!r}; use one of {list(TYPE_VALUES)}")
@@ -234,8 +232,9 @@ def normalize_block_sizes(block_sizes: Mapping, *, where: str = "block_sizes") -
             out["scale_block_sizes"] = (
                 None if value is None else normalize_block_sizes(value, where=f"{where}.scale_block_sizes")
             )
+        elif axis is None:
+            out[key] = _plain(value)
         else:
-            axis = _block_size_key(key, where)
             if value is not None and (not _is_int(value) or value <= 0):
                 raise OverlayError(
                     f"{where}: block size for key {key!r} is {value!r}; use a positive int "
@@ -409,11 +408,7 @@ def _base_block_sizes(block_sizes: Any, where: str) -> Any:
             value = _base_block_sizes(value, f"{where}.scale_block_sizes")
         else:
             value = copy.deepcopy(value)
-        if isinstance(key, str) and key not in BLOCK_SIZE_SPECIAL_KEYS:
-            try:
-                key = int(key.strip())
-            except ValueError:
-                pass
+        key = key if axis_key(key) is None else axis_key(key)
         if key in out:
             raise OverlayError(
                 f"{where}: the base format's block_sizes name axis {key!r} twice (as an int and as a "
@@ -497,6 +492,12 @@ def apply_overlay(
                 f"configured by a broader glob); add an explicit rule for it to the format"
             )
         cfg = rules[target]["cfg"]
+        stage0 = cfg[0] if isinstance(cfg, list) and cfg else cfg
+        if not isinstance(stage0, Mapping):
+            raise OverlayError(
+                f"pattern '{pattern}' in format '{name}': its cfg {cfg!r} is neither a mapping of quantizer "
+                f"attributes nor a list of them; nothing to overlay"
+            )
         if isinstance(cfg, list):
             stage0 = _apply_attrs(cfg[0], attrs, pattern, name)
             new_cfg: Any = [stage0, *copy.deepcopy(cfg[1:])]
