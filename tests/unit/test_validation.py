@@ -110,13 +110,10 @@ def _choices(model: type, section: str, key: str) -> tuple:
 def test_domains_come_from_their_defining_modules():
     from autoquant_sweep.config.validation import _settings_model
     from autoquant_sweep.modeling import DTYPES, MODEL_KINDS
+    from autoquant_sweep.objectives import OBJECTIVES
     from autoquant_sweep.sensitivity import METHODS
     from autoquant_sweep.tracking.store import MODES
 
-    try:
-        from autoquant_sweep.objectives import OBJECTIVES
-    except ImportError:  # before runner.py is split
-        from autoquant_sweep.runner import OBJECTIVES
     model = _settings_model()
     assert _choices(model, "autoquant", "method") == METHODS
     assert _choices(model, "autoquant", "device") == DEVICES

@@ -7,7 +7,7 @@ one line naming the key, e.g. ``autoquant.method: unknown method 'foo'; choose o
 kl_div``.
 
 The allowed values come from the modules that define them (``sensitivity.METHODS``,
-``modeling.MODEL_KINDS`` / ``DTYPES``, ``tracking.store.MODES``, the objectives table), imported when
+``modeling.MODEL_KINDS`` / ``DTYPES``, ``tracking.store.MODES``, ``objectives.OBJECTIVES``), imported when
 the first config is validated: those modules, and this one, import neither torch nor ModelOpt, so
 ``autoquant-sweep validate`` and a refused run stay fast.
 """
@@ -29,20 +29,13 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 OUTPUT_LAYOUTS: tuple[str, ...] = ("tmp", "publish")
 
 
-def _objective_names() -> tuple[str, ...]:
-    try:  # where the objectives table lives once runner.py is split
-        from autoquant_sweep.objectives import OBJECTIVES
-    except ImportError:
-        from autoquant_sweep.runner import OBJECTIVES
-    return tuple(OBJECTIVES)
-
-
 @functools.cache
 def _settings_model() -> type:
     """The pydantic model of the value domains, built on first use (the domains' modules load then)."""
     from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
     from autoquant_sweep.modeling import DTYPES, MODEL_KINDS
+    from autoquant_sweep.objectives import OBJECTIVES
     from autoquant_sweep.sensitivity import METHODS
     from autoquant_sweep.tracking.store import MODES
 
@@ -84,7 +77,7 @@ def _settings_model() -> type:
 
     class AutoQuant(BaseModel):
         model_config = section
-        objective: Literal[_objective_names()] = Field(title="objective")  # type: ignore[misc]
+        objective: Literal[tuple(OBJECTIVES)] = Field(title="objective")  # type: ignore[misc]
         effective_bits: float = Field(gt=0, le=16, description="in (0, 16]")
         method: Literal[METHODS] = Field(title="method")  # type: ignore[valid-type]
         device: Literal[DEVICES] = Field(title="device")  # type: ignore[valid-type]
