@@ -207,3 +207,26 @@ def test_sub_commands_find_the_store_a_run_in_the_same_folder_uses(tmp_path: Pat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert _tracking_uri(argparse.Namespace(tracking_uri=None)) == "http://127.0.0.1:5000"
     assert _tracking_uri(argparse.Namespace(tracking_uri="sqlite:///x.db")) == "sqlite:///x.db"
+
+
+def test_summary_rows_from_mlflow_search_runs_frame_equal_rows_from_runs(tmp_path: Path) -> None:
+    from autoquant_sweep.tracking.store import connect
+    from autoquant_sweep.tracking.summary import child_rows, search_children
+
+    client = connect(settings_from_cfg({"tracking": {"mode": "local",
+                                                     "tracking_uri": f"sqlite:///{tmp_path}/m.db"}}))
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "mlruns").as_uri())
+    parent = client.create_run(experiment).info.run_id
+    done = client.create_run(experiment, tags={"mlflow.parentRunId": parent, "cache_hit": "true"}).info.run_id
+    client.log_param(done, "quant_pair", "wint8_aint8")
+    client.log_param(done, "quant_granularity", "w_group64")
+    client.log_metric(done, "constrained_score", 2.5e-7)
+    client.set_terminated(done, "FINISHED")
+    failed = client.create_run(experiment, tags={"mlflow.parentRunId": parent, "failure_kind": "refused",
+                                                 "failure_reason": "fp4 | no axis"}).info.run_id
+    client.set_terminated(failed, "FAILED")
+    runs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'")
+    frame = search_children(client, experiment, parent)
+    assert child_rows(frame, "constrained_score") == child_rows(runs, "constrained_score") != []
+    first = child_rows(frame, "constrained_score")[0]
+    assert first["constrained_score"] == 2.5e-7 and first["outcome"] == "cache hit"

@@ -126,10 +126,10 @@ def held_out_loss(model: Any, *, seq_len: int = 32, batch_size: int = 4, device:
     from transformers import AutoTokenizer
 
     from autoquant_sweep import data as data_mod
+    from autoquant_sweep.compute import eval_captions_used
     from autoquant_sweep.embedded import ensure_embedded_assets
     from autoquant_sweep.evaluation import eval_batch_size, eval_loss
     from autoquant_sweep.modeling import resolve_device
-    from autoquant_sweep.compute import eval_captions_used
 
     source, captions = data_mod.resolve_eval_captions(None, None, None, None)
     batch_size = eval_batch_size(model, batch_size)  # the sweep's rule: the very same batches

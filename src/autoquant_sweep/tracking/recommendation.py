@@ -18,8 +18,8 @@ Called from :class:`~autoquant_sweep.tracking.callbacks.MlflowSweepCallback` at 
 
 from __future__ import annotations
 
-import csv
 import math
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ _ROW_METRICS = ("recipe_satisfied", "recipe_effective_bits", "recipe_predicted_s
                 "eval_loss_unquantized", "eval_loss_delta", "ppl_increase_pct", "constrained_score",
                 "total_sensitivity", "effective_bits")
 TOLERANCE = 1e-9
+FIGURE_SAVE = {"dpi": 100, "metadata": {"Software": None}}  # reproducible PNG bytes
 
 
 def band_alias(budget: float) -> str:
@@ -204,13 +205,13 @@ def table_lines(table: Sequence[Mapping[str, Any]], run_budget: float | None = N
     return lines
 
 
-def write_artifacts(folder: Path, table: Sequence[Mapping[str, Any]], points: Sequence[Mapping[str, Any]],
-                    fidelity: Mapping[str, Any], run_budget: float | None, title: str) -> list[Path]:
-    """best_per_budget (md, csv), curve_points.csv, pareto_curves.png, proxy_fidelity (json, png)."""
-    paths = []
-    md = folder / BEST_PER_BUDGET_MD
+def artifact_texts(table: Sequence[Mapping[str, Any]], points: Sequence[Mapping[str, Any]],
+                   fidelity: Mapping[str, Any], run_budget: float | None, title: str) -> dict[str, str]:
+    """``{file name: text}``: best_per_budget (md, csv), curve_points.csv, proxy_fidelity.json."""
+    import pandas as pd
+
     rho = fidelity["spearman"]
-    md.write_text("\n".join([
+    texts = {BEST_PER_BUDGET_MD: "\n".join([
         f"# {title}: best recipe per budget", "",
         "Predicted score: AutoQuant's damage estimate of the recipe ModelOpt re-solves at each budget "
         "from one scoring pass per trial; measured loss increase: held-out evaluation, only at the budget "
@@ -218,31 +219,54 @@ def write_artifacts(folder: Path, table: Sequence[Mapping[str, Any]], points: Se
         *table_lines(table, run_budget), "",
         f"Proxy fidelity (Spearman, {fidelity['objective']} vs eval_loss_delta, n={fidelity['n']}): "
         + (f"{rho:.3f}" if _finite(rho) else "n/a (fewer than 3 evaluated trials)")
-        + ". On the tiny model the measured deltas are within ~1e-3 nats of noise.", ""]))
-    paths.append(md)
+        + ". On the tiny model the measured deltas are within ~1e-3 nats of noise.", ""])}
     for name, rows, cols in (
-        (BEST_PER_BUDGET_CSV, table, ("budget", "quant_pair", "granularity", "predicted_score",
+        (BEST_PER_BUDGET_CSV, table, ["budget", "quant_pair", "granularity", "predicted_score",
                                       "achieved_effective_bits", "eval_loss_delta", "ppl_increase_pct",
-                                      "run_id")),
-        (CURVES_CSV, points, ("run_id", "quant_pair", "granularity", "budget", "predicted_score",
-                              "achieved_effective_bits", "satisfied")),
+                                      "run_id"]),
+        (CURVES_CSV, points, ["run_id", "quant_pair", "granularity", "budget", "predicted_score",
+                              "achieved_effective_bits", "satisfied"]),
     ):
-        with (folder / name).open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=cols, lineterminator="\n", extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v)
-                                 for k, v in row.items()})
-        paths.append(folder / name)
-    (folder / FIDELITY_JSON).write_text(dump_json(fidelity))
-    paths.append(folder / FIDELITY_JSON)
+        # NaN and None as empty cells; floats as Python writes them (repr), as the csv module did
+        frame = pd.DataFrame(list(rows), columns=cols).astype(object)
+        texts[name] = frame.where(frame.notna(), "").to_csv(index=False, lineterminator="\n")
+    texts[FIDELITY_JSON] = dump_json(fidelity)
+    return texts
+
+
+def figures(points: Sequence[Mapping[str, Any]], fidelity: Mapping[str, Any], title: str) -> dict[str, Any]:
+    """``{file name: matplotlib Figure}``: the Pareto set of the budget curves and the proxy fidelity
+    scatter, each when there is something to draw."""
+    out = {}
     if points:
-        _plot_pareto(folder / PARETO_PNG, points, title)
-        paths.append(folder / PARETO_PNG)
+        out[PARETO_PNG] = _plot_pareto(points, title)
     if fidelity["points"]:
-        _plot_fidelity(folder / FIDELITY_PNG, fidelity, title)
-        paths.append(folder / FIDELITY_PNG)
+        out[FIDELITY_PNG] = _plot_fidelity(fidelity, title)
+    return out
+
+
+def write_artifacts(folder: Path, table: Sequence[Mapping[str, Any]], points: Sequence[Mapping[str, Any]],
+                    fidelity: Mapping[str, Any], run_budget: float | None, title: str) -> list[Path]:
+    """best_per_budget (md, csv), curve_points.csv, pareto_curves.png, proxy_fidelity (json, png) as files."""
+    paths = []
+    for name, text in artifact_texts(table, points, fidelity, run_budget, title).items():
+        (folder / name).write_text(text)
+        paths.append(folder / name)
+    for name, fig in figures(points, fidelity, title).items():
+        fig.savefig(folder / name, **FIGURE_SAVE)
+        paths.append(folder / name)
     return paths
+
+
+def log_artifacts(client: Any, run_id: str, table: Sequence[Mapping[str, Any]],
+                  points: Sequence[Mapping[str, Any]], fidelity: Mapping[str, Any], run_budget: float | None,
+                  title: str) -> None:
+    """The files of :func:`write_artifacts`, logged straight to ``recommendation/`` of ``run_id``
+    (``MlflowClient.log_text`` / ``log_figure``: no local folder)."""
+    for name, text in artifact_texts(table, points, fidelity, run_budget, title).items():
+        client.log_text(run_id, text, f"{ARTIFACT_DIR}/{name}")
+    for name, fig in figures(points, fidelity, title).items():
+        client.log_figure(run_id, fig, f"{ARTIFACT_DIR}/{name}", save_kwargs=FIGURE_SAVE)
 
 
 def _figure(width: float = 7.0, height: float = 4.5) -> Any:
@@ -254,7 +278,7 @@ def _figure(width: float = 7.0, height: float = 4.5) -> Any:
     return fig
 
 
-def _plot_pareto(path: Path, points: Sequence[Mapping[str, Any]], title: str) -> None:
+def _plot_pareto(points: Sequence[Mapping[str, Any]], title: str) -> Any:
     fig = _figure()
     fig.subplots_adjust(left=0.13, right=0.72, top=0.9, bottom=0.12)
     ax = fig.add_subplot()
@@ -276,10 +300,10 @@ def _plot_pareto(path: Path, points: Sequence[Mapping[str, Any]], title: str) ->
     ax.set_ylabel("predicted damage (AutoQuant score)")
     ax.set_title(f"{title}: budget curves", fontsize=9)
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.savefig(path, dpi=100, metadata={"Software": None})
+    return fig
 
 
-def _plot_fidelity(path: Path, fidelity: Mapping[str, Any], title: str) -> None:
+def _plot_fidelity(fidelity: Mapping[str, Any], title: str) -> Any:
     fig = _figure(6.0, 4.2)
     fig.subplots_adjust(left=0.15, right=0.97, top=0.88, bottom=0.13)
     ax = fig.add_subplot()
@@ -297,7 +321,7 @@ def _plot_fidelity(path: Path, fidelity: Mapping[str, Any], title: str) -> None:
     ax.set_ylabel("eval_loss_delta (nats, measured)")
     ax.set_title(f"{title}: proxy fidelity" + (f", Spearman {rho:.3f}" if _finite(rho) else ""), fontsize=9)
     ax.legend(fontsize=7)
-    fig.savefig(path, dpi=100, metadata={"Software": None})
+    return fig
 
 
 def fidelity_objective(objective: str) -> str:
@@ -313,7 +337,7 @@ def summarise_sweep(client: Any, parent_run_id: str, runs: Sequence[Any], rows: 
     ``rows`` are :func:`autoquant_sweep.tracking.summary.child_rows` of ``runs`` (enriched here).
     Returns what :func:`outcome_lines` prints.
     """
-    import tempfile
+    from mlflow.entities import Metric, RunTag
 
     enrich_rows(rows, runs)
     points = curve_points(client, rows)
@@ -321,12 +345,11 @@ def summarise_sweep(client: Any, parent_run_id: str, runs: Sequence[Any], rows: 
     budgets = {r["budget"] for r in rows if _finite(r.get("budget"))}
     run_budget = budgets.pop() if len(budgets) == 1 else None
     fidelity = proxy_fidelity(rows, fidelity_objective(objective))
+    log_artifacts(client, parent_run_id, table, points, fidelity, run_budget, title)
+    metrics = {"proxy_fidelity_n": float(fidelity["n"])}
     if _finite(fidelity["spearman"]):
-        client.log_metric(parent_run_id, "proxy_fidelity_spearman", fidelity["spearman"])
-    client.log_metric(parent_run_id, "proxy_fidelity_n", float(fidelity["n"]))
-    with tempfile.TemporaryDirectory(prefix="aqs-recommend-") as tmp:
-        write_artifacts(Path(tmp), table, points, fidelity, run_budget, title)
-        client.log_artifacts(parent_run_id, tmp, ARTIFACT_DIR)
+        metrics["proxy_fidelity_spearman"] = fidelity["spearman"]
+    tags: dict[str, str] = {}
     result: dict[str, Any] = {"table": table, "fidelity": fidelity, "run_budget": run_budget,
                               "registered": None, "rows": rows}
     if registry:
@@ -335,15 +358,20 @@ def summarise_sweep(client: Any, parent_run_id: str, runs: Sequence[Any], rows: 
         registered = register_best(client, rows, objective)
         result["registered"] = registered
         if registered is not None:
-            client.log_metric(parent_run_id, f"best_{objective}", registered["value"])
-            client.set_tag(parent_run_id, "registered_model", registered["name"])
-            client.set_tag(parent_run_id, "registered_version", str(registered["version"]))
-            client.set_tag(parent_run_id, "best_run_id", registered["run_id"])
-            client.set_tag(parent_run_id, "best_selected_run_id", registered["selected_run_id"])
-            client.set_tag(parent_run_id, "best_alias_moved", str(registered["alias_moved"]).lower())
+            metrics[f"best_{objective}"] = registered["value"]
+            tags.update({
+                "registered_model": registered["name"],
+                "registered_version": str(registered["version"]),
+                "best_run_id": registered["run_id"],
+                "best_selected_run_id": registered["selected_run_id"],
+                "best_alias_moved": str(registered["alias_moved"]).lower(),
+            })
             if registered["band_alias"]:
-                client.set_tag(parent_run_id, "band_alias", registered["band_alias"])
-                client.set_tag(parent_run_id, "band_alias_moved", str(registered["band_moved"]).lower())
+                tags["band_alias"] = registered["band_alias"]
+                tags["band_alias_moved"] = str(registered["band_moved"]).lower()
+    now = int(time.time() * 1000)
+    client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                     tags=[RunTag(k, v) for k, v in tags.items()])  # one request for the sweep's answer
     return result
 
 

@@ -13,7 +13,6 @@ import logging
 import math
 import re
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -356,17 +355,42 @@ def child_description(c: Mapping[str, Any], manifest: Mapping[str, Any], *, cach
     return "\n".join(lines) + "\n"
 
 
-def _log_batch(
-    client: Any, run_id: str, params: Mapping[str, str], metrics: list, tags: Mapping[str, str]
-) -> None:
+# MLflow's per-request limits of ``log_batch`` (documented in ``MlflowClient.log_batch``)
+BATCH_MAX_ENTITIES, BATCH_MAX_PARAMS, BATCH_MAX_TAGS = 1000, 100, 100
+
+
+def batches(params: Mapping[str, str], metrics: list, tags: Mapping[str, str]
+            ) -> list[tuple[list, list, list]]:
+    """``(metrics, params, tags)`` chunks of one run's values, each within MLflow's ``log_batch`` limits:
+    at most 100 params, 100 tags and 1000 values in all per request, so a run takes as few requests as
+    possible (one for the tiny model's ~150 values).
+
+    Example:
+        >>> params, metrics = {f"p{i}": "v" for i in range(150)}, [("m", 1.0, i) for i in range(1500)]
+        >>> [(len(m), len(p), len(t)) for m, p, t in batches(params, metrics, {"t": "x"})]
+        [(899, 100, 1), (601, 50, 0)]
+    """
     from mlflow.entities import Metric, Param, RunTag
 
     now = int(time.time() * 1000)
     m = [Metric(k, v, now, s) for k, v, s in metrics]
     p = [Param(k, v) for k, v in params.items()]
     t = [RunTag(k, str(v)) for k, v in tags.items()]
-    for i in range(0, max(len(m), len(p), len(t)), 100):  # MLflow caps a batch at 1000 metrics / 100 params
-        client.log_batch(run_id, metrics=m[i : i + 100], params=p[i : i + 100], tags=t[i : i + 100])
+    out = []
+    while m or p or t or not out:
+        chunk_p, p = p[:BATCH_MAX_PARAMS], p[BATCH_MAX_PARAMS:]
+        chunk_t, t = t[:BATCH_MAX_TAGS], t[BATCH_MAX_TAGS:]
+        room = BATCH_MAX_ENTITIES - len(chunk_p) - len(chunk_t)
+        chunk_m, m = m[:room], m[room:]
+        out.append((chunk_m, chunk_p, chunk_t))
+    return out
+
+
+def _log_batch(
+    client: Any, run_id: str, params: Mapping[str, str], metrics: list, tags: Mapping[str, str]
+) -> None:
+    for chunk_m, chunk_p, chunk_t in batches(params, metrics, tags):
+        client.log_batch(run_id, metrics=chunk_m, params=chunk_p, tags=chunk_t)
 
 
 def per_layer_table(manifest: Mapping[str, Any]) -> dict[str, list]:
@@ -383,19 +407,31 @@ def per_layer_table(manifest: Mapping[str, Any]) -> dict[str, list]:
     }
 
 
-def write_config_artifacts(
-    folder: Path, manifest: Mapping[str, Any], base_format: Any, hydra_yaml: str | None
-) -> None:
-    """effective / base quant config JSON, overrides JSON and the resolved Hydra config into ``folder``."""
+def config_artifacts(manifest: Mapping[str, Any], base_format: Any, hydra_yaml: str | None) -> dict[str, str]:
+    """``{file name: text}`` of the ``config/`` artifacts: effective / base quant config JSON, overrides
+    JSON and the resolved Hydra config.
+
+    The JSON is the project's canonical form (:func:`~autoquant_sweep.report.dump_json`: sorted keys,
+    trailing newline), the bytes ``autoquant-sweep lookup --uniform`` hands out.
+    """
     from autoquant_sweep.quant.overlay import canonical_json
 
     q = manifest["quantization"]
-    (folder / EFFECTIVE_CFG_FILE).write_text(dump_json(q["effective_quant_cfg"]))
+    texts = {EFFECTIVE_CFG_FILE: dump_json(q["effective_quant_cfg"])}
     if base_format is not None:
-        (folder / BASE_CFG_FILE).write_text(dump_json(json.loads(canonical_json(base_format))))
-    (folder / OVERRIDES_FILE).write_text(dump_json(q["overrides"]))
+        texts[BASE_CFG_FILE] = dump_json(json.loads(canonical_json(base_format)))
+    texts[OVERRIDES_FILE] = dump_json(q["overrides"])
     if hydra_yaml is not None:
-        (folder / HYDRA_CFG_FILE).write_text(hydra_yaml)
+        texts[HYDRA_CFG_FILE] = hydra_yaml
+    return texts
+
+
+def write_config_artifacts(
+    folder: Path, manifest: Mapping[str, Any], base_format: Any, hydra_yaml: str | None
+) -> None:
+    """The ``config/`` artifacts (:func:`config_artifacts`) as files in ``folder``."""
+    for name, text in config_artifacts(manifest, base_format, hydra_yaml).items():
+        (folder / name).write_text(text)
 
 
 def _canonical(plan: Any) -> str:
@@ -420,8 +456,6 @@ def log_outcome(
     extra_tags: Mapping[str, str] | None = None,
 ) -> None:
     """Log params, metrics, tags and artifacts of a finished run, then mark it FINISHED."""
-    import mlflow
-
     q = manifest["quantization"]
     tags = base_tags(c, manifest.get("versions"))
     tags.update(
@@ -458,10 +492,9 @@ def log_outcome(
         client.log_artifact(run_id, str(path), REPORT_ARTIFACT_DIR)
     if (report_dir / RECIPE_DIR).is_dir():  # recipe/quant_cfg.json, budget_curve.json / .png
         client.log_artifacts(run_id, str(report_dir / RECIPE_DIR), RECIPE_DIR)
-    with tempfile.TemporaryDirectory(prefix="aqs-cfg-") as tmp:
-        write_config_artifacts(Path(tmp), manifest, plan.base_format, hydra_yaml)
-        client.log_artifacts(run_id, tmp, CONFIG_ARTIFACT_DIR)
-    mlflow.log_table(data=per_layer_table(manifest), artifact_file=TABLE_FILE, run_id=run_id)
+    for name, text in config_artifacts(manifest, plan.base_format, hydra_yaml).items():
+        client.log_text(run_id, text, f"{CONFIG_ARTIFACT_DIR}/{name}")
+    client.log_table(run_id, data=per_layer_table(manifest), artifact_file=TABLE_FILE)
     client.set_terminated(run_id, "FINISHED")
 
 
@@ -519,10 +552,9 @@ def log_failure(client: Any, run_id: str, c: Mapping[str, Any] | None, reason: s
     try:
         _log_batch(client, run_id, params, [], tags)
         try:
-            with tempfile.TemporaryDirectory(prefix="aqs-fail-") as tmp:
-                (Path(tmp) / "plan.json").write_text(dump_json(failure_plan(c, reason, kind)))
-                (Path(tmp) / "reason.txt").write_text((reason or kind) + "\n")
-                client.log_artifacts(run_id, tmp, FAILURE_ARTIFACT_DIR)
+            plan = dump_json(failure_plan(c, reason, kind))
+            client.log_text(run_id, plan, f"{FAILURE_ARTIFACT_DIR}/plan.json")
+            client.log_text(run_id, (reason or kind) + "\n", f"{FAILURE_ARTIFACT_DIR}/reason.txt")
             if c is not None:
                 client.update_run(run_id, name=run_name(c, {"input_error": "bad input"}.get(kind, kind)))
         except Exception as exc:  # the FAILED status and reason tag matter more than the extras

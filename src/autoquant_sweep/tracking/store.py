@@ -264,7 +264,7 @@ def connect(settings: TrackingSettings) -> Any:
     from mlflow.tracking import MlflowClient
 
     _log_store(settings)
-    _set_fluent_uri(settings.tracking_uri)
+    use_store(settings.tracking_uri)
     db = sqlite_path(settings.tracking_uri)
     if db is None:
         return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
@@ -288,7 +288,7 @@ def _log_store(settings: TrackingSettings) -> None:
         log.info("MLflow store: %s (from %s)", masked_url(str(settings.tracking_uri)), settings.source)
 
 
-def _set_fluent_uri(uri: str) -> None:
+def use_store(uri: str) -> None:
     """Point MLflow's module-level API (``mlflow.get_tracking_uri()``, ``MlflowClient()``) at ``uri``
     without leaving it in the environment.
 

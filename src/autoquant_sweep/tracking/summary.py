@@ -8,10 +8,10 @@ says how its number came about (``computed``, ``cache hit``, ``no-op``, ``refuse
 
 from __future__ import annotations
 
-import csv
 import math
 import shlex
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ SCIENTIFIC = {"total_sensitivity", "constrained_score", "eval_loss_delta", "form
 PERCENT = {"ppl_increase_pct"}
 # cell states of the heatmap besides a value
 REFUSED, FAILED, NOT_TRIED = "refused", "failed", "not tried"
+FIGURE_SAVE = {"dpi": 100, "metadata": {"Software": None}}  # reproducible PNG bytes
 
 
 def heatmap_name(objective: str) -> str:
@@ -79,35 +80,70 @@ def sort_rows(rows: Sequence[Mapping[str, Any]], objective: str) -> list[dict[st
     return [dict(r) for r in sorted(rows, key=_sort_key(objective))]
 
 
-def child_rows(runs: Sequence[Any], objective: str = "total_sensitivity") -> list[dict[str, Any]]:
-    """One row per child run (MLflow ``Run`` objects), best ``objective`` first."""
-    rows = []
-    for run in runs:
-        p, t, m = run.data.params, run.data.tags, run.data.metrics
-        gran = p.get("quant_granularity", t.get("quant_granularity", "?"))
-        row: dict[str, Any] = {
-            "run_id": run.info.run_id,
-            "run_name": run.info.run_name or t.get("mlflow.runName", ""),
-            "quant_pair": p.get("quant_pair", t.get("quant_pair", "?")),
-            "quant_granularity": gran,
-            "granularity": gran,  # older key, kept for callers that still read it
-            "dataset_size": p.get("dataset_size", t.get("dataset_size", "?")),
-            "status": run.info.status,
-            "cache_hit": t.get("cache_hit", ""),
-            "cache_source_run_id": t.get("cache_source_run_id", ""),
-            "overlay_status": t.get("overlay_status", ""),
-            "canonical_granularity": t.get("canonical_granularity", ""),
-            "failure_kind": t.get("failure_kind", ""),
-            "failure_reason": t.get("failure_reason", ""),
-            "model": p.get("model", t.get("model", "")),
-            "dataset": p.get("dataset", ""),
-            "start_time": run.info.start_time,
-        }
-        for key in (*OBJECTIVE_COLUMNS, *OPTIONAL_COLUMNS):
-            row[key] = m.get(key, math.nan) if run.info.status == "FINISHED" else math.nan
-        row["outcome"] = outcome(row)
-        rows.append(row)
+def _child_row(info: Mapping[str, Any], p: Mapping[str, str], t: Mapping[str, str], m: Mapping[str, float]
+               ) -> dict[str, Any]:
+    gran = p.get("quant_granularity", t.get("quant_granularity", "?"))
+    row: dict[str, Any] = {
+        "run_id": info["run_id"],
+        "run_name": info.get("run_name") or t.get("mlflow.runName", ""),
+        "quant_pair": p.get("quant_pair", t.get("quant_pair", "?")),
+        "quant_granularity": gran,
+        "granularity": gran,  # older key, kept for callers that still read it
+        "dataset_size": p.get("dataset_size", t.get("dataset_size", "?")),
+        "status": info["status"],
+        "cache_hit": t.get("cache_hit", ""),
+        "cache_source_run_id": t.get("cache_source_run_id", ""),
+        "overlay_status": t.get("overlay_status", ""),
+        "canonical_granularity": t.get("canonical_granularity", ""),
+        "failure_kind": t.get("failure_kind", ""),
+        "failure_reason": t.get("failure_reason", ""),
+        "model": p.get("model", t.get("model", "")),
+        "dataset": p.get("dataset", ""),
+        "start_time": info.get("start_time"),
+    }
+    for key in (*OBJECTIVE_COLUMNS, *OPTIONAL_COLUMNS):
+        row[key] = float(m.get(key, math.nan)) if info["status"] == "FINISHED" else math.nan
+    row["outcome"] = outcome(row)
+    return row
+
+
+def _frame_runs(frame: Any) -> list[tuple[dict, dict, dict, dict]]:
+    """(info, params, tags, metrics) of each row of an ``mlflow.search_runs`` DataFrame (missing cells
+    dropped: a column exists when any run has the key)."""
+    out = []
+    for record in frame.to_dict("records"):
+        def group(prefix: str, record: dict = record) -> dict:
+            return {k[len(prefix):]: v for k, v in record.items()
+                    if k.startswith(prefix) and v is not None and v == v}  # v == v: not NaN
+        start = record.get("start_time")
+        info = {"run_id": record["run_id"], "status": record["status"],
+                "start_time": int(start.timestamp() * 1000) if hasattr(start, "timestamp") else start}
+        out.append((info, group("params."), group("tags."), group("metrics.")))
+    return out
+
+
+def child_rows(runs: Any, objective: str = "total_sensitivity") -> list[dict[str, Any]]:
+    """One row per child run, best ``objective`` first: ``runs`` are MLflow ``Run`` objects or the
+    DataFrame of ``mlflow.search_runs`` (:func:`search_children`)."""
+    if hasattr(runs, "to_dict"):  # a pandas DataFrame
+        rows = [_child_row(info, p, t, m) for info, p, t, m in _frame_runs(runs)]
+    else:
+        rows = [_child_row({"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
+                            "start_time": r.info.start_time}, r.data.params, r.data.tags, r.data.metrics)
+                for r in runs]
     return sort_rows(rows, objective)
+
+
+def search_children(client: Any, experiment_id: str, parent_run_id: str) -> Any:
+    """The child runs of a sweep as MLflow's own runs table (``mlflow.search_runs``, pandas DataFrame:
+    ``run_id``, ``status``, ``params.*``, ``metrics.*``, ``tags.*``) from ``client``'s store."""
+    import mlflow
+
+    from autoquant_sweep.tracking.store import use_store
+
+    use_store(client.tracking_uri)  # mlflow.search_runs reads the module-level store
+    return mlflow.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                              max_results=5000, output_format="pandas")
 
 
 def format_value(column: str, value: Any) -> str:
@@ -133,18 +169,29 @@ def format_value(column: str, value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def write_csv(path: Path, rows: Sequence[dict[str, Any]], objective: str = "total_sensitivity") -> None:
-    """Every child as a CSV row, best first (numbers as Python float reprs, empty when not finished)."""
+def summary_frame(rows: Sequence[dict[str, Any]], objective: str = "total_sensitivity") -> Any:
+    """Every child as one DataFrame row, best first: :data:`COLUMNS`, then the optional metrics some run
+    measured; unfinished values are empty cells (what ``sweep_summary.csv`` holds)."""
+    import pandas as pd
+
     extra = [c for c in OPTIONAL_COLUMNS if any(_finite(r.get(c)) for r in rows)]
-    fields = [*COLUMNS, *extra]
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
-        writer.writeheader()
-        for row in sort_rows(rows, objective):
-            out = {k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
-            out["quant_granularity"] = _granularity(row)
-            out.setdefault("outcome", outcome(row))
-            writer.writerow(out)
+    records = []
+    for row in sort_rows(rows, objective):
+        record = {**row, "quant_granularity": _granularity(row),
+                  "outcome": row.get("outcome") or outcome(row)}
+        records.append({c: record.get(c, "") for c in (*COLUMNS, *extra)})
+    frame = pd.DataFrame.from_records(records, columns=[*COLUMNS, *extra]).astype(object)
+    return frame.where(frame.notna(), "")
+
+
+def csv_text(rows: Sequence[dict[str, Any]], objective: str = "total_sensitivity") -> str:
+    """``sweep_summary.csv``: numbers as Python float reprs, empty when not finished."""
+    return summary_frame(rows, objective).to_csv(index=False, lineterminator="\n")
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], objective: str = "total_sensitivity") -> None:
+    """Every child as a CSV row, best first (:func:`csv_text`)."""
+    path.write_text(csv_text(rows, objective))
 
 
 def _finite(value: Any) -> bool:
@@ -152,7 +199,13 @@ def _finite(value: Any) -> bool:
 
 
 def write_markdown(path: Path, rows: Sequence[dict[str, Any]], objective: str, title: str) -> None:
-    """Every child as a Markdown table, best ``objective`` first, with its ratio to the best value."""
+    """Every child as a Markdown table, best ``objective`` first (:func:`markdown_text`)."""
+    path.write_text(markdown_text(rows, objective, title))
+
+
+def markdown_text(rows: Sequence[dict[str, Any]], objective: str, title: str) -> str:
+    """``sweep_summary.md``: every child as a Markdown table, best ``objective`` first, with its ratio to
+    the best value (rendered here: ``DataFrame.to_markdown`` would need ``tabulate``, not installed)."""
     rows = sort_rows(rows, objective)
     others = [c for c in OBJECTIVE_COLUMNS if c != objective]
     extra = [c for c in OPTIONAL_COLUMNS if any(_finite(r.get(c)) for r in rows)]
@@ -179,7 +232,7 @@ def write_markdown(path: Path, rows: Sequence[dict[str, Any]], objective: str, t
                  format_value("", r.get("outcome") or outcome(r)), f"`{str(r.get('run_id', ''))[:8]}`",
                  format_value("", r.get("failure_reason", ""))]
         lines.append("| " + " | ".join(cells) + " |")
-    path.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def heatmap_cells(rows: Sequence[Mapping[str, Any]], objective: str) -> tuple[list, list, dict]:
@@ -208,17 +261,22 @@ def heatmap_cells(rows: Sequence[Mapping[str, Any]], objective: str) -> tuple[li
 
 
 def write_heatmap(path: Path, rows: Sequence[dict[str, Any]], objective: str, title: str) -> None:
-    """Objective over quant_pair (rows) x quant_granularity (columns) on a log colour scale.
+    """The heatmap (:func:`heatmap_figure`) as a PNG file."""
+    heatmap_figure(rows, objective, title).savefig(path, **FIGURE_SAVE)
+
+
+def heatmap_figure(rows: Sequence[dict[str, Any]], objective: str, title: str) -> Any:
+    """Objective over quant_pair (rows) x quant_granularity (columns) on a log colour scale (a matplotlib
+    ``Figure``, no pyplot state).
 
     Each cell reads its value and its ratio to the best; the best cell is framed; refused (hatched),
     failed (cross-hatched), never tried (blank) and no-op (dashed frame, "no-op") cells differ.
     """
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import LogNorm, Normalize
+    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     pairs, grans, cells = heatmap_cells(rows, objective)
@@ -235,7 +293,9 @@ def write_heatmap(path: Path, rows: Sequence[dict[str, Any]], objective: str, ti
         norm = Normalize(vmin=finite.min() if len(finite) else 0, vmax=finite.max() if len(finite) else 1)
         scale = "linear scale"
     best = float(finite.min()) if len(finite) else math.nan
-    fig, ax = plt.subplots(figsize=(max(5.5, 1.35 * len(grans) + 3.2), max(3.2, 0.62 * len(pairs) + 2.2)))
+    fig = Figure(figsize=(max(5.5, 1.35 * len(grans) + 3.2), max(3.2, 0.62 * len(pairs) + 2.2)))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     cmap = matplotlib.colormaps["viridis_r"].with_extremes(bad="white")
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto")
     ax.set_xticks(range(len(grans)), grans, rotation=30, ha="right", fontsize=8)
@@ -269,8 +329,7 @@ def write_heatmap(path: Path, rows: Sequence[dict[str, Any]], objective: str, ti
     fig.colorbar(image, ax=ax, label=f"{objective} ({scale}; lower is better)")
     ax.set_title(f"{title}\nbest = red frame; x N = N times the best; refused ///, failed xxx", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    return fig
 
 
 def write_summary(folder: Path, rows: Sequence[dict[str, Any]], objective: str, title: str) -> list[Path]:
@@ -280,6 +339,16 @@ def write_summary(folder: Path, rows: Sequence[dict[str, Any]], objective: str, 
     write_markdown(paths[1], rows, objective, title)
     write_heatmap(paths[2], rows, objective, title)
     return paths
+
+
+def log_summary(client: Any, run_id: str, rows: Sequence[dict[str, Any]], objective: str, title: str,
+                artifact_dir: str = "summary") -> None:
+    """The files of :func:`write_summary`, logged straight to ``<artifact_dir>/`` of ``run_id``
+    (``MlflowClient.log_text`` / ``log_figure``: no local folder)."""
+    client.log_text(run_id, csv_text(rows, objective), f"{artifact_dir}/{SUMMARY_CSV}")
+    client.log_text(run_id, markdown_text(rows, objective, title), f"{artifact_dir}/{SUMMARY_MD}")
+    client.log_figure(run_id, heatmap_figure(rows, objective, title),
+                      f"{artifact_dir}/{heatmap_name(objective)}", save_kwargs=FIGURE_SAVE)
 
 
 # ------------------------------------------------------------------------------- parent description
@@ -396,32 +465,31 @@ def set_parent_description(client: Any, parent_run_id: str, container: Mapping[s
 
     log = logging.getLogger("autoquant_sweep.tracking")
     try:
+        from mlflow.entities import Metric, Param, RunTag
+
         from autoquant_sweep.tracking.callbacks import primary_metric
 
         objective = primary_metric(container["autoquant"]["objective"])
         parent = client.get_run(parent_run_id)
         experiment_id = parent.info.experiment_id
-        runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                                  max_results=5000)
-        rows = child_rows(runs, objective)
+        rows = child_rows(search_children(client, experiment_id, parent_run_id), objective)
         tags = parent.data.tags
-        best_id = tags.get("best_run_id")
-        best_run = next((r for r in runs if r.info.run_id == best_id), None)
-        if best_run is None:
-            finished = [r for r in rows if r.get("status") == "FINISHED" and _finite(r.get(objective))]
-            best_run = next((r for r in runs if finished and r.info.run_id == finished[0]["run_id"]), None)
+        finished = [r for r in rows if r.get("status") == "FINISHED" and _finite(r.get(objective))]
+        best_id = tags.get("best_run_id") or (finished[0]["run_id"] if finished else None)
+        best_run = client.get_run(best_id) if best_id else None
         command = sweep_command()
         text = parent_description(rows, objective, experiment_id=experiment_id, parent_tags=tags,
                                   best_run=best_run, budget=container["autoquant"].get("effective_bits"),
                                   command=command)
         if stopped:
             text = f"{stopped} (nothing registered from this sweep)\n\n{text}"
-        client.set_tag(parent_run_id, NOTE_TAG, text)
-        if "sweep_command" not in parent.data.params and command:
-            client.log_param(parent_run_id, "sweep_command", command[:6000])
-        if best_run is not None:
-            value = best_run.data.metrics.get(objective)
-            if _finite(value) and value > 0:
-                client.log_metric(parent_run_id, f"log10_best_{objective}", round(math.log10(value), 3))
+        params = [Param("sweep_command", command[:6000])] if command and \
+            "sweep_command" not in parent.data.params else []
+        metrics = []
+        value = best_run.data.metrics.get(objective) if best_run is not None else None
+        if _finite(value) and value > 0:
+            metrics.append(Metric(f"log10_best_{objective}", round(math.log10(value), 3),
+                                  int(time.time() * 1000), 0))
+        client.log_batch(parent_run_id, metrics=metrics, params=params, tags=[RunTag(NOTE_TAG, text)])
     except Exception as exc:  # a description must never fail a sweep
         log.warning("could not write the sweep's description: %s", exc)
