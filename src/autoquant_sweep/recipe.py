@@ -235,30 +235,3 @@ def recipe_json(quant_cfg: Mapping[str, Any]) -> dict[str, Any]:
     from autoquant_sweep.quant.overlay import canonical_json
 
     return json.loads(canonical_json(quant_cfg))
-
-
-def plot_curve(path: Any, curve: Sequence[Mapping[str, Any]], title: str, run_budget: float) -> None:
-    """Predicted score against achieved effective bits, one marker per budget (hollow: unsatisfied)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 3.6))
-    FigureCanvasAgg(fig)
-    fig.subplots_adjust(left=0.14, right=0.97, top=0.88, bottom=0.15)
-    ax = fig.add_subplot()
-    ok = [p for p in curve if p["satisfied"]]
-    bad = [p for p in curve if not p["satisfied"]]
-    ax.plot([p["achieved_effective_bits"] for p in ok], [p["predicted_score"] for p in ok], "o-",
-            color="tab:blue", label="recipe fits the budget")
-    if bad:
-        ax.plot([p["achieved_effective_bits"] for p in bad], [p["predicted_score"] for p in bad], "o",
-                mfc="none", color="tab:red", label="budget infeasible (all quantized)")
-    ax.axvline(run_budget, color="grey", lw=0.8, ls="--", label=f"run budget {run_budget:g}")
-    if any(p["predicted_score"] > 0 for p in curve):
-        ax.set_yscale("symlog", linthresh=max(1e-12, min(
-            (p["predicted_score"] for p in curve if p["predicted_score"] > 0), default=1e-9)))
-    ax.set_xlabel("achieved effective bits")
-    ax.set_ylabel("predicted damage (AutoQuant score)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.savefig(path, dpi=100, metadata={"Software": None})

@@ -1,0 +1,43 @@
+"""The report's two PNGs (per-layer bars, budget curve): drawn, sized, byte-stable, any score sign."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from autoquant_sweep.report import PNG_DPI, plot_budget_curve, plot_sensitivity
+
+
+def _manifest(scores: list[float]) -> dict:
+    return {
+        "per_layer": [{"group": f"model.layers.{i}.mlp.down_proj", "score": s} for i, s in enumerate(scores)],
+        "quantization": {"pair": "wint8_aint8", "granularity": "default"},
+        "model": {"name": "qwen3_tiny"},
+        "dataset": {"size": "small"},
+        "autoquant": {"method": "gradient"},
+    }
+
+
+def _png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.mark.parametrize("scores", [[3e-8, 1e-6, 2e-7, 5e-9], [0.0, 1e-6, 2e-7], [-1e-9, 2e-9]])
+def test_per_layer_png_is_drawn_and_byte_stable(tmp_path, scores):
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    plot_sensitivity(first, _manifest(scores))
+    plot_sensitivity(second, _manifest(scores))
+    assert _png_size(first) == (8 * PNG_DPI, round(max(3.0, 0.28 * len(scores) + 1.2) * PNG_DPI))
+    assert first.read_bytes() == second.read_bytes()  # no timestamp / software metadata in the file
+
+
+@pytest.mark.parametrize("scores", [[1e-6, 3e-7, 0.0], [0.0, 0.0]])
+def test_budget_curve_png_is_drawn(tmp_path, scores):
+    curve = [{"achieved_effective_bits": 8.8 + 2 * i, "predicted_score": s, "satisfied": i > 0}
+             for i, s in enumerate(scores)]
+    path = tmp_path / "curve.png"
+    plot_budget_curve(path, curve, "qwen3_tiny | wint8_aint8 | default: budget curve", 10.0)
+    assert _png_size(path) == (6 * PNG_DPI, round(3.6 * PNG_DPI))
