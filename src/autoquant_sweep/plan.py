@@ -125,9 +125,8 @@ def plan_device(requested: str) -> str:
     """
     if requested in ("auto", "cuda") and not _gpu_driver_present():
         if requested == "cuda":
-            raise UserInputError(
-                "autoquant.device=cuda but this machine has no GPU driver (no /dev/nvidia*), so torch sees "
-                "no CUDA device; use autoquant.device=cpu or auto"
+            raise UserInputError(  # the words of modeling.resolve_device, which says it after importing torch
+                "autoquant.device=cuda but torch sees no CUDA device; use autoquant.device=cpu or auto"
             )
         return "cpu"
     return resolve_device(requested)
