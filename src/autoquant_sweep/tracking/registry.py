@@ -200,13 +200,14 @@ def register_best(client: Any, rows: Sequence[Mapping[str, Any]], objective: str
 
 def _recipe_summary(client: Any, run_id: str) -> dict[str, Any]:
     """The ``recipe`` section of a run's manifest (empty when it has none)."""
+    import mlflow.artifacts
+
     from autoquant_sweep.report import MANIFEST
     from autoquant_sweep.tracking.run_logging import REPORT_ARTIFACT_DIR
 
     try:
-        with tempfile.TemporaryDirectory(prefix="aqs-reg-") as tmp:
-            path = client.download_artifacts(run_id, f"{REPORT_ARTIFACT_DIR}/{MANIFEST}", tmp)
-            return json.loads(Path(path).read_text()).get("recipe") or {}
+        uri = f"{client.get_run(run_id).info.artifact_uri}/{REPORT_ARTIFACT_DIR}/{MANIFEST}"
+        return mlflow.artifacts.load_dict(uri).get("recipe") or {}
     except Exception:  # a run without a report: counts stay "?"-free zeros
         return {}
 

@@ -31,6 +31,7 @@ HYDRA_CFG_FILE = "config.yaml"
 TABLE_FILE = "per_layer_table.json"
 LAYER_SCORE_METRIC = "layer_score"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (Markdown)
+RUN_NAME_TAG = "mlflow.runName"  # set in a log_batch, MLflow also renames the run
 FAILURE_ARTIFACT_DIR = "failure"
 # metrics too small to read in MLflow's table and charts (2.47e-7 shows as "2.47300962..."): each also
 # gets ``log10_<name>`` (-6.61), which sorts the same way and reads at a glance
@@ -485,8 +486,8 @@ def log_outcome(
     metrics = manifest_metrics(manifest)
     metrics += readable_metrics(metrics)
     params = run_params(c, plan.batch_plan, effect=overlay_effect(c, plan.base_format))
+    tags[RUN_NAME_TAG] = run_name(c, status)  # the tag renames the run: no separate update_run request
     _log_batch(client, run_id, params, metrics, tags)
-    client.update_run(run_id, name=run_name(c, status))
     files = [report_dir / name for name in REPORT_FILES if (report_dir / name).is_file()]
     for path in files:
         client.log_artifact(run_id, str(path), REPORT_ARTIFACT_DIR)
@@ -546,6 +547,7 @@ def log_failure(client: Any, run_id: str, c: Mapping[str, Any] | None, reason: s
         try:
             tags.update(base_tags(c))
             params = run_params(c, status=kind)
+            tags[RUN_NAME_TAG] = run_name(c, {"input_error": "bad input"}.get(kind, kind))
         except (KeyError, TypeError):
             pass
     tags["cache_hit"] = "false"
@@ -555,8 +557,6 @@ def log_failure(client: Any, run_id: str, c: Mapping[str, Any] | None, reason: s
             plan = dump_json(failure_plan(c, reason, kind))
             client.log_text(run_id, plan, f"{FAILURE_ARTIFACT_DIR}/plan.json")
             client.log_text(run_id, (reason or kind) + "\n", f"{FAILURE_ARTIFACT_DIR}/reason.txt")
-            if c is not None:
-                client.update_run(run_id, name=run_name(c, {"input_error": "bad input"}.get(kind, kind)))
         except Exception as exc:  # the FAILED status and reason tag matter more than the extras
             log.warning("could not log the failure details of run %s: %s", run_id, exc)
     finally:
