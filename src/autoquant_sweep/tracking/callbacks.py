@@ -69,6 +69,23 @@ def _exit_one_line(exc: BaseException | str) -> None:
     sys.exit(2)
 
 
+def sweep_end_status(in_flight: BaseException | None) -> tuple[str, str | None]:
+    """The parent run's status and ``failure_reason`` at the sweep's end, from the exception in flight.
+
+    A stop from outside (SIGTERM, Ctrl-C; also one swallowed earlier) -> ``KILLED``; another exception
+    (not a clean ``SystemExit``) -> ``FAILED``; none -> ``FINISHED``.
+    """
+    from autoquant_sweep import faults
+
+    if in_flight is not None:
+        faults.record_stop(in_flight)
+    if faults.stop_requested():  # finished children are summarised, the parent ends KILLED
+        return "KILLED", f"sweep stopped: {faults.stop_reason() or 'interrupted'}"
+    if in_flight is not None and not (isinstance(in_flight, SystemExit) and not in_flight.code):
+        return "FAILED", f"sweep stopped on an error: {_first_line(in_flight)}"
+    return "FINISHED", None
+
+
 class MlflowSweepCallback(Callback):
     """One MLflow parent run per multirun; summary and registry update at its end."""
 
@@ -171,46 +188,58 @@ class MlflowSweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Summary, registry update and the parent's status; Hydra calls it from a ``finally``.
 
-        The exception in flight (if any) decides: none -> FINISHED and registered; SIGTERM / Ctrl-C ->
-        KILLED, nothing registered; another error -> FAILED, nothing registered. Finished children are
-        summarised in every case. A failed summary / registry update of a sweep that otherwise ended well
-        is one line on stderr and exit status 2 (parent FAILED, ``failure_reason`` tag).
+        The exception in flight (if any) decides (:func:`sweep_end_status`): none -> FINISHED and
+        registered; SIGTERM / Ctrl-C -> KILLED, nothing registered; another error -> FAILED, nothing
+        registered. Finished children are summarised in every case. A failed summary / registry update of a
+        sweep that otherwise ended well is one line on stderr and exit status 2 (parent FAILED,
+        ``failure_reason`` tag).
         """
-        from autoquant_sweep import faults
         from autoquant_sweep.tracking.store import PARENT_RUN_ENV
+        from autoquant_sweep.tracking.summary import set_parent_description
 
         if self.client is None or self.parent_run_id is None:
             return
         os.environ.pop(PARENT_RUN_ENV, None)
         self._ended = True
         in_flight = sys.exc_info()[1]  # set while Hydra's ``finally`` runs for a failed / stopped sweep
-        if in_flight is not None:
-            faults.record_stop(in_flight)
-        status, reason, error = "FINISHED", None, None
-        if faults.stop_requested():  # finished children are summarised, the parent ends KILLED
-            status, reason = "KILLED", f"sweep stopped: {faults.stop_reason() or 'interrupted'}"
-        elif in_flight is not None and not (isinstance(in_flight, SystemExit) and not in_flight.code):
-            status, reason = "FAILED", f"sweep stopped on an error: {_first_line(in_flight)}"
+        status, reason = sweep_end_status(in_flight)
         if status != "FINISHED" and self.settings.registry:  # nothing is registered from it
             self.settings = dataclasses.replace(self.settings, registry=False)
+        error = self._summary_error(config)
+        if error is not None and status == "FINISHED":
+            status, reason = "FAILED", error
+        set_parent_description(self.client, self.parent_run_id, self.container, stopped=reason)  # winner 1st
+        close_error = self._close_parent(status, reason)  # always closed, whatever failed before
+        error = error or close_error
+        self._tell_outcome(status, reason, error, in_flight)
+
+    def _summary_error(self, config: DictConfig) -> str | None:
+        """Summary, registry update and Optuna plots on the parent; what went wrong, if anything (the
+        sweep's results stay in MLflow either way)."""
         try:
             self._summarise()
             self._optuna_artifacts(config)
-        except Exception as exc:  # the sweep's results stay in MLflow; say why the summary is missing
+        except Exception as exc:
             error = f"sweep summary / registry update failed: {_first_line(exc)}"
             log.error("%s", error)
-            if status == "FINISHED":
-                status, reason = "FAILED", error
-        from autoquant_sweep.tracking.summary import set_parent_description  # winner first, in the UI
+            return error
+        return None
 
-        set_parent_description(self.client, self.parent_run_id, self.container, stopped=reason)
+    def _close_parent(self, status: str, reason: str | None) -> str | None:
+        """End the parent run with ``status`` (and ``failure_reason``); an error message if it could not."""
         try:
             if reason:
                 self.client.set_tag(self.parent_run_id, "failure_reason", reason[:4900])
             self.client.set_terminated(self.parent_run_id, status)
         except Exception as exc:
-            error = error or f"could not close the sweep's parent run: {_first_line(exc)}"
+            error = f"could not close the sweep's parent run: {_first_line(exc)}"
             log.error("%s", error)
+            return error
+        return None
+
+    def _tell_outcome(self, status: str, reason: str | None, error: str | None,
+                      in_flight: BaseException | None) -> None:
+        """The sweep's last words: the best configuration, or why it stopped (exit 2 on its own error)."""
         if status == "FINISHED" and error is None:
             self._print_outcome()
             return
