@@ -230,3 +230,31 @@ def test_summary_rows_from_mlflow_search_runs_frame_equal_rows_from_runs(tmp_pat
     assert child_rows(frame, "constrained_score") == child_rows(runs, "constrained_score") != []
     first = child_rows(frame, "constrained_score")[0]
     assert first["constrained_score"] == 2.5e-7 and first["outcome"] == "cache hit"
+
+
+def test_summary_logged_by_the_mlflow_client_is_byte_identical_to_the_written_files(tmp_path: Path) -> None:
+    from autoquant_sweep.tracking.recommendation import best_per_budget, log_artifacts, write_artifacts
+    from autoquant_sweep.tracking.summary import log_summary, write_summary
+
+    from .test_summary_format import ROWS
+
+    client = connect(settings_from_cfg({"tracking": {"mode": "local",
+                                                     "tracking_uri": f"sqlite:///{tmp_path}/m.db"}}))
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "mlruns").as_uri())
+    parent = client.create_run(experiment).info.run_id
+    points = [{"run_id": "r", "quant_pair": "wint4_afp16", "granularity": "default", "budget": b,
+               "predicted_score": 1e-5 / b, "achieved_effective_bits": b - 0.2, "satisfied": True,
+               "evaluated": b == 10, "run_budget": 10.0, "eval_loss_delta": 0.001, "ppl_increase_pct": 0.1}
+              for b in (6.0, 10.0)]
+    fidelity = {"objective": "constrained_score", "spearman": math.nan, "n": 0, "points": []}
+    log_summary(client, parent, ROWS, "total_sensitivity", "t")
+    log_artifacts(client, parent, best_per_budget(points), points, fidelity, 10.0, "t")
+    (tmp_path / "files").mkdir()
+    written = write_summary(tmp_path / "files", ROWS, "total_sensitivity", "t")
+    written += write_artifacts(tmp_path / "files", best_per_budget(points), points, fidelity, 10.0, "t")
+    logged = Path(client.download_artifacts(parent, "", str(tmp_path / "logged")))
+    assert sorted(p.relative_to(logged).as_posix() for p in logged.rglob("*.*")) == sorted(
+        [f"summary/{p.name}" for p in written[:3]] + [f"recommendation/{p.name}" for p in written[3:]])
+    for path in written:
+        folder = "summary" if path in written[:3] else "recommendation"
+        assert (logged / folder / path.name).read_bytes() == path.read_bytes(), path.name
