@@ -80,25 +80,27 @@ class TrackingSettings:
 
 
 def resolve_tracking_uri(explicit: str | None, configured_default: str | None = None) -> tuple[str, str]:
-    """The store a command uses and where it came from: ``(uri, source)``.
+    """The store a command uses and where it came from: ``(uri, source)``, by :func:`choose_tracking_uri`
+    with this process's ``$MLFLOW_TRACKING_URI``."""
+    return choose_tracking_uri(explicit, os.environ.get(TRACKING_URI_ENV), configured_default)
 
-    One rule for runs, sweeps and the sub-commands: an explicit URI (``tracking.tracking_uri``,
-    ``--tracking-uri``) beats ``$MLFLOW_TRACKING_URI``, which beats the embedded store under the data root
-    (``configured_default``: ``tracking.local_store_uri`` = ``sqlite:///${paths.mlflow_db}``).
+
+def choose_tracking_uri(explicit: str | None, from_env: str | None,
+                        configured_default: str | None = None) -> tuple[str, str]:
+    """One rule for runs, sweeps and the sub-commands: an explicit URI (``tracking.tracking_uri``,
+    ``--tracking-uri``) beats ``$MLFLOW_TRACKING_URI`` (``from_env``), which beats the embedded store under
+    the data root (``configured_default``: ``tracking.local_store_uri`` = ``sqlite:///${paths.mlflow_db}``).
 
     Example:
-        >>> os.environ[TRACKING_URI_ENV] = "http://mlflow:5000"
-        >>> resolve_tracking_uri(None, "sqlite:////w/mlflow.db")
+        >>> choose_tracking_uri(None, "http://mlflow:5000", "sqlite:////w/mlflow.db")
         ('http://mlflow:5000', 'MLFLOW_TRACKING_URI')
-        >>> resolve_tracking_uri("sqlite:////x/m.db", "sqlite:////w/mlflow.db")
+        >>> choose_tracking_uri("sqlite:////x/m.db", "http://mlflow:5000", "sqlite:////w/mlflow.db")
         ('sqlite:////x/m.db', 'tracking.tracking_uri')
-        >>> del os.environ[TRACKING_URI_ENV]
-        >>> resolve_tracking_uri(None, "sqlite:////w/mlflow.db")
+        >>> choose_tracking_uri(None, None, "sqlite:////w/mlflow.db")
         ('sqlite:////w/mlflow.db', 'paths.mlflow_db')
     """
     if explicit:
         return str(explicit), "tracking.tracking_uri"
-    from_env = os.environ.get(TRACKING_URI_ENV)
     if from_env:
         return from_env, TRACKING_URI_ENV
     if configured_default:
