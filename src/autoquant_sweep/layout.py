@@ -61,19 +61,23 @@ def sweep_id() -> str:
 
 
 def data_root() -> Path:
-    """The folder every store and output lives under: ``$AUTOQUANT_SWEEP_ROOT``, else the working directory.
+    """The folder every store and output lives under: ``$AUTOQUANT_SWEEP_ROOT``, else the working directory
+    (:func:`root_from`).
 
     Absolute, so a path derived from it means the same in launcher workers and sub-commands. It is the
     value of ``paths.root_dir`` (the ``${aqs_root:}`` resolver), never the installed checkout: two clones
     sharing one Python environment each keep their own stores when run from their own folders.
+    """
+    return root_from(os.environ.get(ROOT_ENV))
+
+
+def root_from(configured: str | None) -> Path:
+    """``configured`` (``$AUTOQUANT_SWEEP_ROOT``) as an absolute path, else the working directory.
 
     Example:
-        >>> os.environ[ROOT_ENV] = "/data/aqs"; data_root().as_posix()
-        '/data/aqs'
-        >>> del os.environ[ROOT_ENV]; data_root() == Path.cwd()
-        True
+        >>> root_from("/data/aqs").as_posix(), root_from(None) == Path.cwd() == root_from("")
+        ('/data/aqs', True)
     """
-    configured = os.environ.get(ROOT_ENV)
     return Path(configured).expanduser().absolute() if configured else Path.cwd()
 
 
