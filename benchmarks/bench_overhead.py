@@ -3,21 +3,24 @@
     python benchmarks/bench_overhead.py [--trials 7] [--skip-no-eval] [--json out.json] [--profile out.prof]
 
 One process, tiny Qwen3 on CPU. An in-process Optuna sweep (``-m hydra/sweeper=optuna``, grid sampler
-over :data:`CONFIGS`, an in-memory study, MLflow tracking on a throwaway store, reports written, no
-registry) runs the project's task exactly as the main job does. A Hydra callback, right after each job
-ends, runs the raw call on that job's config: a fresh deep copy of one pristine model loaded with
-``from_pretrained``, the same tokenised batches, the same effective format, budget, step counts and
-seed. Framework and raw trials therefore alternate (F R F R ...) and each pair shares whatever load the
-machine has at that moment; the per-pair ratio F / R is reported as median, IQR and min / max, once for
-wall time and once for CPU time (this process's user + system time of all its threads, plus that of
-waited-for child processes such as the CBC solver of the budget curve). On a machine other jobs load,
-wall time mostly measures the others; CPU time measures the work, and is the ratio to read there.
+over :data:`PAIRS` x :data:`GRANULARITIES`, a SQLite study and MLflow tracking on a throwaway store,
+reports written, no registry) runs the project's task exactly as the main job does. A Hydra callback,
+right after each job ends, runs the raw call on that job's config: a fresh deep copy of one pristine
+model loaded with ``from_pretrained``, the same tokenised batches, the same effective format, budget,
+step counts and seed. Framework and raw trials therefore alternate (F R F R ...) and each pair shares
+whatever load the machine has at that moment; the per-pair ratio F / R is reported as median, IQR and
+min / max, once for wall time and once for CPU time (this process's user + system time of all its
+threads, plus that of waited-for child processes such as the CBC solver of the budget curve). On a
+machine other jobs load, wall time mostly measures the others; CPU time measures the work, and is the
+ratio to read there.
 
 * **framework trial** = wall time from the end of the previous raw call to the end of this job: the
   plugin's ``tell`` / ``ask`` and owner hook, Hydra's job set-up (config, folder, log file), the MLflow run
   and cache lookup, the plan, AutoQuant, the recipe and the budget curve, the held-out evaluation (unless
   ``autoquant.evaluate=false``), the report files and plots, MLflow logging;
-* **raw trial** = ``copy.deepcopy(pristine)`` + ``mtq.auto_quantize`` (what ``bench_sweep.py`` calls (a)).
+* **raw trial** = ``copy.deepcopy(pristine)`` + ``mtq.auto_quantize`` (what ``bench_sweep.py`` calls (a));
+* **self ratio** = the framework trial over its own AutoQuant call (``manifest.json`` ``seconds``), the
+  same call as the raw one, timed in the same trial: the least load-sensitive estimate of the overhead.
 
 Pair 0 (model load, first imports, first AutoQuant of the process) is a warm-up, reported apart. The
 sweep runs twice: as configured (evaluation on) and with ``autoquant.evaluate=false``. ``--profile``
@@ -30,6 +33,7 @@ import argparse
 import copy
 import cProfile
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -99,6 +103,10 @@ class Interleave(Callback):
             "framework_autoquant_s": seconds.get("autoquant"),
             "framework_curve_s": seconds.get("budget_curve"),
             "framework_evaluation_s": seconds.get("evaluation"),
+            # the same AutoQuant call, timed inside the framework trial at the same moment: the trial over
+            # its own call is the overhead ratio least disturbed by other jobs' load
+            "self_ratio": framework / seconds["autoquant"] if seconds.get("autoquant") else None,
+            "extra_s": framework - seconds["autoquant"] if seconds.get("autoquant") else None,
             "profiled": profiled,  # cProfile slows Python-heavy code several-fold: left out of the summary
         })
         print(f"[bench] {self.rows[-1]['config']}: framework {framework:.3f} s, raw {raw:.3f} s, "
@@ -176,7 +184,7 @@ def _sweep(work: Path, trials: int, extra: list[str]) -> list[dict[str, Any]]:
     sys.argv = [
         "sensitivity.py", "-m", "hydra/sweeper=optuna", "hydra/sweeper/sampler=grid",
         f"quant_pair=choice({','.join(PAIRS)})", f"quant_granularity=choice({','.join(GRANULARITIES)})",
-        f"hydra.sweeper.n_trials={trials}", "hydra.sweeper.storage=null",
+        f"hydra.sweeper.n_trials={trials}", f"hydra.sweeper.storage=sqlite:///{store}/optuna.db",
         f"hydra.sweeper.study_name=bench-overhead-{store.name}",
         "autoquant.device=cpu", "tracking.registry=false",
         f"tracking.tracking_uri=sqlite:///{store}/mlflow.db", f"tracking.artifact_location={store}/mlruns",
@@ -217,8 +225,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "pairs": len(measured),
         "wall_ratio": _spread([r["ratio"] for r in measured]),
         "cpu_ratio": _spread([r["cpu_ratio"] for r in measured]),
+        "self_ratio": _spread([r["self_ratio"] for r in measured if r["self_ratio"]] or [math.nan]),
+        "autoquant_framework_over_raw": _spread([r["framework_autoquant_s"] / r["raw_s"] for r in measured
+                                                 if r["framework_autoquant_s"]] or [math.nan]),
         **{f"{key}_median": med(key) for key in (
-            "framework_s", "raw_s", "framework_cpu_s", "raw_cpu_s", "framework_autoquant_s",
+            "framework_s", "raw_s", "framework_cpu_s", "raw_cpu_s", "framework_autoquant_s", "extra_s",
             "framework_curve_s", "framework_evaluation_s")},
         "warm_up_pair": rounded(rows[0]),
         "pairs_detail": [rounded(r) for r in measured],
@@ -251,16 +262,18 @@ def main() -> int:
             results[name] = summarise(_sweep(work, args.trials, extra))
             Interleave.profile_path = None  # profile the first sweep only
     for name, summary in results.items():
-        for kind in ("wall", "cpu"):
+        for kind in ("wall", "cpu", "self"):
             spread = summary[f"{kind}_ratio"]
-            print(f"{name}: {kind} framework / raw median {spread['median']:.3f} (IQR {spread['iqr'][0]:.3f}-"
+            what = "framework trial / its own AutoQuant call" if kind == "self" else "framework / raw"
+            print(f"{name}: {kind} {what} median {spread['median']:.3f} (IQR {spread['iqr'][0]:.3f}-"
                   f"{spread['iqr'][1]:.3f}, min {spread['min_max'][0]:.3f}, max {spread['min_max'][1]:.3f}, "
                   f"{summary['pairs']} pairs)")
         print(f"{name}: medians framework {summary['framework_s_median']} s wall / "
               f"{summary['framework_cpu_s_median']} s CPU, raw {summary['raw_s_median']} s wall / "
               f"{summary['raw_cpu_s_median']} s CPU; inside the framework trial: AutoQuant "
               f"{summary['framework_autoquant_s_median']} s, curve {summary['framework_curve_s_median']} s, "
-              f"evaluation {summary['framework_evaluation_s_median']} s (wall)")
+              f"evaluation {summary['framework_evaluation_s_median']} s, everything but AutoQuant "
+              f"{summary['extra_s_median']} s (wall)")
     print(json.dumps(results, indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
