@@ -105,10 +105,18 @@ class _Store:
         self.experiment_id: str | None = None
 
     def connect(self) -> None:
-        from autoquant_sweep.tracking.store import connect, ensure_experiment
+        """Open the store and the experiment; a store that cannot be used is one line naming it."""
+        from autoquant_sweep.tracking.store import connect, ensure_experiment, masked_url
 
-        self.client = connect(self.settings)  # a damaged or unreachable store is one line here
-        self.experiment_id = ensure_experiment(self.client, self.settings)
+        try:
+            self.client = connect(self.settings)  # a damaged or unreachable store says so itself
+            self.experiment_id = ensure_experiment(self.client, self.settings)
+        except UserInputError:
+            raise
+        except Exception as exc:  # MLflow's own error: its first line, with the store it concerns
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:1000]
+            raise UserInputError(f"tracking.tracking_uri: cannot open MLflow store "
+                                 f"'{masked_url(str(self.settings.tracking_uri))}': {first}") from exc
 
     def open_run(self, c: dict[str, Any], *, running: bool) -> str:
         """Create the job's run (a child of the sweep's parent); ``running``: tag its owner process, so a
