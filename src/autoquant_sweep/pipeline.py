@@ -16,12 +16,13 @@ write     manifest and report files, atomically             :mod:`autoquant_swee
 record    the MLflow run: params, metrics, artifacts, tags  :mod:`autoquant_sweep.tracking.run_logging`
 ========  ================================================  =============================================
 
-MLflow is imported only once the plan has passed (lookup). The job's MLflow run is opened ``RUNNING``
-just before compute (so a long trial shows in the UI, and one killed with SIGKILL is found and marked
-``KILLED`` by the next sweep) and filled in after the report is written; a cache hit opens and fills it
-after its report is restored. A job that fails or is stopped after the plan ends ``FAILED`` / ``KILLED``
-with its reason. A plan failure is recorded as a ``FAILED`` run only when ``record_plan_failures`` (a
-sweep's trial must leave its reason in MLflow); a refused single run creates no run at all.
+MLflow is imported only once the plan has passed (lookup). The job's MLflow run (dated from the job's
+start) is opened ``RUNNING`` just before compute (so a long trial shows in the UI, and one killed with
+SIGKILL is found and marked ``KILLED`` by the next sweep) and filled in after the report is written; a
+cache hit opens and fills it after its report is restored. A job that fails or is stopped after the
+plan ends ``FAILED`` / ``KILLED`` with its reason. A plan failure is recorded as a ``FAILED`` run only
+when ``record_plan_failures`` (a sweep's trial must leave its reason in MLflow); a refused single run
+creates no run at all.
 """
 
 from __future__ import annotations
@@ -95,12 +96,27 @@ def failure_kind(exc: BaseException) -> str:
     return "input_error" if isinstance(exc, UserInputError) else "error"
 
 
+class _StartedAt:
+    """An MLflow client whose ``create_run`` dates the run from the job's start, not from the moment
+    it is created (after the plan and the lookup): the run's duration in the UI is the job's."""
+
+    def __init__(self, client: Any, start_ms: int) -> None:
+        self._client, self._start_ms = client, start_ms
+
+    def create_run(self, experiment_id: str, **kwargs: Any) -> Any:
+        return self._client.create_run(experiment_id, **{"start_time": self._start_ms, **kwargs})
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
 class _Store:
     """The MLflow store of one job: connected at lookup (never before the plan passed)."""
 
-    def __init__(self, settings: Any, parent_run_id: str | None) -> None:
+    def __init__(self, settings: Any, parent_run_id: str | None, started: float) -> None:
         self.settings = settings
         self.parent_run_id = parent_run_id
+        self.started_ms = int(started * 1000)  # the job's start (epoch ms): its run's start time
         self.client: Any = None
         self.experiment_id: str | None = None
 
@@ -124,7 +140,8 @@ class _Store:
         from autoquant_sweep.faults import OWNER_TAG, owner
         from autoquant_sweep.tracking.run_logging import start_run
 
-        run_id = start_run(self.client, self.experiment_id, c, self.parent_run_id).info.run_id
+        client = _StartedAt(self.client, self.started_ms)
+        run_id = start_run(client, self.experiment_id, c, self.parent_run_id).info.run_id
         if running:
             self.client.set_tag(run_id, OWNER_TAG, owner())
         log.info("MLflow run %s in experiment '%s' (%s)", run_id, self.settings.experiment_name,
@@ -156,7 +173,7 @@ class _Store:
     def _bare_run(self) -> str:
         """A run for a job whose config could not even be resolved (its reason is all there is)."""
         tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {}
-        return self.client.create_run(self.experiment_id, tags=tags).info.run_id
+        return self.client.create_run(self.experiment_id, start_time=self.started_ms, tags=tags).info.run_id
 
 
 def _container(cfg: DictConfig | dict) -> dict[str, Any] | None:
@@ -167,7 +184,8 @@ def _container(cfg: DictConfig | dict) -> dict[str, Any] | None:
         return None
 
 
-def _record_plan_failure(cfg: DictConfig | dict, exc: BaseException, parent_run_id: str | None) -> None:
+def _record_plan_failure(cfg: DictConfig | dict, exc: BaseException, parent_run_id: str | None,
+                         started: float) -> None:
     from autoquant_sweep.tracking.store import settings_from_cfg
 
     c = _container(cfg)
@@ -176,7 +194,7 @@ def _record_plan_failure(cfg: DictConfig | dict, exc: BaseException, parent_run_
     except UserInputError:  # the tracking settings are what failed: there is no store to record in
         return
     if settings.enabled:
-        _Store(settings, parent_run_id).record_failure(None, c, exc)
+        _Store(settings, parent_run_id, started).record_failure(None, c, exc)
 
 
 def run_job(
@@ -193,13 +211,14 @@ def run_job(
     ``parent_run_id``: the sweep's MLflow parent run. ``record_plan_failures``: record a plan that
     failed as a FAILED run (sweeps); False for a single run, whose refusal creates no MLflow run.
     """
+    started = time.time()
     # plan (no MLflow, torch or model until the plan's last gate)
     try:
         plan = plan_run(cfg)
         destination = report_destination(plan, run_dir)
     except BaseException as exc:
         if record_plan_failures:
-            _record_plan_failure(cfg, exc, parent_run_id)
+            _record_plan_failure(cfg, exc, parent_run_id, started)
         raise
     from autoquant_sweep.tracking.store import settings_from_cfg
 
@@ -207,7 +226,7 @@ def run_job(
     if not settings.enabled:
         log.info("tracking=off: MLflow is not used for this run")
         return _compute_and_write(plan, destination, cache)
-    store = _Store(settings, parent_run_id)
+    store = _Store(settings, parent_run_id, started)
     store.connect()  # a store that cannot be used is one line; nothing can be recorded in it
     run_id: str | None = None
     try:

@@ -21,7 +21,6 @@ import copy
 import logging
 import math
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,8 +65,6 @@ class RunPlan:
     min_effective_bits: float | None = None
     # (source, captions) of the held-out split the run evaluates on; None: nothing is evaluated
     eval_split: tuple[str, list[str]] | None = None
-    # wall-clock time (epoch seconds) the plan started: the job's start, for its MLflow run
-    started_at: float = field(default_factory=time.time)
 
     @property
     def quantization(self) -> dict[str, Any]:
@@ -298,7 +295,6 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
     from autoquant_sweep.quant.overlay import OverlayError, validate_overrides
     from autoquant_sweep.tracking.store import settings_from_cfg
 
-    started_at = time.time()
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
     # 1. settings: value domains (method, device, counts, ranges, objective, ...), names, tracking
     validate_settings(c)
@@ -386,7 +382,6 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
         versions=versions,
         min_effective_bits=min_bits,
         eval_split=split,
-        started_at=started_at,
     )
 
 

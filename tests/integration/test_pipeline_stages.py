@@ -134,3 +134,30 @@ def test_refused_single_run_is_one_line_exit_2_and_leaves_nothing(tmp_path: Path
                 if line.startswith("import time:")}
     assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
     assert list(tmp_path.iterdir()) == []  # no outputs/, no mlflow.db, no mlruns/
+
+
+def test_a_sweeps_refused_trial_is_a_failed_run_with_its_reason(tmp_path: Path, compose_cfg, embedded):
+    """``record_plan_failures`` (a sweep's job): the refusal is a FAILED run with its reason and
+    ``failure/plan.json``, dated from the job's start; no model loaded, no report."""
+    import time
+
+    from mlflow import MlflowClient
+
+    from autoquant_sweep.compute import MODEL_CACHE
+    from autoquant_sweep.errors import CapabilityRefusedError
+    from autoquant_sweep.pipeline import run_job
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = compose_cfg(["tracking=local", f"tracking.tracking_uri={uri}",
+                       f"tracking.artifact_location={tmp_path}/mlruns", "quant_pair=wfp4_afp4"])
+    MODEL_CACHE.__init__()
+    started = int(time.time() * 1000)
+    with pytest.raises(CapabilityRefusedError):
+        run_job(cfg, tmp_path / "run", record_plan_failures=True)
+    client = MlflowClient(tracking_uri=uri)
+    [run] = client.search_runs([client.get_experiment_by_name("sensitivity").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags["failure_kind"] == "refused"
+    assert "needs CUDA" in run.data.tags["failure_reason"]
+    assert started <= run.info.start_time <= run.info.end_time
+    assert "failure/plan.json" in {a.path for a in client.list_artifacts(run.info.run_id, "failure")}
+    assert not MODEL_CACHE._models and not (tmp_path / "run").exists()
