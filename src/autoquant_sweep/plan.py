@@ -2,16 +2,18 @@
 
 The first stage after Hydra composed the config (docs/architecture.md). In this order, cheapest first:
 
-1. settings: names that become paths, objective, budget range, AutoQuant / model / dataset values,
-   the tracking settings (no MLflow import);
+1. settings: the value domains of the composed config (:func:`~autoquant_sweep.config.validation.
+   validate_settings`: method, device, counts, ranges, objective, layout, tracking mode, model source),
+   names that become paths, the tracking settings (no MLflow import);
 2. device (``auto`` on a machine without a GPU driver is ``cpu`` without importing torch);
 3. the effective format: ``quant_pair`` resolved, ``quant_granularity`` overlaid, the capability rules;
 4. the checkpoint: its folder, ``config.json`` (``dataset.seq_len``, granularity shapes, reachable
    ``autoquant.effective_bits``), captions, batches, held-out split; the run fingerprint;
 5. last gate: ModelOpt's own validation of the effective format (imports ModelOpt, seconds).
 
-Nothing heavy (torch, transformers, MLflow, ModelOpt, matplotlib) is imported before step 5, so a
-refused or invalid run costs well under a second in-process and leaves nothing behind. Plan never loads
+Nothing heavy (torch, transformers, MLflow, ModelOpt, matplotlib) is imported before step 5 (except
+for a format name the project does not store, looked up in ModelOpt), so a refused or invalid run costs
+well under a second in-process and leaves nothing behind. Plan never loads
 a model and never writes; :func:`report_destination` only names the report folder.
 """
 
