@@ -54,6 +54,32 @@ PAIRS = ("wint8_aint8", "wint4_aint8")
 GRANULARITIES = ("default", "w_per_tensor", "w_per_in_channel", "w_group64", "a_per_token_dynamic")
 
 
+STAGE_SECONDS: dict[str, float] = {}
+
+
+def _timed(stage: str, function: Any) -> Any:
+    """``function`` that adds its wall time to ``STAGE_SECONDS[stage]``."""
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            STAGE_SECONDS[stage] = STAGE_SECONDS.get(stage, 0.0) + time.perf_counter() - start
+
+    return wrapper
+
+
+def install_stage_timers() -> None:
+    """Wall time per stage of a framework trial, from the project's module-level entry points."""
+    from autoquant_sweep import pipeline, report
+
+    for module, name, stage in ((pipeline, "plan_run", "plan"), (pipeline, "compute", "compute"),
+                                (pipeline, "write_report_atomically", "report_files"),
+                                (report, "plot_sensitivity", "plots"),
+                                (report, "plot_budget_curve", "plots")):
+        setattr(module, name, _timed(stage, getattr(module, name)))
+
+
 def cpu_seconds() -> float:
     """CPU time of this process (all threads) and of its finished, waited-for children."""
     import resource
@@ -82,6 +108,8 @@ class Interleave(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         framework, framework_cpu = time.perf_counter() - self._mark, cpu_seconds() - self._cpu_mark
+        stages = dict(STAGE_SECONDS)
+        STAGE_SECONDS.clear()
         if self._profiler is not None:
             self._profiler.disable()
             self._profiler.dump_stats(str(self.profile_path))
@@ -107,6 +135,7 @@ class Interleave(Callback):
             # its own call is the overhead ratio least disturbed by other jobs' load
             "self_ratio": framework / seconds["autoquant"] if seconds.get("autoquant") else None,
             "extra_s": framework - seconds["autoquant"] if seconds.get("autoquant") else None,
+            **_stage_breakdown(framework, stages, seconds),
             "profiled": profiled,  # cProfile slows Python-heavy code several-fold: left out of the summary
         })
         print(f"[bench] {self.rows[-1]['config']}: framework {framework:.3f} s, raw {raw:.3f} s, "
@@ -160,6 +189,22 @@ class Interleave(Callback):
         return elapsed, elapsed_cpu
 
 
+def _stage_breakdown(framework: float, stages: dict[str, float], seconds: dict[str, Any]) -> dict[str, float]:
+    """Where a framework trial's wall time went (each stage's own time, nested stages subtracted)."""
+    inside_compute = sum(seconds.get(k) or 0.0 for k in ("autoquant", "budget_curve", "evaluation"))
+    task = stages.get("task", 0.0)
+    return {
+        "stage_hydra_optuna_s": framework - task,  # tell / ask / hook, Hydra's per-job config, folder, logs
+        "stage_plan_s": stages.get("plan", 0.0),
+        "stage_compute_other_s": stages.get("compute", 0.0) - inside_compute,  # deepcopy, manifest pieces
+        "stage_report_files_s": stages.get("report_files", 0.0) - stages.get("plots", 0.0),
+        "stage_plots_s": stages.get("plots", 0.0),
+        # MLflow connect / cache lookup / run start / logging, OmegaConf.to_yaml, whatever else the task does
+        "stage_mlflow_and_rest_s": task - stages.get("plan", 0.0) - stages.get("compute", 0.0)
+        - stages.get("report_files", 0.0),
+    }
+
+
 def _plan_run(config: DictConfig) -> Any:
     from autoquant_sweep.plan import plan_run
 
@@ -172,10 +217,12 @@ def _sweep(work: Path, trials: int, extra: list[str]) -> list[dict[str, Any]]:
     from autoquant_sweep.app import sensitivity_task
     from sensitivity import CONF_DIR, EXECUTION_WHITELIST  # the app's own config and whitelist
 
+    task = _timed("task", sensitivity_task)
+
     @hydra.main(config_path=CONF_DIR, config_name="sensitivity",
                 execution_whitelist=[*EXECUTION_WHITELIST, "__main__.*"])
     def app(cfg: DictConfig) -> Any:
-        return sensitivity_task(cfg)
+        return task(cfg)
 
     Interleave.rows = []
     store = work / f"sweep-{len(list(work.iterdir()))}"  # its own MLflow store: no cache hit across sweeps
@@ -210,6 +257,10 @@ def _spread(values: list[float]) -> dict[str, Any]:
             "min_max": [round(values[0], 4), round(values[-1], 4)]}
 
 
+STAGES = ("stage_hydra_optuna_s", "stage_plan_s", "stage_compute_other_s", "stage_report_files_s",
+          "stage_plots_s", "stage_mlflow_and_rest_s")
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Median ratio with IQR and min / max over the pairs after the warm-up pair (and not profiled)."""
     measured = [r for r in rows[1:] if not r["profiled"]]
@@ -230,7 +281,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                                                  if r["framework_autoquant_s"]] or [math.nan]),
         **{f"{key}_median": med(key) for key in (
             "framework_s", "raw_s", "framework_cpu_s", "raw_cpu_s", "framework_autoquant_s", "extra_s",
-            "framework_curve_s", "framework_evaluation_s")},
+            "framework_curve_s", "framework_evaluation_s", *STAGES)},
         "warm_up_pair": rounded(rows[0]),
         "pairs_detail": [rounded(r) for r in measured],
     }
@@ -252,6 +303,7 @@ def main() -> int:
                      "pair, at least two measured pairs, each combination of the grid at most once)")
     warnings.filterwarnings("ignore")
     Interleave.profile_path = args.profile
+    install_stage_timers()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="aqs-bench-overhead-") as tmp:
         work = Path(tmp)
@@ -274,6 +326,10 @@ def main() -> int:
               f"{summary['framework_autoquant_s_median']} s, curve {summary['framework_curve_s_median']} s, "
               f"evaluation {summary['framework_evaluation_s_median']} s, everything but AutoQuant "
               f"{summary['extra_s_median']} s (wall)")
+        print(f"{name}: everything but AutoQuant, median per stage (wall s): curve "
+              f"{summary['framework_curve_s_median']}, evaluation "
+              f"{summary['framework_evaluation_s_median']}, "
+              + ", ".join(f"{k[6:-2]} {summary[k + '_median']}" for k in STAGES))
     print(json.dumps(results, indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
