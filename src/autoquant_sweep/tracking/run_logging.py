@@ -477,10 +477,11 @@ def log_outcome(
     status = ", ".join(labels) or None
     tags["effective_config_summary"] = str(q.get("summary", ""))[:4900]
     experiment_id = None
-    try:
-        experiment_id = client.get_run(run_id).info.experiment_id
-    except Exception:  # the description only loses a link
-        pass
+    if cache_hit:  # only a cache hit's description links to another run (of the same experiment)
+        try:
+            experiment_id = client.get_run(run_id).info.experiment_id
+        except Exception:  # the description only loses a link
+            pass
     tags[NOTE_TAG] = child_description(c, manifest, cache_hit=cache_hit, tags=tags,
                                        experiment_id=experiment_id)
     metrics = manifest_metrics(manifest)
