@@ -21,6 +21,8 @@ RECIPE_CURVE_PNG = "budget_curve.png"
 REPORT_FILES = (MANIFEST, PER_LAYER_JSON, PER_LAYER_MD, PER_LAYER_CSV, PER_LAYER_PNG)
 #: files of the report's ``recipe/`` folder (also the MLflow artifact folder ``recipe/``)
 RECIPE_FILES = (RECIPE_CFG, RECIPE_CURVE_JSON, RECIPE_CURVE_PNG)
+#: the report's images, relative to the report folder (``write_report(..., plots=False)`` leaves them out)
+PLOT_FILES = (PER_LAYER_PNG, f"{RECIPE_DIR}/{RECIPE_CURVE_PNG}")
 PNG_DPI = 100
 CSV_COLUMNS = ("rank", "group", "modules", "score", "cost", "uncompressed_cost", "bits", "chosen_in_budget")
 
@@ -195,17 +197,54 @@ def plot_budget_curve(path: Path, curve: Sequence[Mapping[str, Any]], title: str
 
 
 def write_report(
-    folder: Path, manifest: Mapping[str, Any], recipe_cfg: Mapping[str, Any] | None = None
+    folder: Path, manifest: Mapping[str, Any], recipe_cfg: Mapping[str, Any] | None = None, *,
+    plots: bool = True,
 ) -> None:
     """Write every report file of ``manifest`` into ``folder`` (which must exist); ``recipe_cfg`` (the
-    recipe at the run's budget, a ModelOpt config) goes to ``recipe/quant_cfg.json`` with the curve."""
+    recipe at the run's budget, a ModelOpt config) goes to ``recipe/quant_cfg.json`` with the curve.
+
+    ``plots=False`` leaves out the two PNGs (:data:`PLOT_FILES`) for a caller that draws them later with
+    :func:`render_plots`, off a sweep trial's critical path.
+    """
     (folder / MANIFEST).write_text(dump_json(manifest))
-    render_per_layer_files(folder, manifest)
+    render_per_layer_files(folder, manifest, plot=plots)
     if recipe_cfg is not None:
-        write_recipe_files(folder / RECIPE_DIR, manifest, recipe_cfg)
+        write_recipe_files(folder / RECIPE_DIR, manifest, recipe_cfg, plot=plots)
 
 
-def write_recipe_files(folder: Path, manifest: Mapping[str, Any], recipe_cfg: Mapping[str, Any]) -> None:
+def _curve_title(manifest: Mapping[str, Any]) -> str:
+    q = manifest["quantization"]
+    return f"{manifest['model']['name']} | {q['pair']} | {q['granularity']}: budget curve"
+
+
+def render_plots(folder: Path, manifest: Mapping[str, Any]) -> list[Path]:
+    """Draw the PNGs of a report written with ``plots=False`` into that (existing) ``folder``.
+
+    Each PNG is drawn under a hidden temporary name and renamed into place, so a reader never sees a
+    half-written image. The budget curve is drawn only when the report has its ``recipe/`` folder.
+    Returns the files written.
+    """
+    import os
+
+    jobs: list[tuple[Path, Any]] = [(folder / PER_LAYER_PNG, lambda path: plot_sensitivity(path, manifest))]
+    if (folder / RECIPE_DIR).is_dir():
+        curve = manifest.get("budget_curve") or []
+        jobs.append((folder / RECIPE_DIR / RECIPE_CURVE_PNG, lambda path: plot_budget_curve(
+            path, curve, _curve_title(manifest), float(manifest["autoquant"]["effective_bits"]))))
+    written = []
+    for target, draw in jobs:
+        temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}.png")
+        try:
+            draw(temporary)
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+        written.append(target)
+    return written
+
+
+def write_recipe_files(folder: Path, manifest: Mapping[str, Any], recipe_cfg: Mapping[str, Any], *,
+                       plot: bool = True) -> None:
     """``quant_cfg.json`` (JSON-safe, loads back into ``mtq.quantize``), ``budget_curve.json`` / ``.png``."""
     from autoquant_sweep.recipe import recipe_json
 
@@ -213,14 +252,13 @@ def write_recipe_files(folder: Path, manifest: Mapping[str, Any], recipe_cfg: Ma
     (folder / RECIPE_CFG).write_text(dump_json(recipe_json(recipe_cfg)))
     curve = manifest.get("budget_curve") or []
     (folder / RECIPE_CURVE_JSON).write_text(dump_json({"recipe": manifest.get("recipe"), "curve": curve}))
-    q = manifest["quantization"]
-    plot_budget_curve(folder / RECIPE_CURVE_PNG, curve,
-                      f"{manifest['model']['name']} | {q['pair']} | {q['granularity']}: budget curve",
-                      float(manifest["autoquant"]["effective_bits"]))
+    if plot:
+        plot_budget_curve(folder / RECIPE_CURVE_PNG, curve, _curve_title(manifest),
+                          float(manifest["autoquant"]["effective_bits"]))
 
 
-def render_per_layer_files(folder: Path, manifest: Mapping[str, Any]) -> None:
-    """(Re)write the per-layer JSON / Markdown / CSV / PNG from a manifest."""
+def render_per_layer_files(folder: Path, manifest: Mapping[str, Any], *, plot: bool = True) -> None:
+    """(Re)write the per-layer JSON / Markdown / CSV / PNG (``plot=False``: no PNG) from a manifest."""
     per_layer = {
         "model": manifest["model"]["name"],
         "quant_pair": manifest["quantization"]["pair"],
@@ -231,7 +269,8 @@ def render_per_layer_files(folder: Path, manifest: Mapping[str, Any]) -> None:
     (folder / PER_LAYER_JSON).write_text(dump_json(per_layer))
     (folder / PER_LAYER_MD).write_text(render_markdown(manifest))
     write_csv(folder / PER_LAYER_CSV, manifest["per_layer"])
-    plot_sensitivity(folder / PER_LAYER_PNG, manifest)
+    if plot:
+        plot_sensitivity(folder / PER_LAYER_PNG, manifest)
 
 
 def regenerate_report(folder: Path) -> Path:

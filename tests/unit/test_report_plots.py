@@ -6,7 +6,16 @@ import struct
 
 import pytest
 
-from autoquant_sweep.report import PNG_DPI, plot_budget_curve, plot_sensitivity
+from autoquant_sweep.report import (
+    PER_LAYER_PNG,
+    PLOT_FILES,
+    PNG_DPI,
+    RECIPE_CURVE_PNG,
+    RECIPE_DIR,
+    plot_budget_curve,
+    plot_sensitivity,
+    render_plots,
+)
 
 
 def _manifest(scores: list[float]) -> dict:
@@ -41,3 +50,29 @@ def test_budget_curve_png_is_drawn(tmp_path, scores):
     path = tmp_path / "curve.png"
     plot_budget_curve(path, curve, "qwen3_tiny | wint8_aint8 | default: budget curve", 10.0)
     assert _png_size(path) == (6 * PNG_DPI, round(3.6 * PNG_DPI))
+
+
+def test_render_plots_draws_a_deferred_reports_pngs_whole(tmp_path):
+    """``render_plots`` (for a report written with ``plots=False``) draws the very PNGs of an eager report."""
+    manifest = _manifest([3e-8, 1e-6])
+    manifest["autoquant"]["effective_bits"] = 10.0
+    manifest["budget_curve"] = [{"achieved_effective_bits": 9.8, "predicted_score": 1e-7, "satisfied": True}]
+    eager = tmp_path / "eager"
+    (eager / RECIPE_DIR).mkdir(parents=True)
+    plot_sensitivity(eager / PER_LAYER_PNG, manifest)
+    plot_budget_curve(eager / RECIPE_DIR / RECIPE_CURVE_PNG, manifest["budget_curve"],
+                      "qwen3_tiny | wint8_aint8 | default: budget curve", 10.0)
+
+    deferred = tmp_path / "deferred"
+    (deferred / RECIPE_DIR).mkdir(parents=True)
+    written = render_plots(deferred, manifest)
+    assert [p.relative_to(deferred).as_posix() for p in written] == list(PLOT_FILES)
+    for name in PLOT_FILES:
+        assert (deferred / name).read_bytes() == (eager / name).read_bytes()
+    # nothing else: no temporary file left behind
+    left = sorted(p.name for p in deferred.rglob("*"))
+    assert left == sorted([RECIPE_DIR, PER_LAYER_PNG, RECIPE_CURVE_PNG])
+
+    no_recipe = tmp_path / "no_recipe"
+    no_recipe.mkdir()
+    assert render_plots(no_recipe, manifest) == [no_recipe / PER_LAYER_PNG]
