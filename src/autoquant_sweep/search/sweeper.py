@@ -63,7 +63,8 @@ def record_trial_owner(cfg: DictConfig, trial: optuna.trial.Trial) -> None:
         instantiate({"_target_": user_hook, "_partial_": True})(cfg, trial)
 
 
-def _storage(url: Any) -> Any:
+def _open_storage(url: Any) -> Any:
+    """The :class:`StudyStorage` of an RDB ``url`` (``url`` itself for other storages)."""
     if not isinstance(url, str) or url.startswith(("redis", "journal")):
         return url
     kwargs: dict[str, Any] = {}
@@ -105,7 +106,7 @@ def check_storage(url: Any) -> None:
             check_sqlite_store(url, "hydra.sweeper.storage")
         return
     try:
-        _storage(url).remove_session()
+        _open_storage(url).remove_session()
     except Exception as exc:  # SQLAlchemy / driver errors: the URL, the server or the credentials
         raise _storage_error(url, exc) from exc
 
@@ -135,7 +136,7 @@ class AutoquantOptunaSweeper(OptunaSweeper):
         self.study_storage: RDBStorage | None = None  # the storage object the plugin's study runs on
         if isinstance(storage, str):
             try:
-                opened = _storage(storage)
+                opened = _open_storage(storage)
             except SQLAlchemyError as exc:  # went bad after the start check (or a schema / driver error)
                 raise _one_line_exit(_storage_error(storage, exc)) from exc
             if isinstance(opened, RDBStorage):
