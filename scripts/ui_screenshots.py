@@ -267,7 +267,9 @@ async def open_version(browser: Chromium, base: str, facts: dict[str, Any]) -> N
     await browser.wait_text(facts["best_name"], 60)
     # the aliases arrive in a request of their own, after the version's page has drawn
     await browser.wait_for(
-        "document.body && document.body.innerText.replace(/\\u00a0/g, ' ').includes('@ best')", 60, "the alias @ best"
+        "document.body && document.body.innerText.replace(/\\u00a0/g, ' ').includes('@ best')",
+        60,
+        "the alias @ best",
     )
 
 

@@ -321,7 +321,7 @@ class MlflowSweepCallback(Callback):
 
     def _summarise(self) -> None:
         from autoquant_sweep.tracking.recommendation import summarise_sweep
-        from autoquant_sweep.tracking.summary import child_rows, write_summary
+        from autoquant_sweep.tracking.summary import child_rows, log_summary
 
         runs = self.client.search_runs(
             [self.experiment_id],
@@ -331,9 +331,7 @@ class MlflowSweepCallback(Callback):
         objective = primary_metric(self.container["autoquant"]["objective"])
         rows = child_rows(runs, objective)
         title = f"{self.container.get('experiment')} sweep {self.parent_run_id[:8]}: {objective}"
-        with tempfile.TemporaryDirectory(prefix="aqs-summary-") as tmp:
-            write_summary(Path(tmp), rows, objective, title)
-            self.client.log_artifacts(self.parent_run_id, tmp, "summary")
+        log_summary(self.client, self.parent_run_id, rows, objective, title)
         finished = [r for r in rows if r["status"] == "FINISHED"]
         self.client.log_metric(self.parent_run_id, "children", float(len(rows)))
         self.client.log_metric(self.parent_run_id, "children_finished", float(len(finished)))
