@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from typing import Any
 
+from autoquant_sweep.quant.overlay import axis_key
+
 __all__ = [
     "KNOWN_MODEL_TYPES",
     "QuantModuleShape",
@@ -291,17 +293,6 @@ def axis_problem(axis: Any, shape: Sequence[int | None], meaning: str = "") -> s
     return None
 
 
-def _axis_key(key: Any) -> int | None:
-    if isinstance(key, int) and not isinstance(key, bool):
-        return key
-    if isinstance(key, str):
-        try:
-            return int(key.strip())
-        except ValueError:
-            return None
-    return None
-
-
 def common_divisors(sizes: Sequence[int], limit: int = 3) -> list[int]:
     """The largest ``limit`` divisors (> 1) shared by every size, biggest first.
 
@@ -337,7 +328,7 @@ def block_sizes_problem(block_sizes: Any, shape: Sequence[int | None]) -> tuple[
     for key, value in block_sizes.items():
         if key in BLOCK_SIZE_SPECIAL_KEYS:
             continue
-        axis = _axis_key(key)
+        axis = axis_key(key)
         if axis is None:
             special = list(BLOCK_SIZE_SPECIAL_KEYS)
             return key, f"block_sizes key {key!r} is neither an axis index nor one of {special}"

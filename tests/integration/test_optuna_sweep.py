@@ -17,6 +17,15 @@ pytestmark = pytest.mark.integration
 STUDY = "sensitivity-qwen3_tiny-captions-small-constrained_score"
 
 
+def store_client(folder):
+    """A client of the study's MLflow store, its registry included (never the process-wide registry URI
+    that an earlier in-process run of this worker may have set)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{folder}/mlflow.db"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def _store_overrides(tmp_path) -> list[str]:
     return [
         f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
@@ -43,7 +52,6 @@ def default_study(tmp_path_factory, embedded):
 
 
 def test_default_study_records_trials_in_optuna_and_mlflow(default_study):
-    from mlflow import MlflowClient
 
     tmp_path, result = default_study
     assert "best config: quant_pair=" in result.stdout
@@ -65,7 +73,7 @@ def test_default_study_records_trials_in_optuna_and_mlflow(default_study):
     assert all("grid_id" in t.system_attrs for t in study.trials)  # sampled by the GridSampler
     assert "Sampler: GridSampler" in result.stderr + result.stdout
     assert len(set(_params(study))) == 5  # every combination at most once
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    client = store_client(tmp_path)
     experiment = client.get_experiment_by_name("sensitivity")
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -90,7 +98,6 @@ def test_default_study_answer_is_the_lowest_recorded_recipe_never_a_noop(default
     scipy's Spearman on the recorded numbers."""
     import re
 
-    from mlflow import MlflowClient
     from scipy.stats import spearmanr
 
     from autoquant_sweep.canonical import canonical_name
@@ -99,7 +106,7 @@ def test_default_study_answer_is_the_lowest_recorded_recipe_never_a_noop(default
     from autoquant_sweep.quant.overlay import apply_overlay, validate_overrides
 
     tmp_path, result = default_study
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    client = store_client(tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("sensitivity").experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     finished = [r for r in runs if "mlflow.parentRunId" in r.data.tags and r.info.status == "FINISHED"]
@@ -193,9 +200,8 @@ def test_refused_combination_is_a_failed_trial_and_the_sweep_completes(tmp_path,
         "wfp4_afp16": optuna.trial.TrialState.FAIL,
     }
     assert study.best_trial.params["quant_pair"] == "wint8_aint8"
-    from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    client = store_client(tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("sensitivity").experiment_id])
     failed = [r for r in runs if r.info.status == "FAILED"]
     assert len(failed) == 1 and "CUDA" in failed[0].data.tags["failure_reason"]
@@ -212,9 +218,8 @@ def test_pareto_preset_returns_a_pareto_set(tmp_path, embedded):
         study_name="sensitivity-qwen3_tiny-captions-small-pareto", storage=f"sqlite:///{tmp_path}/optuna.db"
     )
     assert len(study.directions) == 2
-    from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    client = store_client(tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("sensitivity").experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert "optuna/pareto_front.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}
@@ -250,7 +255,6 @@ def test_trial_scores_equal_a_fresh_process_after_other_formats(compose_cfg, tmp
 def test_no_op_granularities_cost_a_cache_hit_and_the_space_is_covered_once(tmp_path, embedded):
     """Activation overlays on a weight-only pair are the pair's own config: one computed trial, two cache
     hits, every combination once (n_trials > combinations), and the answer is named `default`."""
-    from mlflow import MlflowClient
 
     result = run_app(
         ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=5", "quant_pair=choice(wint8_afp16)",
@@ -262,7 +266,7 @@ def test_no_op_granularities_cost_a_cache_hit_and_the_space_is_covered_once(tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/optuna.db")
     assert sorted(g for _, g in _params(study)) == ["a_per_tensor_static", "a_per_token_dynamic", "default"]
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    client = store_client(tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("sensitivity").experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert sorted(r.data.tags["cache_hit"] for r in children) == ["false", "true", "true"]

@@ -154,7 +154,7 @@ def test_a_sweeps_refused_trial_is_a_failed_run_with_its_reason(tmp_path: Path, 
     started = int(time.time() * 1000)
     with pytest.raises(CapabilityRefusedError):
         run_job(cfg, tmp_path / "run", record_plan_failures=True)
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     [run] = client.search_runs([client.get_experiment_by_name("sensitivity").experiment_id])
     assert run.info.status == "FAILED" and run.data.tags["failure_kind"] == "refused"
     assert "needs CUDA" in run.data.tags["failure_reason"]
