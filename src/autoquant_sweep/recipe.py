@@ -133,7 +133,14 @@ def quantized_modules(quant_cfg: Mapping[str, Any]) -> set[str]:
 
 
 def _selection(state: Mapping[str, Any], budget: float) -> set[str]:
-    """Groups (``<module>.quant_recipe``) ModelOpt's solver quantizes at ``budget`` (no config built)."""
+    """Groups (``<module>.quant_recipe``) ModelOpt's solver quantizes at ``budget`` (no config built).
+
+    The project's one private ModelOpt call, kept in this function on purpose: ModelOpt 0.47's
+    ``_resolve_best_recipe`` is the solver step of the public ``mtq.get_auto_quantize_config`` without
+    building the config, which halves the cost of a budget curve. ``tests/integration/test_recipe.py``
+    checks that every curve point equals the public path's answer; a ModelOpt without the helper gets
+    the public path.
+    """
     try:
         from modelopt.torch.quantization.algorithms import _resolve_best_recipe
     except ImportError:  # a ModelOpt without the helper: read the selection off the public config
