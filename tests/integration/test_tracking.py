@@ -158,12 +158,25 @@ def test_refused_combination_is_a_failed_run_without_model_load(store: dict, cli
 
 
 def test_grid_makes_parent_children_summary_and_registers_best(store: dict, client, tmp_path: Path) -> None:
-    _sweep(store, GRID, tmp_path)
+    result = _sweep(store, GRID, tmp_path)
     parents = _parents(client)
     assert len(parents) == 1
     parent = parents[0]
     children = _children(client, parent.info.run_id)
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    # the trials' PNGs are drawn after the last trial (off each trial's critical path), into every job's
+    # report folder and every child run, each whole
+    for child in children:
+        logged = {a.path for a in client.list_artifacts(child.info.run_id, "report")}
+        logged |= {a.path for a in client.list_artifacts(child.info.run_id, "recipe")}
+        assert {"report/per_layer.png", "recipe/budget_curve.png"} <= logged
+    manifests = sorted(tmp_path.glob("multirun/**/report/manifest.json"))
+    pngs = [m.parent / "per_layer.png" for m in manifests] + [m.parent / "recipe/budget_curve.png"
+                                                              for m in manifests]
+    assert len(manifests) == 4 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    assert min(p.stat().st_mtime for p in pngs) >= max(m.stat().st_mtime for m in manifests)
+    assert not list(tmp_path.glob("multirun/**/.*.tmp-*"))
+    assert "drew the plots of 4 trial reports after the last trial" in result.stdout + result.stderr
     assert {(c.data.params["quant_pair"], c.data.params["quant_granularity"]) for c in children} == {
         (p, g) for p in ("wint8_aint8", "wint4_aint8") for g in ("default", "w_group64")}
     summary = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}

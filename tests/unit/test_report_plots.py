@@ -76,3 +76,25 @@ def test_render_plots_draws_a_deferred_reports_pngs_whole(tmp_path):
     no_recipe = tmp_path / "no_recipe"
     no_recipe.mkdir()
     assert render_plots(no_recipe, manifest) == [no_recipe / PER_LAYER_PNG]
+
+
+def test_deferred_plots_draw_every_pending_report_and_stop_deferring(tmp_path):
+    """A sweep's :class:`DeferredPlots`: reports written without PNGs get them at ``finish``; afterwards
+    nothing is deferred any more (a later single run in the process draws its own)."""
+    from autoquant_sweep.pipeline import DeferredPlots
+
+    manifest = _manifest([3e-8, 1e-6])
+    manifest["autoquant"]["effective_bits"] = 10.0
+    manifest["budget_curve"] = [{"achieved_effective_bits": 9.8, "predicted_score": 1e-7, "satisfied": True,
+                                 "budget": 10.0}]
+    deferred = DeferredPlots()
+    assert not deferred.active
+    deferred.start()
+    folders = [tmp_path / "job0", tmp_path / "job1"]
+    for folder in folders:  # report folders as a sweep job leaves them: every file but the PNGs
+        (folder / RECIPE_DIR).mkdir(parents=True)
+        deferred.add(folder, manifest)
+    assert deferred.active and deferred.finish() == 2
+    for folder in folders:
+        assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png")) == sorted(PLOT_FILES)
+    assert not deferred.active and deferred.finish() == 0

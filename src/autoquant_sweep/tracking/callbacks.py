@@ -148,6 +148,9 @@ class MlflowSweepCallback(Callback):
         except UserInputError as exc:  # one line, like a single run, instead of a traceback
             self.client = None
             _exit_one_line(exc)
+        from autoquant_sweep.pipeline import DEFERRED_PLOTS
+
+        DEFERRED_PLOTS.start()  # this process's trials leave their PNGs for on_multirun_end
         if not self.settings.enabled:
             log.info("tracking=off: no MLflow parent run for this multirun")
             return
@@ -194,9 +197,11 @@ class MlflowSweepCallback(Callback):
         sweep that otherwise ended well is one line on stderr and exit status 2 (parent FAILED,
         ``failure_reason`` tag).
         """
+        from autoquant_sweep.pipeline import DEFERRED_PLOTS
         from autoquant_sweep.tracking.store import PARENT_RUN_ENV
         from autoquant_sweep.tracking.summary import set_parent_description
 
+        DEFERRED_PLOTS.finish()  # the trials' PNGs, off their critical path (tracking on or off)
         if self.client is None or self.parent_run_id is None:
             return
         os.environ.pop(PARENT_RUN_ENV, None)
