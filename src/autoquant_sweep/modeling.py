@@ -12,6 +12,9 @@ from autoquant_sweep.errors import UserInputError
 
 MODEL_KINDS = ("causal_lm", "image_text_to_text")
 DTYPES = ("float32", "bfloat16", "float16")
+#: ``autoquant.device``: ``auto`` is what torch sees (CUDA when available)
+DEVICES = ("auto", "cpu", "cuda")
+NO_CUDA_DEVICE = "autoquant.device=cuda but torch sees no CUDA device; use autoquant.device=cpu or auto"
 # Files over this size are fingerprinted by their head and tail only (a 4B checkpoint is ~8 GB).
 _FULL_HASH_LIMIT = 256 * 2**20
 _EDGE_BYTES = 16 * 2**20
@@ -37,12 +40,12 @@ def device_view(requested: str) -> str:
 
 def resolve_device(requested: str) -> str:
     """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda`` without CUDA is an error."""
-    if requested not in ("auto", "cpu", "cuda"):
-        raise UserInputError(f"autoquant.device: unknown device '{requested}'; choose auto, cpu or cuda")
-    if requested == "cuda" and not cuda_available():
+    if requested not in DEVICES:
         raise UserInputError(
-            "autoquant.device=cuda but torch sees no CUDA device; use autoquant.device=cpu or auto"
+            f"autoquant.device: unknown device '{requested}'; choose one of {', '.join(DEVICES)}"
         )
+    if requested == "cuda" and not cuda_available():
+        raise UserInputError(NO_CUDA_DEVICE)
     return device_view(requested)
 
 

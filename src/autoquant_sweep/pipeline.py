@@ -163,20 +163,6 @@ def failure_kind(exc: BaseException) -> str:
     return "input_error" if isinstance(exc, UserInputError) else "error"
 
 
-class _StartedAt:
-    """An MLflow client whose ``create_run`` dates the run from the job's start, not from the moment
-    it is created (after the plan and the lookup): the run's duration in the UI is the job's."""
-
-    def __init__(self, client: Any, start_ms: int) -> None:
-        self._client, self._start_ms = client, start_ms
-
-    def create_run(self, experiment_id: str, **kwargs: Any) -> Any:
-        return self._client.create_run(experiment_id, **{"start_time": self._start_ms, **kwargs})
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-
 class _Store:
     """The MLflow store of one job: connected at lookup (never before the plan passed)."""
 
@@ -207,8 +193,9 @@ class _Store:
         from autoquant_sweep.faults import OWNER_TAG, owner
         from autoquant_sweep.tracking.run_logging import start_run
 
-        client = _StartedAt(self.client, self.started_ms)
-        run_id = start_run(client, self.experiment_id, c, self.parent_run_id).info.run_id
+        # dated from the job's start, not from after the plan and the lookup: the UI shows the job's duration
+        run_id = start_run(self.client, self.experiment_id, c, self.parent_run_id,
+                           start_time=self.started_ms).info.run_id
         if running:
             self.client.set_tag(run_id, OWNER_TAG, owner())
         log.info("MLflow run %s in experiment '%s' (%s)", run_id, self.settings.experiment_name,

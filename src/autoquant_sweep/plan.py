@@ -34,6 +34,7 @@ from autoquant_sweep.errors import CapabilityRefusedError, UserInputError
 from autoquant_sweep.fingerprints import package_versions, run_fingerprint
 from autoquant_sweep.layout import check_name, publish_dir, tmp_report_dir
 from autoquant_sweep.modeling import (
+    NO_CUDA_DEVICE,
     check_checkpoint_dir,
     checkpoint_identity,
     read_checkpoint_config,
@@ -123,10 +124,8 @@ def plan_device(requested: str) -> str:
     importing torch (~2 s) keeps a refused run on a CPU machine under a second.
     """
     if requested in ("auto", "cuda") and not _gpu_driver_present():
-        if requested == "cuda":
-            raise UserInputError(  # the words of modeling.resolve_device, which says it after importing torch
-                "autoquant.device=cuda but torch sees no CUDA device; use autoquant.device=cpu or auto"
-            )
+        if requested == "cuda":  # what modeling.resolve_device says after importing torch
+            raise UserInputError(NO_CUDA_DEVICE)
         return "cpu"
     return resolve_device(requested)
 
@@ -405,8 +404,6 @@ def report_destination(plan: RunPlan, run_dir: Path | None) -> Path:
             granularity=c["quant_granularity"]["name"],
             size=c["dataset"]["size"],
         )
-    if layout["name"] != "tmp":
-        raise UserInputError(f"output_layout.name: unknown layout '{layout['name']}'; choose tmp or publish")
-    if run_dir is None:
+    if run_dir is None:  # tmp (the name was checked by validate_settings)
         raise UserInputError("output_layout=tmp needs a Hydra run directory; use output_layout=publish")
     return tmp_report_dir(run_dir)

@@ -100,7 +100,9 @@ def run_autoquant(
     from modelopt.torch.quantization.algorithms import QuantRecipe
 
     if method not in METHODS:
-        raise UserInputError(f"autoquant.method: unknown method '{method}'; choose gradient or kl_div")
+        raise UserInputError(
+            f"autoquant.method: unknown method '{method}'; choose one of {', '.join(METHODS)}"
+        )
     device_batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
     phase: dict[str, float] = {}
     forward = _forward_for(method)

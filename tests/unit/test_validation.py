@@ -9,8 +9,9 @@ import typing
 
 import pytest
 
-from autoquant_sweep.config.validation import DEVICES, OUTPUT_LAYOUTS, validate_settings
+from autoquant_sweep.config.validation import OUTPUT_LAYOUTS, validate_settings
 from autoquant_sweep.errors import UserInputError
+from autoquant_sweep.modeling import DEVICES
 
 VALID = {
     "model": {"kind": "causal_lm", "dtype": "float32", "embedded": "qwen3_tiny", "path": None},

@@ -7,9 +7,9 @@ one line naming the key, e.g. ``autoquant.method: unknown method 'foo'; choose o
 kl_div``.
 
 The allowed values come from the modules that define them (``sensitivity.METHODS``,
-``modeling.MODEL_KINDS`` / ``DTYPES``, ``tracking.store.MODES``, ``objectives.OBJECTIVES``), imported when
-the first config is validated: those modules, and this one, import neither torch nor ModelOpt, so
-``autoquant-sweep validate`` and a refused run stay fast.
+``modeling.MODEL_KINDS`` / ``DTYPES`` / ``DEVICES``, ``tracking.store.MODES``,
+``objectives.OBJECTIVES``), imported when the first config is validated: those modules, and this one,
+import neither torch nor ModelOpt, so ``autoquant-sweep validate`` and a refused run stay fast.
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ from typing import Annotated, Any, Literal
 
 from autoquant_sweep.errors import UserInputError
 
-__all__ = ["DEVICES", "OUTPUT_LAYOUTS", "validate_settings"]
+__all__ = ["OUTPUT_LAYOUTS", "validate_settings"]
 
-#: ``autoquant.device``: ``auto`` is what torch sees (CUDA when available)
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 #: ``output_layout.name``: the Hydra run dir, or the stable publish tree (``layout.publish_dir``)
 OUTPUT_LAYOUTS: tuple[str, ...] = ("tmp", "publish")
 
@@ -34,7 +32,7 @@ def _settings_model() -> type:
     """The pydantic model of the value domains, built on first use (the domains' modules load then)."""
     from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-    from autoquant_sweep.modeling import DTYPES, MODEL_KINDS
+    from autoquant_sweep.modeling import DEVICES, DTYPES, MODEL_KINDS
     from autoquant_sweep.objectives import OBJECTIVES
     from autoquant_sweep.sensitivity import METHODS
     from autoquant_sweep.tracking.store import MODES

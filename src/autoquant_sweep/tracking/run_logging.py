@@ -242,12 +242,17 @@ def run_name(c: Mapping[str, Any], status: str | None = None) -> str:
     return f"{name} [{status}]" if status else name
 
 
-def start_run(client: Any, experiment_id: str, c: Mapping[str, Any], parent_run_id: str | None) -> Any:
-    """Create the MLflow run of one job (a child of ``parent_run_id`` when in a sweep)."""
+def start_run(client: Any, experiment_id: str, c: Mapping[str, Any], parent_run_id: str | None,
+              start_time: int | None = None) -> Any:
+    """Create the MLflow run of one job (a child of ``parent_run_id`` when in a sweep).
+
+    ``start_time`` (epoch ms): when the job started, if that was before the run is created (the pipeline
+    creates it after the plan and the lookup); None: now.
+    """
     tags = {"mlflow.runName": run_name(c)}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    return client.create_run(experiment_id, tags=tags, run_name=run_name(c))
+    return client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name(c))
 
 
 def manifest_metrics(manifest: Mapping[str, Any]) -> list[tuple[str, float, int]]:
