@@ -258,3 +258,21 @@ def test_summary_logged_by_the_mlflow_client_is_byte_identical_to_the_written_fi
     for path in written:
         folder = "summary" if path in written[:3] else "recommendation"
         assert (logged / folder / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_start_run_dates_a_job_from_its_start_and_names_it(tmp_path: Path) -> None:
+    """The pipeline creates a job's run after the plan and the lookup; its start time is the job's."""
+    from autoquant_sweep.tracking.run_logging import start_run
+
+    client = connect(settings_from_cfg({"tracking": {"mode": "local",
+                                                     "tracking_uri": f"sqlite:///{tmp_path}/m.db"}}))
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "mlruns").as_uri())
+    c = {"quant_pair": {"name": "wint4_aint8"}, "quant_granularity": {"name": "w_group64"},
+         "dataset": {"size": "small"}}
+    job_start = int(time.time() * 1000) - 60_000  # a minute before the run is created
+    dated = start_run(client, experiment, c, "parent-id", start_time=job_start)
+    assert dated.info.start_time == job_start
+    assert dated.data.tags["mlflow.parentRunId"] == "parent-id"
+    assert dated.info.run_name == "wint4_aint8 w-g64"
+    now = start_run(client, experiment, c, None)
+    assert now.info.start_time >= job_start + 60_000 and "mlflow.parentRunId" not in now.data.tags
