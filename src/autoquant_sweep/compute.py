@@ -3,7 +3,8 @@ RunPlan` to a :class:`Computed` result. Nothing here writes a file or talks to M
 
 load the checkpoint and tokenise the captions (once per process: :data:`MODEL_CACHE`) ->
 ``mtq.auto_quantize`` with the one effective format on a fresh copy of the pristine model ->
-per-layer table (guards: all-zero / non-finite) -> recipe at the budget and the budget curve
+realized-granularity check (the instantiated quantizers are what the format declares) -> per-layer
+table (guards: all-zero / non-finite) -> recipe at the budget and the budget curve
 (``mtq.get_auto_quantize_config`` re-solves) -> held-out loss of the returned, quantized model against
 the unquantized one.
 """
@@ -121,6 +122,8 @@ class Computed:
     model_config: dict[str, Any]  # the loaded checkpoint's config.json
     load_seconds: float  # loading and tokenising (0-ish when the process had the model already)
     curve_seconds: float
+    # what ModelOpt instantiated per role (quant.realized.summarize_realized), checked against the plan
+    realized: dict[str, Any]
 
 
 def _run_autoquant(plan: RunPlan, cache: ModelCache, batches: list[dict]) -> Any:
@@ -149,6 +152,36 @@ def _run_autoquant(plan: RunPlan, cache: ModelCache, batches: list[dict]) -> Any
         disabled_layers=c["model"]["disabled_layers"],
         device=plan.device,
     )
+
+
+def _check_realized(plan: RunPlan, loaded: LoadedModel, quantized: Any,
+                    batches: list[dict]) -> dict[str, Any]:
+    """Read the quantizers ModelOpt instantiated and calibrated for this trial and stop the run (one line)
+    when they are not the granularity the format declares (:mod:`autoquant_sweep.quant.realized`).
+
+    The model ``auto_quantize`` returned carries the run budget's recipe: its quantized groups show the
+    format. Where the budget kept every group at 16 bits, a copy of the pristine model is quantized with
+    the format on one calibration batch instead, so every trial is checked.
+    """
+    from autoquant_sweep.quant.realized import check_realized, realize, summarize_realized
+
+    c = plan.cfg
+    t0 = time.perf_counter()
+    quantizers, source = realize(quantized), "auto_quantize model"
+    if not quantizers:
+        import modelopt.torch.quantization as mtq
+
+        probe = copy.deepcopy(loaded.model)
+        first = {k: v.to(plan.device) for k, v in batches[0].items()}
+        mtq.quantize(probe, copy.deepcopy(plan.effective_format), forward_loop=lambda m: m(**first))
+        quantizers, source = realize(probe), "probe: the format on one calibration batch"
+        del probe
+    where = f"quant_pair={c['quant_pair']['name']} quant_granularity={c['quant_granularity']['name']}"
+    check_realized(plan.declared_granularity, quantizers, where=where)
+    summary = summarize_realized(quantizers)
+    summary["source"] = source
+    summary["seconds"] = time.perf_counter() - t0
+    return summary
 
 
 def _evaluate(plan: RunPlan, cache: ModelCache, loaded: LoadedModel, quantized: Any,
@@ -199,6 +232,7 @@ def compute(plan: RunPlan, cache: ModelCache = MODEL_CACHE) -> Computed:
     batches = cache.batches(plan, loaded)
     load_seconds = time.perf_counter() - t0
     result = _run_autoquant(plan, cache, batches)
+    realized = _check_realized(plan, loaded, result.model, batches)
     budget = float(aq["effective_bits"])
     t_curve = time.perf_counter()
     grid = resolve_budget_grid(aq.get("budget_grid"), result.format_bits, budget)
@@ -238,4 +272,5 @@ def compute(plan: RunPlan, cache: ModelCache = MODEL_CACHE) -> Computed:
         model_config=dict(loaded.config),
         load_seconds=load_seconds,
         curve_seconds=curve_seconds,
+        realized=realized,
     )

@@ -19,8 +19,10 @@ from typing import Any
 
 from autoquant_sweep.quant.overlay import canonical_json, config_fingerprint
 
-#: bump when a run's manifest gains results a cached run would lack (2: recipe, budget curve, evaluation)
-RESULT_SCHEMA = 2
+#: bump when a run's manifest gains results a cached run would lack (2: recipe, budget curve, evaluation;
+#: 3: the realized granularity, checked against the declared one; per-token inputs in the quantizer-level
+#: ``type: dynamic`` form, so no result of the static docstring form is ever reused)
+RESULT_SCHEMA = 3
 
 #: the packages a result depends on (manifest ``versions``, MLflow ``version.*`` tags, run fingerprint)
 VERSIONED_PACKAGES = (

@@ -41,6 +41,7 @@ def build_manifest(plan: RunPlan, computed: Computed) -> dict[str, Any]:
     seconds = dict(result.seconds)
     seconds["load_and_tokenize"] = computed.load_seconds
     seconds["budget_curve"] = computed.curve_seconds
+    seconds["realized_check"] = computed.realized["seconds"]
     objectives = result.objectives()
     if evaluation is not None:
         seconds["evaluation"] = evaluation["seconds"]
@@ -98,5 +99,6 @@ def build_manifest(plan: RunPlan, computed: Computed) -> dict[str, Any]:
         "recipe": recipe.summary(),
         "budget_curve": [r.curve_point() for r in computed.curve],
         "evaluation": evaluation,
+        "realized": computed.realized,
         "canonical_granularity": canonical_granularity(plan),
     }

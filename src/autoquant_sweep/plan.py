@@ -68,6 +68,9 @@ class RunPlan:
     min_effective_bits: float | None = None
     # (source, captions) of the held-out split the run evaluates on; None: nothing is evaluated
     eval_split: tuple[str, list[str]] | None = None
+    # per role (weight / input) the granularity kind of each stage the effective format declares
+    # (quant.realized.declared_kinds); compute checks the quantizers ModelOpt instantiates against it
+    declared_granularity: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def quantization(self) -> dict[str, Any]:
@@ -83,6 +86,7 @@ class RunPlan:
             "status": self.overlay_status,
             "notes": self.overlay_notes,
             "summary": summarize_format(self.effective_format),
+            "declared": self.declared_granularity,
             # JSON form: integer block_sizes keys become strings ("-1"); the overlay reads them back
             "effective_quant_cfg": _json_ready(self.effective_format),
             "base_fingerprint": config_fingerprint(self.base_format),
@@ -294,6 +298,7 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
     from autoquant_sweep.quant.capability import check_combination
     from autoquant_sweep.quant.formats import UnknownFormatError, check_with_modelopt, resolve_format
     from autoquant_sweep.quant.overlay import OverlayError, validate_overrides
+    from autoquant_sweep.quant.realized import check_promise, declared_kinds
     from autoquant_sweep.tracking.store import settings_from_cfg
 
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
@@ -330,6 +335,7 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
     )
     if verdict.status == "refused":
         raise CapabilityRefusedError("; ".join(verdict.reasons))
+    check_promise(overlay.format, gran.get("realizes"), where=context)
     # 4. checkpoint, data, fingerprint
     if model_cfg.get("embedded"):
         checkpoint_path, embedded_captions = _embedded_checkpoint(model_cfg["embedded"])
@@ -383,6 +389,7 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
         versions=versions,
         min_effective_bits=min_bits,
         eval_split=split,
+        declared_granularity=declared_kinds(overlay.format),
     )
 
 

@@ -32,7 +32,9 @@ W4A8_AWQ = fmt(
     {"num_bits": (4, 3), "axis": None},
     algorithm={"method": "awq_lite", "alpha_step": 0.1},
 )
-PER_TOKEN = {INPUT: {"type": "dynamic", "block_sizes": {-1: None}}}
+PER_TOKEN = {INPUT: {"type": "dynamic", "axis": None, "block_sizes": {-1: None}}}
+# ModelOpt's docstring form: a static quantizer per (batch, position) in 0.47 (facts 31)
+DOCSTRING_PER_TOKEN = {INPUT: {"block_sizes": {-1: None, "type": "dynamic"}}}
 
 
 def check(base, overrides, cuda=True, name="F", gran="G"):
@@ -41,7 +43,7 @@ def check(base, overrides, cuda=True, name="F", gran="G"):
 
 def test_rules_are_data():
     ids = [r.rule_id for r in CAPABILITY_RULES]
-    assert len(ids) == len(set(ids)) == 6
+    assert len(ids) == len(set(ids)) == 7
     assert all(r.summary and r.evidence for r in CAPABILITY_RULES)
 
 
@@ -90,6 +92,18 @@ def test_per_token_dynamic_with_calibration_algorithm_refused(base, algo):
     assert v.status == "refused" and v.rule_ids == ("dynamic-input-calib-algorithm",)
     assert algo in v.reasons[0] and "Axis and block_sizes are both set." in v.reasons[0]
     assert check(INT8, PER_TOKEN).status == "ok"
+
+
+def test_docstring_per_token_form_is_refused_before_load_with_the_remedy():
+    v = check(INT8, DOCSTRING_PER_TOKEN, cuda=False, name="INT8_DEFAULT_CFG", gran="old_token")
+    assert v.status == "refused" and v.rule_ids == ("block-type-dynamic-per-token",)
+    assert "static quantizer per (batch, position)" in v.reasons[0]
+    assert "quantizer-level type: dynamic" in v.reasons[0]
+    # the same form already in a base format (e.g. a recipe stored by an older version) is refused too
+    old = fmt({"num_bits": 8, "axis": 0}, {"num_bits": 8, "block_sizes": {-1: None, "type": "dynamic"}})
+    assert check(old, {}, cuda=False).rule_ids == ("block-type-dynamic-per-token",)
+    # dynamic BLOCK quantization with a group size (NVFP4 / MX style) is what block_sizes type is for
+    assert "block-type-dynamic-per-token" not in check(MXFP8, {}, cuda=True).rule_ids
 
 
 def test_cuda_only_refused_on_cpu():

@@ -34,9 +34,31 @@ def test_expected_files():
 @pytest.mark.parametrize("path", GRANULARITIES, ids=lambda p: p.stem)
 def test_granularity_file_validates(path):
     conf = OmegaConf.load(path)
-    assert set(conf) == {"name", "description", "quant_cfg_overrides"}
+    assert set(conf) == {"name", "description", "quant_cfg_overrides", "realizes"}
     assert conf.name == path.stem and conf.description
-    validate_overrides(conf.quant_cfg_overrides)
+    overrides = validate_overrides(conf.quant_cfg_overrides)
+    # every role an overlay changes carries the name's promise, and only those roles do
+    roles = {"*weight_quantizer": "weight", "*input_quantizer": "input"}
+    assert set(conf.realizes) == {roles[p] for p in overrides}
+
+
+@pytest.mark.parametrize("pair_path", PAIRS, ids=lambda p: p.stem)
+def test_every_promise_is_what_the_effective_format_declares(pair_path):
+    """The name's promise equals the kind the effective format declares wherever the role is enabled (the
+    plan refuses otherwise); what ModelOpt instantiates is checked in tests/integration/test_realized.py."""
+    from autoquant_sweep.quant.capability import check_combination
+    from autoquant_sweep.quant.formats import resolve_format
+    from autoquant_sweep.quant.realized import declared_kinds
+
+    base = resolve_format(OmegaConf.load(pair_path).format_name)
+    for path in GRANULARITIES:
+        conf = OmegaConf.to_container(OmegaConf.load(path))
+        verdict = check_combination(base, conf["quant_cfg_overrides"], cuda_available=True)
+        if verdict.status == "refused":  # refused before the promise is looked at (e.g. FP4 + axis)
+            continue
+        declared = declared_kinds(apply_overlay(base, conf["quant_cfg_overrides"]).format)
+        for role, promised in conf["realizes"].items():
+            assert declared[role] in ([], [promised]) or declared[role][0] == promised, (path.stem, role)
 
 
 @pytest.mark.parametrize("path", PAIRS, ids=lambda p: p.stem)
@@ -55,8 +77,9 @@ def test_recipe_match_mapping():
     conf = OmegaConf.load(ROOT / "conf" / "quant_granularity" / "recipe_match_channel_token.yaml")
     assert validate_overrides(conf.quant_cfg_overrides) == {
         "*weight_quantizer": {"axis": 0},
-        "*input_quantizer": {"type": "dynamic", "block_sizes": {-1: None}},
+        "*input_quantizer": {"type": "dynamic", "axis": None, "block_sizes": {-1: None}},
     }
+    assert conf.realizes == {"weight": "per_out_channel", "input": "per_token_dynamic"}
 
 
 def test_committed_doc_is_up_to_date():

@@ -84,15 +84,28 @@ def test_block_sizes_replace_axis_and_merge_keeps_type_and_scale_bits():
     assert wcfg(res)["block_sizes"] == {-1: 16, "type": "dynamic", "scale_bits": (8, 0)}
 
 
-def test_type_stored_in_block_sizes_and_dynamic_without_block_sizes_is_error():
-    res = apply_overlay(INT8, {INPUT: {"type": "dynamic", "block_sizes": {-1: None}}})
-    assert icfg(res) == {"num_bits": 8, "block_sizes": {-1: None, "type": "dynamic"}}
-    with pytest.raises(
-        OverlayError, match=r"type: dynamic needs block_sizes, e.g. \{-1: null\} for per-token"
-    ):
-        apply_overlay(INT8, {INPUT: {"type": "dynamic"}})
-    # static without block sizes is the default meaning: nothing to store
+def test_type_is_the_quantizer_level_attribute_not_block_sizes_type():
+    # facts 31: the quantizer-level type is what makes a TensorQuantizer dynamic; block_sizes["type"]
+    # (dynamic block quantization) with {-1: None} instantiates a static quantizer per (batch, position)
+    res = apply_overlay(INT8, {INPUT: {"type": "dynamic", "axis": None, "block_sizes": {-1: None}}})
+    assert icfg(res) == {"num_bits": 8, "axis": None, "block_sizes": {-1: None}, "type": "dynamic"}
+    # without block sizes: per-tensor dynamic (a valid ModelOpt quantizer, no longer an error)
+    assert icfg(apply_overlay(INT8, {INPUT: {"type": "dynamic"}})) == {
+        "num_bits": 8, "axis": None, "type": "dynamic"
+    }
+    # static is ModelOpt's default type: nothing to store, so restating it is a no-op
     assert apply_overlay(INT8, {INPUT: {"type": "static", "axis": None}}).is_noop
+    # an explicit block_sizes type stays where the overlay put it (dynamic block quantization)
+    res = apply_overlay(INT8, {INPUT: {"block_sizes": {-1: None, "type": "dynamic"}}})
+    assert icfg(res) == {"num_bits": 8, "block_sizes": {-1: None, "type": "dynamic"}}
+
+
+def test_non_null_axis_with_block_sizes_is_error_but_null_axis_may_stand_beside():
+    with pytest.raises(OverlayError, match=r"sets both 'axis' and 'block_sizes'"):
+        validate_overrides({INPUT: {"axis": 0, "block_sizes": {-1: None}}})
+    assert validate_overrides({INPUT: {"axis": None, "block_sizes": {"-1": None}}}) == {
+        INPUT: {"axis": None, "block_sizes": {-1: None}}
+    }
 
 
 # ---------------------------------------------------------------- normalisation and validation

@@ -75,6 +75,10 @@ class GranularityConfig:
     name: str = MISSING
     description: str = ""
     quant_cfg_overrides: dict[str, Any] = field(default_factory=dict)
+    # what the name promises ModelOpt instantiates, per role (weight / input) the overlay changes, in the
+    # vocabulary of quant.realized (per_out_channel, group64, per_token_dynamic, ...); checked in plan
+    # against the effective format and after calibration against the quantizers ModelOpt built
+    realizes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -16,9 +16,14 @@ Semantics (see ``docs/granularity.md``):
   enabled by the overlay;
 - a pattern that is neither in the rules nor one of :data:`WEIGHT` / :data:`INPUT` is an error;
 - ``axis`` removes ``block_sizes``; ``block_sizes`` removes ``axis`` and merges into the existing
-  mapping (keeps ``type``, ``scale_bits``, ``scale_block_sizes``);
-- ``type`` is stored as ``block_sizes["type"]``; without block sizes, ``static`` is already the
-  meaning and ``dynamic`` is an error;
+  mapping (keeps ``type``, ``scale_bits``, ``scale_block_sizes``); ``axis: null`` next to
+  ``block_sizes`` is allowed (ModelOpt's own ``FP8_PER_CHANNEL_PER_TOKEN_CFG`` input rule writes it);
+- ``type`` is the **quantizer-level** attribute (``TensorQuantizer`` dynamic or static): with
+  ``axis: null`` and ``block_sizes: {-1: null}`` it makes inputs per-token dynamic. It is not
+  ``block_sizes["type"]``, which is dynamic *block* quantization (NVFP4 / MX style) and, written
+  ``{-1: None, "type": "dynamic"}`` as ModelOpt's docstring suggests, instantiates a static quantizer
+  per (batch, position) for INT8 inputs (facts 31; refused by a capability rule). An overlay writes
+  ``block_sizes["type"]`` only when its ``block_sizes`` says so explicitly;
 - the key ``default`` is shorthand for both :data:`WEIGHT` and :data:`INPUT` (explicit pattern
   entries win over it attribute by attribute); like any overlay it never enables a quantizer;
 - a sequential ``cfg`` (a list, e.g. ``W4A8_AWQ_BETA_CFG`` weights: INT4 block-128 then FP8
@@ -251,8 +256,8 @@ def validate_overrides(overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, 
 
     Keys: a quantizer pattern ending in ``quantizer`` (``*weight_quantizer``, ``*input_quantizer``,
     ``*q_proj.weight_quantizer``...) or ``default``. Attributes: ``axis`` (``None`` or int, not
-    bool), ``block_sizes`` (mapping, normalised), ``type`` (``static``/``dynamic``); ``axis`` and
-    ``block_sizes`` are mutually exclusive.
+    bool), ``block_sizes`` (mapping, normalised), ``type`` (``static``/``dynamic``, the quantizer-level
+    attribute); a non-null ``axis`` and ``block_sizes`` are mutually exclusive.
 
     Example:
         >>> validate_overrides({"*weight_quantizer": {"block_sizes": {"-1": 64}}})
@@ -296,10 +301,11 @@ def validate_overrides(overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, 
                 if value not in TYPE_VALUES:
                     raise OverlayError(f"{where}={value!r}: use one of {list(TYPE_VALUES)}")
                 clean["type"] = value
-        if "axis" in clean and "block_sizes" in clean:
+        if clean.get("axis") is not None and "block_sizes" in clean:
             raise OverlayError(
                 f"quant_cfg_overrides['{pattern}'] sets both 'axis' and 'block_sizes'; ModelOpt rejects "
-                f"that ('Axis and block_sizes are both set.'): keep one"
+                f"that ('Axis and block_sizes are both set.'): keep one (axis: null may stand beside "
+                f"block_sizes)"
             )
         out[pattern] = clean
     return out
@@ -422,24 +428,21 @@ def _apply_attrs(cfg: dict, attrs: Mapping[str, Any], pattern: str, fmt_name: st
     new = copy.deepcopy(cfg)
     if new.get("block_sizes") is not None:
         new["block_sizes"] = _base_block_sizes(new["block_sizes"], f"format '{fmt_name}' {pattern}")
-    if "axis" in attrs:
-        new["axis"] = attrs["axis"]
-        new.pop("block_sizes", None)
     if "block_sizes" in attrs:
         new.pop("axis", None)
         merged = dict(new.get("block_sizes") or {})
         merged.update(copy.deepcopy(attrs["block_sizes"]))
         new["block_sizes"] = merged
-    if "type" in attrs:
-        if new.get("block_sizes") is not None:
-            new["block_sizes"]["type"] = attrs["type"]
-        elif attrs["type"] == "dynamic":
-            raise OverlayError(
-                f"quant_cfg_overrides['{pattern}'].type=dynamic on format '{fmt_name}': type: dynamic "
-                f"needs block_sizes, e.g. {{-1: null}} for per-token"
-            )
-        if "type" in new:  # top-level 'type' (e.g. FP8_PER_CHANNEL_PER_TOKEN_CFG inputs): keep in sync
-            new["type"] = attrs["type"]
+        if "axis" in attrs:  # axis: null beside block_sizes, as ModelOpt's own per-token input rule
+            new["axis"] = None
+    elif "axis" in attrs:
+        new["axis"] = attrs["axis"]
+        new.pop("block_sizes", None)
+    if "type" in attrs and (attrs["type"] != "static" or "type" in new):
+        # the quantizer-level attribute: TensorQuantizer reads it as dynamic / static (facts 31); static is
+        # ModelOpt's default, so it is written only over an explicit type. block_sizes["type"] (dynamic
+        # block quantization) is left as the format or the overlay set it.
+        new["type"] = attrs["type"]
     return new
 
 

@@ -49,7 +49,8 @@ SHORT_GRANULARITY = {
     "a_per_token_dynamic": "a-token-dyn",
     "a_per_tensor_static": "a-tensor-st",
 }
-SECONDS_KEYS = ("calibration", "scoring", "autoquant", "load_and_tokenize", "budget_curve", "evaluation")
+SECONDS_KEYS = ("calibration", "scoring", "autoquant", "load_and_tokenize", "budget_curve", "evaluation",
+                "realized_check")
 VERSION_TAGS = {
     "torch": "version.torch",
     "nvidia-modelopt": "version.modelopt",
@@ -255,6 +256,18 @@ def start_run(client: Any, experiment_id: str, c: Mapping[str, Any], parent_run_
     return client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name(c))
 
 
+def realized_params(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """``realized.weight`` / ``realized.input``: the granularity ModelOpt instantiated (checked against the
+    name's promise before the run could finish; ``disabled`` where the format quantizes no such tensor).
+
+    Example:
+        >>> realized_params({"realized": {"weight": "per_out_channel", "input": "per_token_dynamic"}})
+        {'realized.weight': 'per_out_channel', 'realized.input': 'per_token_dynamic'}
+    """
+    realized = manifest.get("realized") or {}
+    return {f"realized.{role}": str(realized[role]) for role in ("weight", "input") if role in realized}
+
+
 def manifest_metrics(manifest: Mapping[str, Any]) -> list[tuple[str, float, int]]:
     """(key, value, step) of every metric a run logs, derived from its manifest only."""
     metrics: list[tuple[str, float, int]] = [
@@ -344,6 +357,10 @@ def child_description(c: Mapping[str, Any], manifest: Mapping[str, Any], *, cach
     lines = [f"{', '.join(how) or 'computed'} · " + " · ".join(numbers)
              + f" · {q['pair']} / {q['granularity']} on {c['dataset']['name']}/{c['dataset']['size']}",
              "", f"- effective config: `{q.get('summary', '?')}`"]
+    realized = manifest.get("realized")
+    if realized:
+        lines.append(f"- realized by ModelOpt (checked): weights `{realized['weight']}`, inputs "
+                     f"`{realized['input']}` ({realized['quantizers_checked']} quantizers)")
     if q.get("status") == "noop":
         canonical = tags.get("canonical_granularity")
         same = f"`quant_granularity={canonical}`" if canonical and canonical != q["granularity"] else \
@@ -492,6 +509,7 @@ def log_outcome(
     metrics = manifest_metrics(manifest)
     metrics += readable_metrics(metrics)
     params = run_params(c, plan.batch_plan, effect=overlay_effect(c, plan.base_format))
+    params.update(realized_params(manifest))
     tags[RUN_NAME_TAG] = run_name(c, status)  # the tag renames the run: no separate update_run request
     _log_batch(client, run_id, params, metrics, tags)
     files = [report_dir / name for name in REPORT_FILES if (report_dir / name).is_file()]
