@@ -162,3 +162,29 @@ def test_an_old_form_overlay_is_refused_in_the_plan_with_the_remedy(compose_cfg,
     with pytest.raises(CapabilityRefusedError, match=expected) as info:
         plan_run(cfg)
     assert "\n" not in str(info.value)
+
+
+def test_no_cached_result_of_the_old_form_is_reused(compose_cfg, monkeypatch):
+    """The run fingerprint of a per-token trial differs from the one the previous release computed for the
+    same command (docstring form, result schema 2), so its cached static-per-position result never hits."""
+    from autoquant_sweep import fingerprints
+    from autoquant_sweep.plan import plan_run
+
+    plan = plan_run(compose_cfg(["quant_pair=wint8_aint8", "quant_granularity=a_per_token_dynamic"]))
+    inputs = [r for r in plan.effective_format["quant_cfg"] if r["quantizer_name"] == INPUT and r.get("cfg")]
+    assert inputs[-1]["cfg"] == {"num_bits": 8, "axis": None, "block_sizes": {-1: None}, "type": "dynamic"}
+    old_format = copy.deepcopy(plan.effective_format)
+    old_input = next(r for r in reversed(old_format["quant_cfg"])
+                     if r["quantizer_name"] == INPUT and r.get("cfg"))
+    old_input["cfg"] = {"num_bits": 8, "block_sizes": {-1: None, "type": "dynamic"}}  # what 5dc5297 wrote
+
+    def fingerprint(fmt):
+        return fingerprints.run_fingerprint(
+            plan.cfg, checkpoint_identity=plan.checkpoint_identity, captions=plan.captions,
+            batch_plan=plan.batch_plan, device=plan.device, effective_format=fmt, eval_split=plan.eval_split,
+            versions=plan.versions)
+
+    assert fingerprint(plan.effective_format) == plan.fingerprint
+    monkeypatch.setattr(fingerprints, "RESULT_SCHEMA", 2)
+    assert fingerprint(old_format) != plan.fingerprint
+    assert fingerprint(plan.effective_format) != plan.fingerprint  # the schema bump alone changes it too
