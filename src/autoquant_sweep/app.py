@@ -21,7 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from autoquant_sweep.errors import SensitivityResultError, UserInputError
+from autoquant_sweep.errors import CapabilityRefusedError, SensitivityResultError, UserInputError
+from autoquant_sweep.search.progress import write_outcome
 
 log = logging.getLogger("autoquant_sweep")
 
@@ -88,13 +89,26 @@ def sensitivity_task(cfg: DictConfig) -> float | list[float]:
     install_signal_handlers()  # SIGTERM: the MLflow run ends KILLED, finally blocks run
     check_stop()  # a stop that arrived during the previous job (and was swallowed there) ends the sweep
     assign_worker_gpu(cfg, hydra_cfg)
+    label = f"{cfg.quant_pair.name} x {cfg.quant_granularity.name}"
     try:
         outcome = tracked_run(cfg, run_dir)
     except (UserInputError, SensitivityResultError) as exc:
         log.error("%s", exc)
         if multirun:
+            kind = "refused" if isinstance(exc, CapabilityRefusedError) else "failed"
+            write_outcome(run_dir, kind, label=label, reason=str(exc))
             raise  # the sweeper records the failed job and goes on
         _remove_run_dir(run_dir)
         print(f"autoquant-sweep: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    return objective_result(outcome.objectives, cfg.autoquant.objective)
+    except Exception as exc:
+        if multirun:
+            write_outcome(run_dir, "failed", label=label, reason=str(exc))
+        raise
+    result = objective_result(outcome.objectives, cfg.autoquant.objective)
+    if multirun:  # what the study's progress display (search.progress.StudyProgressCallback) shows
+        kind = "no-op" if outcome.plan.overlay_status == "noop" else "cache hit" if outcome.cache_hit \
+            else "computed"
+        first = result[0] if isinstance(result, list) else result
+        write_outcome(run_dir, kind, label=label, value=float(first))
+    return result

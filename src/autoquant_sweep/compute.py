@@ -11,6 +11,7 @@ the unquantized one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import logging
@@ -151,6 +152,7 @@ def _run_autoquant(plan: RunPlan, cache: ModelCache, batches: list[dict]) -> Any
         num_score_steps=plan.batch_plan.num_score_steps,
         disabled_layers=c["model"]["disabled_layers"],
         device=plan.device,
+        verbose=bool(aq.get("verbose", False)),
     )
 
 
@@ -173,7 +175,12 @@ def _check_realized(plan: RunPlan, loaded: LoadedModel, quantized: Any,
 
         probe = copy.deepcopy(loaded.model)
         first = {k: v.to(plan.device) for k, v in batches[0].items()}
-        mtq.quantize(probe, copy.deepcopy(plan.effective_format), forward_loop=lambda m: m(**first))
+        from autoquant_sweep.sensitivity import quiet_modelopt
+
+        with contextlib.ExitStack() as stack:
+            if not plan.cfg["autoquant"].get("verbose", False):
+                stack.enter_context(quiet_modelopt())
+            mtq.quantize(probe, copy.deepcopy(plan.effective_format), forward_loop=lambda m: m(**first))
         quantizers, source = realize(probe), "probe: the format on one calibration batch"
         del probe
     where = f"quant_pair={c['quant_pair']['name']} quant_granularity={c['quant_granularity']['name']}"

@@ -6,14 +6,20 @@ only in granularity were measured to come back with identical scores (facts file
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import math
 import resource
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from autoquant_sweep.errors import SensitivityResultError, UserInputError
+
+log = logging.getLogger(__name__)
 
 METHODS = ("gradient", "kl_div")
 
@@ -64,6 +70,48 @@ class SensitivityResult:
         return data
 
 
+#: ModelOpt warnings that hold by design on every trial: the project always passes its own (custom)
+#: effective format, and AutoQuant's gradient scoring turns on gradient checkpointing of its model copy
+BY_DESIGN_WARNINGS = {
+    "Received custom quantization formats": "every trial passes the project's own effective format as a "
+    "custom format (by design: one overlay-built format per call)",
+    "Enabling gradient checkpointing": "AutoQuant's gradient scoring enables gradient checkpointing on the "
+    "trial's own model copy, which is discarded after the trial",
+}
+_EXPLAINED: set[str] = set()
+
+
+@contextlib.contextmanager
+def quiet_modelopt() -> Iterator[None]:
+    """ModelOpt's per-trial noise off: its tqdm bars and prints (``Inserted 106 quantizers``) go to the
+    debug log, and the warnings of :data:`BY_DESIGN_WARNINGS` are explained once per process in the log.
+    ``autoquant.verbose=true`` runs without it.
+
+    The bars are ``tqdm``'s, written to ``sys.stderr`` as it is when a bar starts (tqdm reads its
+    ``TQDM_DISABLE`` default at import, too early to switch here), so both streams are captured for the
+    call; logging handlers keep the real streams, and an exception leaves the block before it is printed.
+    """
+    captured = io.StringIO()
+    try:
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(captured), \
+                contextlib.redirect_stderr(captured):
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for line in captured.getvalue().replace("\r", "\n").splitlines():
+            if line.strip():
+                log.debug("modelopt: %s", line)
+    for warning in caught:
+        text = str(warning.message)
+        known = next((key for key in BY_DESIGN_WARNINGS if key in text), None)
+        if known is None:  # not known to be harmless: shown as ModelOpt raised it
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        elif known not in _EXPLAINED:
+            _EXPLAINED.add(known)
+            log.info("ModelOpt warns %r: expected, %s (autoquant.verbose=true shows ModelOpt's output)",
+                     text[:80], BY_DESIGN_WARNINGS[known])
+
+
 def _forward_for(method: str):
     if method == "gradient":
         return lambda model, batch: model(**batch)
@@ -83,6 +131,7 @@ def run_autoquant(
     num_score_steps: int,
     disabled_layers: Sequence[str] = ("*lm_head*",),
     device: str = "cpu",
+    verbose: bool = False,
 ) -> SensitivityResult:
     """Score every searchable layer group of ``model`` under ``quant_format`` (modifies ``model``).
 
@@ -115,19 +164,22 @@ def run_autoquant(
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     try:
-        quantized_model, state = mtq.auto_quantize(
-            model,
-            constraints={"effective_bits": float(effective_bits)},
-            quantization_formats=[quant_format],
-            data_loader=device_batches,
-            forward_step=forward,
-            loss_func=loss_func if method == "gradient" else None,
-            disabled_layers=list(disabled_layers),
-            num_calib_steps=num_calib_steps,
-            num_score_steps=num_score_steps,
-            verbose=False,
-            method=method,
-        )
+        with contextlib.ExitStack() as stack:
+            if not verbose:
+                stack.enter_context(quiet_modelopt())
+            quantized_model, state = mtq.auto_quantize(
+                model,
+                constraints={"effective_bits": float(effective_bits)},
+                quantization_formats=[quant_format],
+                data_loader=device_batches,
+                forward_step=forward,
+                loss_func=loss_func if method == "gradient" else None,
+                disabled_layers=list(disabled_layers),
+                num_calib_steps=num_calib_steps,
+                num_score_steps=num_score_steps,
+                verbose=False,
+                method=method,
+            )
     except ValueError as exc:
         if "infeasible" in str(exc):
             raise UserInputError(f"autoquant.effective_bits: {exc} (format {format_label})") from exc

@@ -98,6 +98,8 @@ class AutoQuantConfig:
     budget_grid: list[float] | None = None
     # held-out loss of the returned (quantized) model vs the unquantized one
     evaluate: bool = True
+    # ModelOpt's own progress bars, prints and by-design warnings (quiet by default)
+    verbose: bool = False
 
 
 @dataclass
