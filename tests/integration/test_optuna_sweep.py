@@ -165,7 +165,7 @@ def test_same_seed_same_sequence_and_resume_grows_the_study(default_study, embed
                  if t.state == optuna.trial.TrialState.COMPLETE]
     # every trial that computed in the first study is a cache hit here (refused ones fail before the cache)
     assert (result.stderr + result.stdout).count("cache hit:") == len(completed) > 0
-    assert "Estimating auto_quantize scores" not in result.stderr
+    assert "running AutoQuant" not in result.stderr + result.stdout  # (ModelOpt's bars are quiet anyway)
     # resume: the same command again adds trials to the same study
     again = run_app(
         ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", *_store_overrides(tmp_path)],
