@@ -124,6 +124,18 @@ class MlflowSweepCallback(Callback):
 
             check_storage(OmegaConf.select(config, "hydra.sweeper.storage", default=None))
 
+    def _stop_if_nothing_left(self, config: DictConfig) -> None:
+        """A grid study that ran every combination of its space: one line, exit 0, nothing created."""
+        if "OptunaSweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")):
+            return
+        from autoquant_sweep.search.sweeper import grid_used_up
+
+        line = grid_used_up(config)
+        if line is not None:
+            log.info("%s", line)
+            print(f"autoquant-sweep: {line}", file=sys.stderr)
+            sys.exit(0)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from autoquant_sweep.errors import UserInputError
         from autoquant_sweep.layout import ensure_output_dir
@@ -131,6 +143,7 @@ class MlflowSweepCallback(Callback):
 
         try:
             self._preflight(config)
+            self._stop_if_nothing_left(config)
             self.container = _task_container(config)
             self.settings = settings_from_cfg(self.container)
             if self.settings.enabled:
