@@ -105,7 +105,7 @@ def check_storage(url: Any) -> None:
         return
     if url.startswith("sqlite"):
         if sqlite_path(url) is not None:
-            check_sqlite_store(url, "hydra.sweeper.storage")
+            check_sqlite_store(url, "hydra.sweeper.storage", tool="optuna")
         return
     try:
         _open_storage(url).remove_session()
