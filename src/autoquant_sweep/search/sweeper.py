@@ -158,8 +158,9 @@ def _one_line_exit(exc: UserInputError | str) -> SweepExit:
     return SweepExit(str(exc))
 
 
-class _GridSampler(optuna.samplers.GridSampler):
-    """Optuna's ``GridSampler`` that does not stop the study once its grid is used up.
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's ``GridSampler`` that does not stop the study once its grid is used up (same class name:
+    the plugin logs ``Sampler: GridSampler``).
 
     ``after_trial`` calls ``study.stop()``, which raises ``RuntimeError`` outside ``study.optimize``: the
     plugin drives ``ask`` / ``tell`` itself and catches it after a complete trial only, so a sweep whose
@@ -177,10 +178,10 @@ class _GridSampler(optuna.samplers.GridSampler):
 
 class _GridSamplerPartial(functools.partial):
     """The plugin's grid sampler factory (it still sees a partial of ``GridSampler`` and enters its grid
-    mode), building :class:`_GridSampler`."""
+    mode), building :class:`GridSampler`."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return _GridSampler(*self.args, *args, **{**self.keywords, **kwargs})
+        return GridSampler(*self.args, *args, **{**self.keywords, **kwargs})
 
 
 def _is_grid(sampler: Any) -> bool:
