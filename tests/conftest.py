@@ -42,6 +42,22 @@ def compose_cfg() -> Callable[..., object]:
     return _compose
 
 
+def study_name(overrides: Sequence[str] = (), space: Sequence[str] = ()) -> str:
+    """The Optuna study name of ``-m hydra/sweeper=optuna *overrides *space`` (``space``: the sweep
+    overrides, e.g. ``quant_pair=choice(a,b)``), resolved by the conf's own ``hydra.sweeper.study_name``."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf, open_dict
+
+    from autoquant_sweep.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("sensitivity", overrides=["hydra/sweeper=optuna", *overrides], return_hydra_config=True)
+    with open_dict(cfg):  # compose() takes no sweep overrides: they reach the name as a sweep's would
+        cfg.hydra.overrides.task = [*overrides, *space]
+    return str(OmegaConf.select(cfg, "hydra.sweeper.study_name"))
+
+
 def run_app(
     args: Sequence[str],
     cwd: Path,

@@ -112,6 +112,36 @@ def quiet_modelopt() -> Iterator[None]:
                      text[:80], BY_DESIGN_WARNINGS[known])
 
 
+class PhaseClock:
+    """The batches as an iterable that notes when each pass over them starts.
+
+    ModelOpt iterates ``data_loader`` once to calibrate and once to score, whatever the method
+    (``gradient`` and ``kl_div`` alike), so the last pass's start is where scoring began. A clock
+    that saw fewer than two passes cannot split the time: the split is then ``None`` (not measured).
+
+    Example:
+        >>> clock = PhaseClock([1, 2])
+        >>> [list(clock), list(clock)] and len(clock.starts)
+        2
+        >>> PhaseClock([1]).split(0.0, 1.0)
+        (None, None)
+    """
+
+    def __init__(self, batches: Sequence[Any]) -> None:
+        self.batches = batches
+        self.starts: list[float] = []
+
+    def __iter__(self) -> Any:
+        self.starts.append(time.perf_counter())
+        return iter(self.batches)
+
+    def split(self, start: float, end: float) -> tuple[float | None, float | None]:
+        """(calibration, scoring) seconds of a call that ran from ``start`` to ``end``."""
+        if len(self.starts) < 2:
+            return None, None
+        return self.starts[-1] - start, end - self.starts[-1]
+
+
 def _forward_for(method: str):
     if method == "gradient":
         return lambda model, batch: model(**batch)
@@ -152,12 +182,10 @@ def run_autoquant(
         raise UserInputError(
             f"autoquant.method: unknown method '{method}'; choose one of {', '.join(METHODS)}"
         )
-    device_batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
-    phase: dict[str, float] = {}
+    clock = PhaseClock([{k: v.to(device) for k, v in b.items()} for b in batches])
     forward = _forward_for(method)
 
     def loss_func(output: Any, batch: dict) -> Any:
-        phase.setdefault("score_start", time.perf_counter())
         return output.loss
 
     if device == "cuda":
@@ -171,7 +199,7 @@ def run_autoquant(
                 model,
                 constraints={"effective_bits": float(effective_bits)},
                 quantization_formats=[quant_format],
-                data_loader=device_batches,
+                data_loader=clock,
                 forward_step=forward,
                 loss_func=loss_func if method == "gradient" else None,
                 disabled_layers=list(disabled_layers),
@@ -221,7 +249,7 @@ def run_autoquant(
             )
         )
     check_scores(layers, format_label)
-    score_start = phase.get("score_start")
+    calibration_seconds, scoring_seconds = clock.split(start, end)
     best = state["best"]
     result = SensitivityResult(
         format_label=format_label,
@@ -236,8 +264,8 @@ def run_autoquant(
         num_score_steps=num_score_steps,
         seconds={
             "autoquant": end - start,
-            "calibration": (score_start - start) if score_start else None,
-            "scoring": (end - score_start) if score_start else None,
+            "calibration": calibration_seconds,
+            "scoring": scoring_seconds,
         },
         peak_memory_mb=peak_mb,
         memory_kind=memory_kind,

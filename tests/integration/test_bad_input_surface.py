@@ -117,7 +117,8 @@ def _one_error_line(result: subprocess.CompletedProcess) -> str:
         ("unreachable-server", r"^tracking server http://127\.0\.0\.1:\d+ is unreachable"),
         ("corrupt-weights", r"^model\.path: cannot load a causal_lm model from '.*corrupt-ckpt'"),
         ("unwritable-output", r"^output directory '.*a-file/results/.*' is not writable"),
-        ("only-refused-space", r"^hydra\.sweeper: no trial of study '.*' completed \(2 failed or refused\)"),
+        ("only-refused-space",
+         r"^hydra\.sweeper: no trial of study '.*' completed \(2 failed or refused in this sweep\)"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2_and_nothing_written(cli_cases, case, pattern):

@@ -17,11 +17,12 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import SENSITIVITY_APP, run_app
+from tests.conftest import SENSITIVITY_APP, run_app, study_name
 
 pytestmark = pytest.mark.integration
 
-STUDY = "sensitivity-qwen3_tiny-captions-small-constrained_score"
+SPACE = ["quant_pair=choice(wint8_aint8,wint4_aint8)", "quant_granularity=choice(default,w_group128)"]
+STUDY = study_name(["dataset.size=small"], SPACE)  # the study of these sweeps
 NAME = "autoquant-qwen3_tiny-constrained_score"
 STARTED = "running AutoQuant"  # app.py logs it when a trial's AutoQuant is about to start
 
@@ -33,8 +34,7 @@ def _args(tmp: Path, n_trials: int) -> list[str]:
         f"tracking.tracking_uri=sqlite:///{tmp}/mlflow.db", f"tracking.artifact_location={tmp}/mlruns",
         "output_layout=publish", f"output_layout.publish_root={tmp}/pub",
         # the fast integer pairs on CPU; no cache, so every trial runs AutoQuant (and logs STARTED)
-        "quant_pair=choice(wint8_aint8,wint4_aint8)", "quant_granularity=choice(default,w_group128)",
-        "autoquant.cache=false",
+        *SPACE, "autoquant.cache=false",
     ]
 
 

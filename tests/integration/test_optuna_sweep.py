@@ -10,11 +10,11 @@ import pytest
 from autoquant_sweep.compute import MODEL_CACHE
 from autoquant_sweep.pipeline import run
 
-from ..conftest import run_app
+from ..conftest import run_app, study_name
 
 pytestmark = pytest.mark.integration
 
-STUDY = "sensitivity-qwen3_tiny-captions-small-constrained_score"
+STUDY = study_name()  # the default study (`-m hydra/sweeper=optuna`)
 
 
 def store_client(folder):
@@ -178,6 +178,9 @@ def test_same_seed_same_sequence_and_resume_grows_the_study(default_study, embed
     assert _params(resumed)[:5] == first
 
 
+REFUSED_SPACE = ["quant_pair=choice(wint8_aint8,wfp4_afp16)", "quant_granularity=choice(default)"]
+
+
 def test_refused_combination_is_a_failed_trial_and_the_sweep_completes(tmp_path, embedded):
     result = run_app(
         [
@@ -185,15 +188,14 @@ def test_refused_combination_is_a_failed_trial_and_the_sweep_completes(tmp_path,
             "hydra/sweeper=optuna",
             "hydra/sweeper/sampler=grid",
             "hydra.sweeper.n_trials=2",
-            "quant_pair=choice(wint8_aint8,wfp4_afp16)",
-            "quant_granularity=choice(default)",
+            *REFUSED_SPACE,
             *_store_overrides(tmp_path),
         ],
         cwd=tmp_path,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/optuna.db")
+    study = optuna.load_study(study_name=study_name(space=REFUSED_SPACE), storage=f"sqlite:///{tmp_path}/optuna.db")
     states = {t.params["quant_pair"]: t.state for t in study.trials}
     assert states == {
         "wint8_aint8": optuna.trial.TrialState.COMPLETE,
@@ -215,7 +217,7 @@ def test_pareto_preset_returns_a_pareto_set(tmp_path, embedded):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(
-        study_name="sensitivity-qwen3_tiny-captions-small-pareto", storage=f"sqlite:///{tmp_path}/optuna.db"
+        study_name=study_name(["search=pareto"]), storage=f"sqlite:///{tmp_path}/optuna.db"
     )
     assert len(study.directions) == 2
 
@@ -255,16 +257,16 @@ def test_trial_scores_equal_a_fresh_process_after_other_formats(compose_cfg, tmp
 def test_no_op_granularities_cost_a_cache_hit_and_the_space_is_covered_once(tmp_path, embedded):
     """Activation overlays on a weight-only pair are the pair's own config: one computed trial, two cache
     hits, every combination once (n_trials > combinations), and the answer is named `default`."""
+    space = ["quant_pair=choice(wint8_afp16)",
+             "quant_granularity=choice(a_per_token_dynamic,default,a_per_tensor_static)"]
 
     result = run_app(
-        ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=5", "quant_pair=choice(wint8_afp16)",
-         "quant_granularity=choice(a_per_token_dynamic,default,a_per_tensor_static)",
-         *_store_overrides(tmp_path)],
+        ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=5", *space, *_store_overrides(tmp_path)],
         cwd=tmp_path,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/optuna.db")
+    study = optuna.load_study(study_name=study_name(space=space), storage=f"sqlite:///{tmp_path}/optuna.db")
     assert sorted(g for _, g in _params(study)) == ["a_per_tensor_static", "a_per_token_dynamic", "default"]
     client = store_client(tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("sensitivity").experiment_id])

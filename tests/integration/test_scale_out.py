@@ -17,14 +17,14 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import run_app
+from tests.conftest import run_app, study_name
 
 pytestmark = pytest.mark.integration
 
-STUDY = "sensitivity-qwen3_tiny-captions-small-constrained_score"
 NAME = "autoquant-qwen3_tiny-constrained_score"
 PG_ENV = "AUTOQUANT_SWEEP_TEST_PG_URL"
 SPACE = ["quant_pair=choice(wint8_aint8,wint4_aint8)", "quant_granularity=choice(default,w_group128)"]
+STUDY = study_name(["dataset.size=small"], SPACE)  # the study of these sweeps
 
 
 def _two_workers(n_trials: int) -> list[str]:

@@ -25,13 +25,13 @@ from pathlib import Path
 import optuna
 import pytest
 
-from ..conftest import SENSITIVITY_APP
+from ..conftest import SENSITIVITY_APP, study_name
 
 pytestmark = pytest.mark.integration
 
-STUDY = "sensitivity-qwen3_tiny-captions-small-constrained_score"
 NAME = "autoquant-qwen3_tiny-constrained_score"
 SPACE = ["quant_pair=choice(wint8_aint8,wint4_aint8)", "quant_granularity=choice(default,w_group128)"]
+STUDY = study_name(["dataset.size=small"], SPACE)  # the study of these sweeps
 STARTED = "running AutoQuant"  # app.py logs it when a trial's AutoQuant is about to start
 ERROR = "autoquant-sweep: error:"
 

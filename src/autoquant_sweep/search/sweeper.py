@@ -20,8 +20,10 @@ The sweep itself is the plugin's, unchanged, driven through its public construct
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -103,12 +105,43 @@ def check_storage(url: Any) -> None:
         return
     if url.startswith("sqlite"):
         if sqlite_path(url) is not None:
-            check_sqlite_store(url, "hydra.sweeper.storage")
+            check_sqlite_store(url, "hydra.sweeper.storage", tool="optuna")
         return
     try:
         _open_storage(url).remove_session()
     except Exception as exc:  # SQLAlchemy / driver errors: the URL, the server or the credentials
         raise _storage_error(url, exc) from exc
+
+
+def grid_used_up(config: DictConfig) -> str | None:
+    """The line saying that the grid study of this sweep has no combination left to run (every one was
+    taken by a trial), None when some are left, the sampler is not a grid or the study does not exist.
+
+    Called by the sweep callback before anything is created; opens no store that does not exist yet.
+    """
+    from autoquant_sweep.search.grid import GRID_SAMPLER, combinations_left, grid_space, nothing_left_text
+    from autoquant_sweep.tracking.store import sqlite_path
+
+    if OmegaConf.select(config, "hydra.sweeper.sampler._target_", default=None) != GRID_SAMPLER:
+        return None
+    url = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
+    name = OmegaConf.select(config, "hydra.sweeper.study_name", default=None)
+    if not isinstance(url, str) or not name or url.startswith(("redis", "journal")):
+        return None
+    if url.startswith("sqlite") and not ((db := sqlite_path(url)) is not None and db.is_file()):
+        return None  # a new study file: nothing ran yet
+    task = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
+    space = grid_space(OmegaConf.select(config, "hydra.sweeper.params", default=None), [str(a) for a in task])
+    if space is None:
+        return None
+    try:
+        study = optuna.load_study(study_name=str(name), storage=_open_storage(url))
+    except KeyError:  # the study does not exist yet
+        return None
+    except SQLAlchemyError as exc:
+        raise _storage_error(url, exc) from exc
+    trials = study.trials
+    return None if combinations_left(space, trials) else nothing_left_text(str(name), space, trials)
 
 
 class SweepExit(SystemExit):
@@ -123,6 +156,51 @@ def _one_line_exit(exc: UserInputError | str) -> SweepExit:
     log.error("%s", exc)
     print(f"autoquant-sweep: error: {exc}", file=sys.stderr)
     return SweepExit(str(exc))
+
+
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's ``GridSampler`` that does not stop the study once its grid is used up (same class name:
+    the plugin logs ``Sampler: GridSampler``).
+
+    ``after_trial`` calls ``study.stop()``, which raises ``RuntimeError`` outside ``study.optimize``: the
+    plugin drives ``ask`` / ``tell`` itself and catches it after a complete trial only, so a sweep whose
+    last combination *failed* (refused) ended in a traceback. The sweeper asks for no more trials than
+    combinations are left (:meth:`AutoquantOptunaSweeper._cap_to_grid_left`), so the stop is not needed.
+    """
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        try:
+            super().after_trial(study, trial, state, values)
+        except RuntimeError as exc:
+            if "Study.stop" not in str(exc):
+                raise
+
+
+class _GridSamplerPartial(functools.partial):
+    """The plugin's grid sampler factory (it still sees a partial of ``GridSampler`` and enters its grid
+    mode), building :class:`GridSampler`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return GridSampler(*self.args, *args, **{**self.keywords, **kwargs})
+
+
+def _is_grid(sampler: Any) -> bool:
+    return isinstance(sampler, functools.partial) and sampler.func == optuna.samplers.GridSampler
+
+
+def _own_new_trials(study: Any, before: set[int]) -> list[Any]:
+    """This process's trials of ``study`` that were not there before its sweep started."""
+    me = faults.owner()
+    return [t for t in study.trials if t.number not in before and faults.trial_owner(t) == me]
+
+
+def _no_result_text(study: Any, before: set[int]) -> str:
+    own = _own_new_trials(study, before)
+    return (
+        f"hydra.sweeper: no trial of study '{study.study_name}' completed ({len(own)} failed or refused in "
+        "this sweep); the search space holds only combinations that cannot run here "
+        "(see `autoquant-sweep validate`) or every job failed (see the job lines above); nothing registered"
+    )
 
 
 class AutoquantOptunaSweeper(OptunaSweeper):
@@ -144,6 +222,9 @@ class AutoquantOptunaSweeper(OptunaSweeper):
         # the user's ``custom_search_space`` stays in the config: record_trial_owner runs it after the stamp
         super().__init__(sampler, direction, storage, study_name, n_trials, n_jobs, max_failure_rate,
                          OWNER_HOOK, params)
+        grid = self.sweeper.sampler
+        if _is_grid(grid):
+            self.sweeper.sampler = _GridSamplerPartial(grid.func, *grid.args, **grid.keywords)
 
     def sweep(self, arguments: list[str]) -> None:
         faults.install_signal_handlers()
@@ -153,18 +234,15 @@ class AutoquantOptunaSweeper(OptunaSweeper):
                 study = self._cleanup()
             except SQLAlchemyError as exc:
                 raise _one_line_exit(_storage_error(self.storage_url, exc)) from exc
+        before = {t.number for t in study.trials} if study is not None else set()
+        self._cap_to_grid_left(study, arguments)
         try:
-            return super().sweep(arguments)
+            super().sweep(arguments)
         except ValueError as exc:  # the plugin asks for the best trial of a study where none completed
             study = study or self._load()
             if study is None or any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
                 raise
-            message = (
-                f"hydra.sweeper: no trial of study '{study.study_name}' completed ({len(study.trials)} "
-                "failed or refused); the search space holds only combinations that cannot run here "
-                "(see `autoquant-sweep validate`) or every job failed (see the job lines above)"
-            )
-            raise _one_line_exit(message) from exc
+            raise _one_line_exit(_no_result_text(study, before)) from exc
         except BaseException as exc:
             study = study or self._load()
             faults.record_stop(exc)  # Ctrl-C / SIGTERM: the sweep callback ends the parent KILLED
@@ -175,6 +253,38 @@ class AutoquantOptunaSweeper(OptunaSweeper):
                 if failed:
                     log.warning("optuna trials %s marked FAIL (%s)", failed, reason)
             raise
+        self._require_a_result(before)
+
+    def _cap_to_grid_left(self, study: Any, arguments: list[str]) -> None:
+        """A grid study asks at most for the combinations no trial took yet (``search/grid.py``): the
+        plugin caps ``n_trials`` at the grid's size only, and Optuna re-proposes finished ones."""
+        from autoquant_sweep.search.grid import combinations_left, grid_space, nothing_left_text
+
+        # still the plugin's partial here: it builds the sampler inside sweep()
+        grid = _is_grid(self.sweeper.sampler)
+        space = grid_space(self.sweeper.params, arguments) if study is not None and grid else None
+        if space is None:
+            return
+        left = combinations_left(space, study.trials)
+        if not left:  # the sweep callback stops this before anything is created; here: a concurrent sweep
+            raise _one_line_exit(f"hydra.sweeper: {nothing_left_text(study.study_name, space, study.trials)}")
+        if len(left) < self.sweeper.n_trials:
+            log.info("study %s: %d of its grid's combinations left; n_trials %d -> %d", study.study_name,
+                     len(left), self.sweeper.n_trials, len(left))
+            self.sweeper.n_trials = len(left)
+
+    def _require_a_result(self, before: set[int]) -> None:
+        """A sweep none of whose trials completed is an error (exit 2), even in a study with earlier
+        results: the plugin would name the study's old best as this sweep's result."""
+        study = self._load()
+        if study is None:
+            return
+        own = _own_new_trials(study, before)
+        if any(t.state == optuna.trial.TrialState.COMPLETE for t in own):
+            return
+        results = Path(str(self.sweeper.config.hydra.sweep.dir)) / "optimization_results.yaml"
+        results.unlink(missing_ok=True)  # it names a best that is not this sweep's
+        raise _one_line_exit(_no_result_text(study, before))
 
     def _load(self) -> Any:
         """The study on this sweep's RDB storage, ``None`` when it does not exist yet (or no RDB storage)."""

@@ -124,6 +124,34 @@ class MlflowSweepCallback(Callback):
 
             check_storage(OmegaConf.select(config, "hydra.sweeper.storage", default=None))
 
+    def _check_stores_apart(self, config: DictConfig) -> None:
+        """The study storage and the MLflow store given as one SQLite file: each tool would write its
+        tables into the other's store (checked while neither exists yet, too)."""
+        from autoquant_sweep.errors import UserInputError
+        from autoquant_sweep.tracking.store import sqlite_path
+
+        storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
+        if not self.settings.enabled or not isinstance(storage, str):
+            return
+        study_db, mlflow_db = sqlite_path(storage), sqlite_path(str(self.settings.tracking_uri))
+        if study_db is not None and mlflow_db is not None and study_db.resolve() == mlflow_db.resolve():
+            raise UserInputError(
+                f"hydra.sweeper.storage: '{study_db}' is also the MLflow store (from "
+                f"{self.settings.source}); each tool needs its own file: e.g. "
+                f"hydra.sweeper.storage=sqlite:///{study_db.parent / 'optuna.db'}")
+
+    def _stop_if_nothing_left(self, config: DictConfig) -> None:
+        """A grid study that ran every combination of its space: one line, exit 0, nothing created."""
+        if "OptunaSweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")):
+            return
+        from autoquant_sweep.search.sweeper import grid_used_up
+
+        line = grid_used_up(config)
+        if line is not None:
+            log.info("%s", line)
+            print(f"autoquant-sweep: {line}", file=sys.stderr)
+            sys.exit(0)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from autoquant_sweep.errors import UserInputError
         from autoquant_sweep.layout import ensure_output_dir
@@ -131,8 +159,10 @@ class MlflowSweepCallback(Callback):
 
         try:
             self._preflight(config)
+            self._stop_if_nothing_left(config)
             self.container = _task_container(config)
             self.settings = settings_from_cfg(self.container)
+            self._check_stores_apart(config)
             if self.settings.enabled:
                 try:
                     self.client = connect(self.settings)  # a damaged SQLite store stops here, untouched

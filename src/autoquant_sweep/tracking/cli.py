@@ -160,14 +160,48 @@ def check_out_dir(out: Path, force: bool = False) -> None:
         raise UserInputError(f"--out: cannot create '{out}': '{existing}' is not a writable folder")
 
 
+def _target_checkpoint(model_path: str | None) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint ``apply`` quantizes and its ``config.json`` (one line naming ``--model-path`` when it
+    is not a checkpoint folder or its config does not parse)."""
+    from autoquant_sweep.modeling import check_checkpoint_dir, read_checkpoint_config
+
+    if model_path is None:
+        from autoquant_sweep.embedded import ensure_embedded_assets
+
+        model_path = str(ensure_embedded_assets().qwen3_tiny_dir)
+    checkpoint = check_checkpoint_dir(model_path, key="--model-path")
+    return checkpoint, read_checkpoint_config(checkpoint, key="--model-path")
+
+
+def _check_recipe_fits(mv: Any, data: bytes, checkpoint: Path, config: dict[str, Any], uniform: bool,
+                       tracking_uri: str) -> None:
+    """The version's config must fit the target's modules and shapes (:mod:`autoquant_sweep.recipe_fit`):
+    ``mtq.quantize`` would take it anyway and leave layers unquantized or pad blocks."""
+    from autoquant_sweep.errors import UserInputError
+    from autoquant_sweep.recipe_fit import recipe_mismatch
+    from autoquant_sweep.tracking.registry import quantize_config_from_json, version_recipe
+
+    recipe = {} if uniform else version_recipe(mv, tracking_uri)
+    decided = [*recipe.get("quantized_groups", []), *recipe.get("kept_16bit_groups", [])] or None
+    problem = recipe_mismatch(quantize_config_from_json(data), config, decided)
+    if problem:
+        what = "uniform config" if uniform else "recipe"
+        config_file = checkpoint / "config.json"
+        raise UserInputError(
+            f"--model-path: the {what} of {mv.name} v{mv.version} does not fit '{config_file}': {problem}; "
+            "apply it to the model it was made for, or run a sweep on this checkpoint for its own recipe")
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     """Look up a config and quantize + save a checkpoint with it."""
     from autoquant_sweep.tracking.registry import get_version, quantize_config_from_json
 
     out = Path(args.out)
     check_out_dir(out, force=getattr(args, "force", False))  # before any lookup or model load
+    target, target_config = _target_checkpoint(args.model_path)  # before the lookup, too
     uniform = getattr(args, "uniform", False)
     mv, data = get_version(args.name, args.alias, args.version, _tracking_uri(args), uniform=uniform)
+    _check_recipe_fits(mv, data, target, target_config, uniform, _tracking_uri(args))  # before the load
     print(_summary(mv))
     print(f"applying the {'uniform effective config' if uniform else 'per-layer recipe'}")
     model_path = Path(args.model_path) if args.model_path else None

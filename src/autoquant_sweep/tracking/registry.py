@@ -99,27 +99,58 @@ def _same_study(ct: Mapping[str, str], vt: Mapping[str, str]) -> bool:
     return all(ct.get(k) == vt.get(k) for k in ("objective", "dataset", "dataset_size", "budget"))
 
 
-def _beats(client: Any, name: str, alias: str, version_tags: Mapping[str, str], value: float) -> bool:
-    """Whether ``value`` should move ``alias``: no current holder, or the same objective, dataset and
-    budget with a strictly lower value."""
-    current = _alias_version(client, name, alias)
-    if current is None:
-        return True
-    ct = current.tags
+def _version_value(mv: Any) -> float:
     try:
-        current_value = float(ct.get("objective_value", "nan"))
+        return float(mv.tags.get("objective_value", "nan"))
     except ValueError:
-        current_value = math.nan
-    if not _same_study(ct, version_tags):
-        log.warning("registry: %s@%s (v%s) was measured on another dataset/objective/budget; alias kept",
-                    name, alias, current.version)
-        return False
-    return not math.isfinite(current_value) or value < current_value
+        return math.nan
+
+
+def best_version(versions: Sequence[Any], study_tags: Mapping[str, str]) -> Any | None:
+    """The version an alias belongs on: the lowest finite ``objective_value`` among the satisfied versions
+    of the same study (objective, dataset, size, budget) as ``study_tags``; ties go to the oldest.
+
+    Example:
+        >>> from types import SimpleNamespace as V
+        >>> study = {"objective": "constrained_score", "dataset": "captions", "dataset_size": "small",
+        ...          "budget": "10.0", "recipe_satisfied": "true"}
+        >>> versions = [V(version="1", tags=study | {"objective_value": "2e-7"}),
+        ...             V(version="2", tags=study | {"objective_value": "1e-7"}),
+        ...             V(version="3", tags=study | {"objective_value": "1e-8", "budget": "8.0"})]
+        >>> best_version(versions, study).version
+        '2'
+    """
+    candidates = [v for v in versions if _same_study(v.tags, study_tags)
+                  and v.tags.get("recipe_satisfied") == "true" and math.isfinite(_version_value(v))]
+    return min(candidates, key=lambda v: (_version_value(v), int(v.version)), default=None)
+
+
+def settle_alias(client: Any, name: str, alias: str, study_tags: Mapping[str, str], attempts: int = 10
+                 ) -> Any | None:
+    """Point ``alias`` at :func:`best_version` of *all* registered versions of ``name``, then read the
+    registry again until alias and versions agree; returns the version the alias is on.
+
+    Derived from the registry, not read-then-set: two sweeps registering at the same time each create
+    their version first and check after their own write, so the last writer always sees every version
+    and the end state does not depend on timing. A holder measured on another study keeps the alias.
+    """
+    for _ in range(attempts):
+        current = _alias_version(client, name, alias)
+        if current is not None and not _same_study(current.tags, study_tags):
+            log.warning("registry: %s@%s (v%s) was measured on another dataset/objective/budget; alias kept",
+                        name, alias, current.version)
+            return current
+        best = best_version(client.search_model_versions(f"name='{name}'"), study_tags)
+        if best is None or (current is not None and current.version == best.version):
+            return current
+        client.set_registered_model_alias(name, alias, best.version)
+    return _alias_version(client, name, alias)
 
 
 def register_best(client: Any, rows: Sequence[Mapping[str, Any]], objective: str) -> dict[str, Any] | None:
-    """Register the best qualifying child's recipe as a new version; move ``best`` and the budget band's
-    alias (``best-b9``) only if it strictly beats the current holder (same objective, dataset, budget).
+    """Register the best qualifying child's recipe as a new version, then put ``best`` and the budget band's
+    alias (``best-b9``) on the best satisfied version of all (same objective, dataset, budget):
+    :func:`settle_alias`, so concurrent sweeps end on the best version whatever the timing.
 
     The version points at the run that computed the result (a cache hit's ``cache_source_run_id``).
     Returns ``{"name", "version", "value", "alias_moved", "band_alias", "band_moved", "run_id",
@@ -183,13 +214,11 @@ def register_best(client: Any, rows: Sequence[Mapping[str, Any]], objective: str
         name, source=f"{run.info.artifact_uri}/{RECIPE_DIR}", run_id=computed_id,
         tags=version_tags, description=version_description(version_tags),
     )
-    moved = _beats(client, name, BEST_ALIAS, version_tags, value)
+    holder = settle_alias(client, name, BEST_ALIAS, version_tags)
+    moved = holder is not None and holder.version == version.version
     band = band_alias(float(version_tags["budget"])) if version_tags["budget"] else None
-    band_moved = band is not None and _beats(client, name, band, version_tags, value)
-    if moved:
-        client.set_registered_model_alias(name, BEST_ALIAS, version.version)
-    if band_moved:
-        client.set_registered_model_alias(name, band, version.version)
+    band_holder = settle_alias(client, name, band, version_tags) if band else None
+    band_moved = band_holder is not None and band_holder.version == version.version
     log.info("registry: %s v%s (%s=%.6e from run %s); alias best %s, %s %s", name, version.version,
              objective, value, computed_id, "moved here" if moved else "kept", band,
              "moved here" if band_moved else "kept")

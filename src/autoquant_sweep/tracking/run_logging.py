@@ -276,8 +276,9 @@ def manifest_metrics(manifest: Mapping[str, Any]) -> list[tuple[str, float, int]
     metrics.append(("format_bits", float(manifest["format_bits"]), 0))
     metrics.append(("peak_memory_mb", float(manifest["peak_memory_mb"] or 0.0), 0))
     for key in SECONDS_KEYS:
-        if key in manifest.get("seconds", {}):
-            metrics.append((f"seconds_{key}", float(manifest["seconds"][key]), 0))
+        seconds = (manifest.get("seconds") or {}).get(key)
+        if seconds is not None:  # None: a phase this method does not report apart (not a 0 s phase)
+            metrics.append((f"seconds_{key}", float(seconds), 0))
     constrained = manifest.get("constrained_result") or {}
     if "is_satisfied" in constrained:
         metrics.append(("constraint_satisfied", 1.0 if constrained["is_satisfied"] else 0.0, 0))

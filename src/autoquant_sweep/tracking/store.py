@@ -190,15 +190,50 @@ def sqlite_path(url: str) -> Path | None:
 _checked_stores: set[str] = set()
 
 
-def check_sqlite_store(url: str, key: str, *, create_parent: bool = False) -> None:
+#: tables that only each tool's schema has: a store holding another tool's and none of its own belongs
+#: to that tool (MLflow and Optuna would each add their tables to the other's file)
+STORE_TABLES = {
+    "mlflow": ("experiments", "runs"),
+    "optuna": ("studies", "trials"),
+}
+_STORE_USE = {"mlflow": ("an MLflow store", "mlflow.db"), "optuna": ("an Optuna study storage", "optuna.db")}
+
+
+def store_owner(tables: set[str]) -> str | None:
+    """The tool (``mlflow`` / ``optuna``) whose schema a SQLite file with ``tables`` holds, None: neither.
+
+    Example:
+        >>> store_owner({"alembic_version", "experiments", "runs", "metrics"}), store_owner(set())
+        ('mlflow', None)
+        >>> store_owner({"studies", "trials", "version_info"})
+        'optuna'
+    """
+    owners = [tool for tool, marks in STORE_TABLES.items() if all(t in tables for t in marks)]
+    return owners[0] if len(owners) == 1 else None
+
+
+def _check_owner(path: Path, key: str, tool: str, tables: set[str]) -> None:
+    owner = store_owner(tables)
+    if owner is None or owner == tool:
+        return
+    theirs, ours = _STORE_USE[owner], _STORE_USE[tool]
+    raise UserInputError(
+        f"{key}: SQLite store '{path}' is {theirs[0]} (tables {', '.join(STORE_TABLES[owner])}), not "
+        f"{ours[0]}; nothing was written. Give each tool its own file, e.g. "
+        f"{key}=sqlite:///{path.parent / ours[1]}")
+
+
+def check_sqlite_store(url: str, key: str, *, create_parent: bool = False, tool: str | None = None) -> None:
     """Stop with one line when the SQLite file behind ``url`` cannot be used; nothing else is checked.
 
     A missing file needs an existing (or, with ``create_parent``, creatable) writable folder; an existing
     one must pass ``PRAGMA quick_check`` (a damaged store stops the run before anything is written to
-    it). Each file is checked once per process; URLs that are not ``sqlite:///`` files pass.
+    it) and, with ``tool`` (``mlflow`` / ``optuna``), must not be the other tool's store
+    (:func:`store_owner`). Each file is checked once per process; URLs that are not ``sqlite:///`` files
+    pass.
     """
     path = sqlite_path(url)
-    if path is None or str(path.absolute()) in _checked_stores:
+    if path is None or (seen := f"{path.absolute()} {tool}") in _checked_stores:
         return
     if not path.exists():
         folder = path.parent
@@ -214,7 +249,7 @@ def check_sqlite_store(url: str, key: str, *, create_parent: bool = False) -> No
         if not os.access(folder, os.W_OK | os.X_OK):
             raise UserInputError(f"{key}: cannot create SQLite store '{path}': folder '{folder}' is not "
                                  "writable; choose a writable location")
-        _checked_stores.add(str(path.absolute()))
+        _checked_stores.add(seen)
         return
     if not path.is_file():
         raise UserInputError(f"{key}: SQLite store '{path}' is not a file; point to a database file")
@@ -227,10 +262,13 @@ def check_sqlite_store(url: str, key: str, *, create_parent: bool = False) -> No
         con = sqlite3.connect(f"file:{quote(str(path.absolute()))}?mode=rw", uri=True, timeout=60)
         try:
             rows = con.execute("PRAGMA quick_check").fetchall()
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
             con.close()
         if rows != [("ok",)]:
             problem = "; ".join(str(r[0]) for r in rows[:3])
+        elif tool is not None:
+            _check_owner(path, key, tool, tables)
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc):  # busy for a minute: a live writer, not damage; MLflow / Optuna will wait
             log.warning("%s: SQLite store %s stayed locked; integrity not checked", key, path)
@@ -246,7 +284,7 @@ def check_sqlite_store(url: str, key: str, *, create_parent: bool = False) -> No
             f"{key}: SQLite store '{path}' is damaged ({problem}); nothing was written. Restore it from a "
             f"backup, or move it aside to start an empty store (its history is then lost): "
             f"mv '{path}' '{path}.damaged'")
-    _checked_stores.add(str(path.absolute()))
+    _checked_stores.add(seen)
 
 
 def connect(settings: TrackingSettings) -> Any:
@@ -261,7 +299,7 @@ def connect(settings: TrackingSettings) -> Any:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         check_server(settings.tracking_uri)
     elif scheme == "sqlite":
-        check_sqlite_store(settings.tracking_uri, "tracking.tracking_uri", create_parent=True)
+        check_sqlite_store(settings.tracking_uri, "tracking.tracking_uri", create_parent=True, tool="mlflow")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.tracking import MlflowClient
 
