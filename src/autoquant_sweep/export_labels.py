@@ -44,6 +44,7 @@ __all__ = [
     "DeployLabel",
     "ExportLabelError",
     "checkpoint_label",
+    "exports_as",
     "format_label",
     "group_labels",
     "group_quantizers",
@@ -291,3 +292,23 @@ def format_label(fmt: Mapping[str, Any]) -> str:
     if label is None:
         return "refused: nothing quantized"
     return label.quant_algo + (f" (group {label.group_size})" if label.group_size else "")
+
+
+def exports_as(base_format: Mapping[str, Any], overrides: Mapping[str, Any]) -> str:
+    """The "exports as" of a pair x granularity: :func:`format_label` of the overlaid format (``-``
+    when the overlay itself is refused).
+
+    Example:
+        >>> base = {"quant_cfg": [{"quantizer_name": "*", "enable": False},
+        ...   {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 4, "block_sizes": {-1: 128}}}]}
+        >>> exports_as(base, {"*weight_quantizer": {"block_sizes": {-1: 32}}})
+        'refused: W4A16_AWQ is deployed with group size 64 / 128, not 32'
+    """
+    from autoquant_sweep.quant.overlay import OverlayError, apply_overlay
+
+    try:
+        fmt = apply_overlay(base_format, overrides).format
+    except (OverlayError, UserInputError):
+        return "-"
+    return format_label(fmt)
+
