@@ -214,20 +214,20 @@ def group_quantizers(quant_cfg: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]
         ...   {"quantizer_name": "m.0.q_proj.weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}},
         ...   {"quantizer_name": "m.0.k_proj.weight_quantizer", "enable": False}]}
         >>> group_quantizers(cfg)
-        {'m.0.k_proj': (None, None), 'm.0.q_proj': ({'num_bits': 8, 'axis': 0}, None)}
+        {'m.0.q_proj': ({'num_bits': 8, 'axis': 0}, None), 'm.0.k_proj': (None, None)}
     """
     rules = to_rule_list(quant_cfg["quant_cfg"])
-    modules = set()
+    modules: dict[str, None] = {}  # in the recipe's order (the model's), for the refusal's "first group"
     for rule in rules:
         name = str(rule.get("quantizer_name", ""))
         for attr in (".weight_quantizer", ".input_quantizer"):
             if name.endswith(attr) and not any(c in name for c in "*?["):
-                modules.add(name[: -len(attr)])
+                modules.setdefault(name[: -len(attr)])
     if not modules:
         return {"*": (_effective_from_rules(rules, "*weight_quantizer"),
                       _effective_from_rules(rules, "*input_quantizer"))}
     return {m: (_effective_from_rules(rules, f"{m}.weight_quantizer"),
-                _effective_from_rules(rules, f"{m}.input_quantizer")) for m in sorted(modules)}
+                _effective_from_rules(rules, f"{m}.input_quantizer")) for m in modules}
 
 
 def group_labels(quant_cfg: Mapping[str, Any], *, where: str = "export") -> dict[str, DeployLabel]:

@@ -165,8 +165,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from autoquant_sweep.layout import write_dir_atomically
 
     write_dir_atomically(out, write)
+    auto = "AutoModelForCausalLM" if settings.kind == "causal_lm" else "AutoModelForImageTextToText"
     print(f"quantized checkpoint -> {out} (reload: mto.enable_huggingface_checkpointing(); "
-          f"AutoModelForCausalLM.from_pretrained('{out}'))")
+          f"{auto}.from_pretrained('{out}'))")
     return 0
 
 
