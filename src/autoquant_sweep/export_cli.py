@@ -87,7 +87,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(_summary(mv))
     quant_cfg = quantize_config_from_json(data)
     labels = group_labels(quant_cfg)  # refused here, before any model loads
-    print(f"exports as {checkpoint_label(labels)} ({len(labels)} quantized layer groups)")
+    print(f"exports as {checkpoint_label(labels)} ({len(labels)} quantized linears)")
     settings = version_settings(mv, uri, args)
     print(f"run settings: {settings.model_name} ({settings.kind}, {settings.dtype}, {settings.device}), "
           f"{settings.num_calib_samples} calibration samples x {settings.seq_len} tokens in batches of "

@@ -98,6 +98,16 @@ def _group(kind: str) -> int | None:
     return int(bare[5:]) if bare.startswith("group") and bare[5:].isdigit() else None
 
 
+def _docstring_per_token(cfg: Mapping[str, Any]) -> bool:
+    """ModelOpt's documented per-token form ``block_sizes {-1: None, "type": "dynamic"}`` without the
+    quantizer-level ``type: dynamic``: declared dynamic, realized static per (batch, position)."""
+    block = cfg.get("block_sizes")
+    if not isinstance(block, Mapping) or block.get("type") != "dynamic" or cfg.get("type") == "dynamic":
+        return False
+    sizes = [v for k, v in block.items() if k not in ("type", "scale_bits", "scale_block_sizes")]
+    return bool(sizes) and all(v is None for v in sizes)
+
+
 def describe(weight: Any, inputs: Any) -> str:
     """``INT8 per_in_channel weights + inputs disabled``: a format in the words of the refusals.
 
@@ -135,6 +145,10 @@ def label_for(weight: Any, inputs: Any) -> DeployLabel | None:
         raise ExportLabelError(f"{what}: sequential input quantizers have no deployment label")
     x = xs[0] if xs else None
     xbits, xkind = _bits(x), (declared_kind(x, "input") if x is not None else "disabled")
+    if x is not None and _docstring_per_token(x):
+        raise ExportLabelError(f"{what}: this per-token form (block_sizes type dynamic, no quantizer-level "
+                               "type) is instantiated static per (batch, position) by ModelOpt 0.47 (facts "
+                               "31); static per-token inputs have no deployment label")
     wkinds = [declared_kind(s, "weight") for s in ws]
     wbits = [_bits(s) for s in ws]
 
