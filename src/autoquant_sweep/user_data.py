@@ -22,7 +22,8 @@ from autoquant_sweep.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JSONL_FIELD", "NEEDS_EVALUATION", "captions_only_dir", "check_evaluation", "parse_samples"]
+__all__ = ["JSONL_FIELD", "NEEDS_EVALUATION", "captions_only_dir", "check_evaluation",
+           "check_sweep_evaluation", "parse_samples"]
 
 JSONL_FIELD = "text"
 #: objectives whose value is the measured held-out loss increase
@@ -89,6 +90,20 @@ def check_evaluation(c: Mapping[str, Any], split: Any) -> None:
         _LOGGED.add(why)
         log.warning("held-out evaluation is off (%s): eval_loss / eval_loss_delta are not measured; set "
                     "dataset.eval_path=FILE to measure them", why)
+
+
+def check_sweep_evaluation(config: Any) -> None:
+    """:func:`check_evaluation` of a sweep's composed config, before its first trial: a study of an
+    evaluation objective without held-out data stops at once (one line) instead of failing every trial."""
+    from omegaconf import OmegaConf
+
+    from autoquant_sweep.plan import eval_split
+
+    if "autoquant" not in config or "dataset" not in config:
+        return
+    c = {"autoquant": OmegaConf.to_container(config.autoquant, resolve=True),
+         "dataset": OmegaConf.to_container(config.dataset, resolve=True)}
+    check_evaluation(c, eval_split(c))
 
 
 def captions_only_dir(cache_root: Path | None = None, seed: int = 0) -> Path:
