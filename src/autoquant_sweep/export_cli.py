@@ -75,7 +75,8 @@ def version_settings(mv: Any, tracking_uri: str, args: argparse.Namespace) -> Ru
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Look up a version, export its recipe as a unified checkpoint, log it to MLflow."""
-    from autoquant_sweep.export import export_checkpoint, log_export
+    from autoquant_sweep.errors import UserInputError
+    from autoquant_sweep.export import ExportFaithfulnessError, export_checkpoint, log_export
     from autoquant_sweep.export_labels import checkpoint_label, group_labels
     from autoquant_sweep.tracking.cli import _summary, _tracking_uri, check_out_dir
     from autoquant_sweep.tracking.registry import _client, get_version, quantize_config_from_json
@@ -94,7 +95,10 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"{settings.batch_size}, held-out split: {settings.eval_source or 'none'}")
     info = {"registered_model": mv.name, "version": mv.version, "source_run_id": mv.run_id,
             "tags": dict(mv.tags)}
-    report = export_checkpoint(quant_cfg, settings, out, info=info, force=args.force)
+    try:
+        report = export_checkpoint(quant_cfg, settings, out, info=info, force=args.force)
+    except ExportFaithfulnessError as exc:  # not the measured weights: one line, exit 2, nothing written
+        raise UserInputError(f"{exc}; report it with the version and `autoquant-sweep validate` output") from exc
     f = report["faithfulness"]
     print(f"faithfulness: {f['layers_checked']} quantized linears rebuilt from the safetensors, max error "
           f"{f['max_abs_error']:.3e} ({f['max_error_over_tolerance']:.2f} of the rounding tolerance)")
