@@ -98,7 +98,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         report = export_checkpoint(quant_cfg, settings, out, info=info, force=args.force)
     except ExportFaithfulnessError as exc:  # not the measured weights: one line, exit 2, nothing written
-        raise UserInputError(f"{exc}; report it with the version and the export_report line above") from exc
+        raise UserInputError(str(exc)) from exc
     f = report["faithfulness"]
     print(f"faithfulness: {f['layers_checked']} quantized linears rebuilt from the safetensors, max error "
           f"{f['max_abs_error']:.3e} ({f['max_error_over_tolerance']:.2f} of the rounding tolerance)")
