@@ -109,3 +109,20 @@ def test_export_of_a_recipe_without_a_label_is_refused_before_loading(store, tmp
     assert "INT8 per_in_channel weights" in lines[-1] and "no deployment label" in lines[-1]
     assert "Loading weights" not in result.stderr and "run settings" not in result.stdout  # nothing loaded
     assert not out.exists()
+
+
+def test_apply_flags_override_the_run_settings(store, tmp_path):
+    calib = tmp_path / "calib.jsonl"
+    calib.write_text("".join(json.dumps({"text": f"a photo of {i} dogs ."}) + "\n" for i in range(12)))
+    out = tmp_path / "vl-fp32"
+    result = _cli(store, "apply", VL, "--out", str(out), "--dtype", "float32", "--seq-len", "16",
+                  "--batch-size", "2", "--calib-path", str(calib), "--calib-samples", "6", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = json.loads((out / "autoquant_apply.json").read_text())
+    s = info["settings"]
+    assert (s["dtype"], s["seq_len"], s["batch_size"], s["calib_path"], s["num_calib_samples"]) == \
+        ("float32", 16, 2, str(calib), 6)
+    assert s["kind"] == "image_text_to_text"  # not overridden: the run's own
+    assert info["calibration"] == str(calib)
+    assert "run settings: qwen3_vl_tiny (image_text_to_text, float32), 6 calibration samples x 16 tokens" \
+        in result.stdout
