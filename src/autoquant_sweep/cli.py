@@ -3,6 +3,7 @@
 autoquant-sweep generate            # build (or find) the embedded tiny checkpoints and captions
 autoquant-sweep validate            # every quant_pair x quant_granularity: ok / no-op / refused, why
 autoquant-sweep report DIR          # re-render a report's per-layer files from its manifest
+autoquant-sweep export NAME --out D # a registered recipe as ModelOpt's unified HF checkpoint
 """
 
 from __future__ import annotations
@@ -35,16 +36,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def validation_rows(device: str) -> list[dict]:
     """Every conf/quant_pair x conf/quant_granularity combination with its verdict on ``device``."""
     from autoquant_sweep.config.groups import load_group
+    from autoquant_sweep.export_labels import exports_as
     from autoquant_sweep.quant.capability import device_view, validation_matrix
     from autoquant_sweep.quant.formats import resolve_format
 
     device = device_view(device)
-    return validation_matrix(
-        load_group("quant_pair"),
-        load_group("quant_granularity"),
-        cuda_available=device == "cuda",
-        resolve=resolve_format,
-    )
+    pairs, granularities = load_group("quant_pair"), load_group("quant_granularity")
+    rows = validation_matrix(pairs, granularities, cuda_available=device == "cuda", resolve=resolve_format)
+    formats = {str(p["name"]): str(p["format_name"]) for p in pairs}
+    overrides = {str(g["name"]): g.get("quant_cfg_overrides") or {} for g in granularities}
+    for row in rows:  # the deployment label `autoquant-sweep export` would write (export_labels.py)
+        row["exports_as"] = exports_as(resolve_format(formats[row["pair"]]), overrides[row["granularity"]])
+    return rows
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -56,12 +59,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=f"quant_pair x quant_granularity on {args.device}")
-    for column in ("pair", "granularity", "format_name", "status", "reason"):
+    for column in ("pair", "granularity", "format_name", "status", "reason", "exports as"):
         table.add_column(column, overflow="fold")
     colours = {"ok": "green", "noop": "yellow", "refused": "red"}
     for row in rows:
         status = f"[{colours.get(row['status'], 'white')}]{row['status']}[/]"
-        table.add_row(row["pair"], row["granularity"], row["format_name"], status, row["reason"])
+        table.add_row(row["pair"], row["granularity"], row["format_name"], status, row["reason"],
+                      row["exports_as"])
     Console(width=args.width).print(table)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "noop", "refused")}
     print(", ".join(f"{n} {s}" for s, n in counts.items()))
@@ -128,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     from autoquant_sweep.tracking.cli import add_tracking_commands
 
     add_tracking_commands(sub)
+    from autoquant_sweep.export_cli import add_export_command
+
+    add_export_command(sub)
     return parser
 
 

@@ -39,7 +39,9 @@ def read_captions(path: Path, required: int, *, keep_all: bool = False) -> list[
             f"dataset.path: captions file '{path}' is not valid UTF-8 (byte {exc.start}): "
             "re-encode it as UTF-8"
         ) from exc
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    from autoquant_sweep.user_data import parse_samples
+
+    lines = parse_samples(text, path)  # one sample per line; a .jsonl file: each line's "text" field
     if not lines:
         raise UserInputError(f"dataset.path: captions file '{path}' is empty")
     if len(lines) < required:

@@ -343,9 +343,9 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
     else:
         checkpoint, embedded_captions = check_checkpoint_dir(model_cfg.get("path")), None
         if data_cfg.get("root") is None and data_cfg.get("path") is None:
-            from autoquant_sweep.embedded import ensure_embedded_assets
+            from autoquant_sweep.user_data import captions_only_dir
 
-            embedded_captions = ensure_embedded_assets().captions_dir
+            embedded_captions = captions_only_dir()  # a real run never builds or trains the embedded models
     min_bits = _check_against_checkpoint(c, checkpoint, overlay.format, overrides)
     captions_path = data_mod.resolve_caption_path(
         data_cfg.get("root"), data_cfg["size"], data_cfg.get("path"), embedded_captions
@@ -358,6 +358,9 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
         len(captions), int(aq["batch_size"]), int(aq["num_calib_samples"]), int(aq["num_score_samples"])
     )
     split = eval_split(c)
+    from autoquant_sweep.user_data import check_evaluation
+
+    check_evaluation(c, split)  # an evaluation objective without held-out data: refused here, in one line
     identity = checkpoint_identity(checkpoint)
     versions = package_versions()
     fingerprint = run_fingerprint(

@@ -234,6 +234,12 @@ class AutoquantOptunaSweeper(OptunaSweeper):
                 study = self._cleanup()
             except SQLAlchemyError as exc:
                 raise _one_line_exit(_storage_error(self.storage_url, exc)) from exc
+        from autoquant_sweep.user_data import check_sweep_evaluation
+
+        try:  # search=measured without held-out data: refused before the first trial
+            check_sweep_evaluation(self.sweeper.config)
+        except UserInputError as exc:
+            raise _one_line_exit(exc) from exc
         before = {t.number for t in study.trials} if study is not None else set()
         self._cap_to_grid_left(study, arguments)
         try:

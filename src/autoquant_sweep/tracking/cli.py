@@ -3,6 +3,7 @@
     autoquant-sweep ui [--host 127.0.0.1] [--port 5000]
     autoquant-sweep lookup autoquant-qwen3_tiny-constrained_score [--alias best-b9 | --version 3] [--uniform]
     autoquant-sweep apply autoquant-qwen3_tiny-constrained_score --out q/ [--model-path DIR] [--uniform]
+        [--dtype ... --seq-len ...: the version's own run settings unless given]
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     print(_summary(mv))
     for line in _recipe_lines(mv, version_recipe(mv, _tracking_uri(args))):
         print(line)
+    from autoquant_sweep.export import export_lines
+
+    for line in export_lines(mv.tags):  # where `autoquant-sweep export` put this version's checkpoints
+        print(line)
     out = Path(args.out or f"{args.name}-v{mv.version}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)
@@ -83,61 +88,26 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     return 0
 
 
-def quantize_checkpoint(model_path: Path | None, quant_cfg: dict, out: Path, *, size: str = "small",
-                        seq_len: int = 32, batch_size: int = 4, device: str = "auto") -> Any:
-    """``mtq.quantize`` a checkpoint with ``quant_cfg``, calibrated on the captions, and save it to ``out``.
+def quantize_checkpoint(settings: Any, quant_cfg: dict, out: Path) -> Any:
+    """``mtq.quantize`` a checkpoint with ``quant_cfg`` as the version's run did (kind, dtype, device,
+    calibration captions, ``seq_len``, batch size: :class:`~autoquant_sweep.run_settings.RunSettings`)
+    and save it to ``out``.
 
     Saved with ModelOpt's Hugging Face checkpointing (``mto.enable_huggingface_checkpointing()`` +
     ``save_pretrained``): ``out/`` holds the weights, ``modelopt_state.pth`` and the tokenizer; reload with
     ``mto.enable_huggingface_checkpointing(); AutoModelForCausalLM.from_pretrained(out)``.
+    Returns ``(model, tokenizer)``.
     """
     import modelopt.torch.opt as mto
-    import modelopt.torch.quantization as mtq
-    import torch
 
-    from autoquant_sweep import data as data_mod
-    from autoquant_sweep.embedded import ensure_embedded_assets
-    from autoquant_sweep.modeling import check_checkpoint_dir, load_model_and_tokenizer, resolve_device
+    from autoquant_sweep.export import quantize_with_settings
 
-    assets = ensure_embedded_assets()
-    checkpoint = check_checkpoint_dir(str(model_path or assets.qwen3_tiny_dir), key="--model-path")
-    device = resolve_device(device)
-    loaded = load_model_and_tokenizer(checkpoint, kind="causal_lm", dtype="float32", device=device)
-    captions_path = data_mod.resolve_caption_path(None, size, None, assets.captions_dir)
-    captions = data_mod.read_captions(captions_path, data_mod.CAPTION_SUBSET_SIZES[size])
-    batches = data_mod.tokenize_batches(loaded.tokenizer, captions, seq_len, batch_size)
-
-    def forward_loop(model: Any) -> None:
-        with torch.no_grad():
-            for batch in batches:
-                model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
-
-    model = mtq.quantize(loaded.model, quant_cfg, forward_loop)
+    loaded, model = quantize_with_settings(settings, quant_cfg)
     mto.enable_huggingface_checkpointing()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     loaded.tokenizer.save_pretrained(out)
-    return model
-
-
-def held_out_loss(model: Any, *, seq_len: int = 32, batch_size: int = 4, device: str = "auto"
-                  ) -> dict[str, Any]:
-    """Loss of ``model`` on the embedded held-out captions, batched exactly as a sweep's evaluation."""
-    from transformers import AutoTokenizer
-
-    from autoquant_sweep import data as data_mod
-    from autoquant_sweep.compute import eval_captions_used
-    from autoquant_sweep.embedded import ensure_embedded_assets
-    from autoquant_sweep.evaluation import eval_batch_size, eval_loss
-    from autoquant_sweep.modeling import resolve_device
-
-    source, captions = data_mod.resolve_eval_captions(None, None, None, None)
-    batch_size = eval_batch_size(model, batch_size)  # the sweep's rule: the very same batches
-    captions = eval_captions_used(captions, batch_size)
-    tok = AutoTokenizer.from_pretrained(ensure_embedded_assets().tokenizer_dir)
-    batches = data_mod.tokenize_batches(tok, captions, seq_len, batch_size)
-    return {"eval_loss": eval_loss(model, batches, resolve_device(device)), "num_samples": len(captions),
-            "source": source}
+    return model, loaded.tokenizer
 
 
 def check_out_dir(out: Path, force: bool = False) -> None:
@@ -204,16 +174,22 @@ def cmd_apply(args: argparse.Namespace) -> int:
     _check_recipe_fits(mv, data, target, target_config, uniform, _tracking_uri(args))  # before the load
     print(_summary(mv))
     print(f"applying the {'uniform effective config' if uniform else 'per-layer recipe'}")
-    model_path = Path(args.model_path) if args.model_path else None
+    from autoquant_sweep.export import held_out_loss
+    from autoquant_sweep.export_cli import version_settings
+
+    settings = version_settings(mv, _tracking_uri(args), args)  # the run's own, flags override
+    print(f"run settings: {settings.model_name} ({settings.kind}, {settings.dtype}), "
+          f"{settings.num_calib_samples} calibration samples x {settings.seq_len} tokens, batch "
+          f"{settings.batch_size}")
     info = {"registered_model": mv.name, "version": mv.version, "tags": dict(mv.tags), "source": mv.source,
-            "model_path": args.model_path or "embedded qwen3_tiny", "calibration": f"captions/{args.size}",
+            "model_path": settings.model_path or f"embedded {settings.model_name}",
+            "calibration": settings.calib_path or f"captions/{settings.size}", "settings": settings.as_dict(),
             "config": "uniform" if uniform else "recipe"}
 
     def write(folder: Path) -> None:  # into a staging folder, swapped in as `out` once complete
-        model = quantize_checkpoint(model_path, quantize_config_from_json(data), folder, size=args.size,
-                                    device=args.device)
-        if model_path is None:  # the embedded model: measure it on the held-out split, as the sweep did
-            info["evaluation"] = held_out_loss(model, device=args.device)
+        model, tokenizer = quantize_checkpoint(settings, quantize_config_from_json(data), folder)
+        info["evaluation"] = held_out_loss(model, settings, tokenizer)
+        if info["evaluation"] is not None:  # the run's held-out split, batched as the run did
             print(f"held-out loss of the quantized model: {info['evaluation']['eval_loss']:.6f} "
                   f"({info['evaluation']['num_samples']} captions; the run logged eval_loss="
                   f"{mv.tags.get('eval_loss', 'n/a')})")
@@ -223,8 +199,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from autoquant_sweep.layout import write_dir_atomically
 
     write_dir_atomically(out, write)
+    auto = "AutoModelForCausalLM" if settings.kind == "causal_lm" else "AutoModelForImageTextToText"
     print(f"quantized checkpoint -> {out} (reload: mto.enable_huggingface_checkpointing(); "
-          f"AutoModelForCausalLM.from_pretrained('{out}'))")
+          f"{auto}.from_pretrained('{out}'))")
     return 0
 
 
@@ -314,13 +291,15 @@ def add_tracking_commands(sub: Any) -> None:
 
     p = sub.add_parser("apply", help="quantize a checkpoint with a registered config and save it")
     _add_version_args(p)
-    p.add_argument("--model-path", default=None, help="checkpoint folder (default: the embedded qwen3_tiny)")
     p.add_argument("--out", required=True, help="folder for the quantized checkpoint (new or empty)")
     p.add_argument("--force", action="store_true",
                    help="replace a non-empty --out folder as a whole (written aside, then swapped in)")
-    p.add_argument("--size", default="small", choices=("small", "medium", "large"),
-                   help="calibration captions subset (default: small)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--size", default=None, choices=("small", "medium", "large"),
+                   help="calibrate on the embedded captions subset of this size "
+                        "(default: the run's captions)")
+    from autoquant_sweep.export_cli import add_run_setting_args
+
+    add_run_setting_args(p)
     p.add_argument("--uniform", action="store_true",
                    help="apply the uniform pair x granularity config instead of the per-layer recipe")
     p.set_defaults(func=cmd_apply)
