@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from autoquant_sweep import data as data_mod
 from autoquant_sweep.errors import CapabilityRefusedError, UserInputError
-from autoquant_sweep.fingerprints import package_versions, run_fingerprint
+from autoquant_sweep.fingerprints import package_versions, run_fingerprint, scoring_fingerprint
 from autoquant_sweep.layout import check_name, publish_dir, tmp_report_dir
 from autoquant_sweep.modeling import (
     NO_CUDA_DEVICE,
@@ -68,6 +68,9 @@ class RunPlan:
     min_effective_bits: float | None = None
     # (source, captions) of the held-out split the run evaluates on; None: nothing is evaluated
     eval_split: tuple[str, list[str]] | None = None
+    # the run fingerprint without the format: trials with the same one were scored on the same inputs
+    # and mix (autoquant_sweep.mix)
+    scoring_fingerprint: str = ""
 
     @property
     def quantization(self) -> dict[str, Any]:
@@ -292,6 +295,7 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
     """
     from autoquant_sweep.config.validation import validate_settings
     from autoquant_sweep.quant.capability import check_combination
+    from autoquant_sweep.quant.cost import DEFAULT_COST_MODEL, with_cost_model
     from autoquant_sweep.quant.formats import UnknownFormatError, check_with_modelopt, resolve_format
     from autoquant_sweep.quant.overlay import OverlayError, validate_overrides
     from autoquant_sweep.tracking.store import settings_from_cfg
@@ -321,6 +325,9 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
         raise UserInputError(str(exc)) from exc
     except OverlayError as exc:
         raise UserInputError(f"{context}: {exc}") from exc
+    # the memory cost as per-entry effective_bits (quant/cost.py): ModelOpt's search, the reachable
+    # budget below and every recipe's achieved bits then count the same bits
+    effective = with_cost_model(overlay.format, aq.get("cost_model", DEFAULT_COST_MODEL))
     verdict = check_combination(
         base,
         overrides,
@@ -340,7 +347,7 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
             from autoquant_sweep.embedded import ensure_embedded_assets
 
             embedded_captions = ensure_embedded_assets().captions_dir
-    min_bits = _check_against_checkpoint(c, checkpoint, overlay.format, overrides)
+    min_bits = _check_against_checkpoint(c, checkpoint, effective, overrides)
     captions_path = data_mod.resolve_caption_path(
         data_cfg.get("root"), data_cfg["size"], data_cfg.get("path"), embedded_captions
     )
@@ -360,12 +367,14 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
         captions=captions,
         batch_plan=batch_plan,
         device=device,
-        effective_format=overlay.format,
+        effective_format=effective,
         eval_split=split,
         versions=versions,
     )
+    scoring = scoring_fingerprint(c, checkpoint_identity=identity, captions=captions,
+                                  batch_plan=batch_plan, device=device, versions=versions)
     # 5. last gate: ModelOpt's own schema (imports ModelOpt; every cheaper check has passed)
-    check_with_modelopt(overlay.format, context)
+    check_with_modelopt(effective, context)
     return RunPlan(
         cfg=c,
         device=device,
@@ -375,11 +384,12 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
         captions=captions,
         batch_plan=batch_plan,
         base_format=base,
-        effective_format=overlay.format,
+        effective_format=effective,
         overlay_status=verdict.status,
         overlay_notes=[*overlay.notes, *verdict.reasons],
         overrides=overrides,
         fingerprint=fingerprint,
+        scoring_fingerprint=scoring,
         versions=versions,
         min_effective_bits=min_bits,
         eval_split=split,

@@ -94,6 +94,8 @@ class AutoQuantConfig:
     budget_grid: list[float] | None = None
     # held-out loss of the returned (quantized) model vs the unquantized one
     evaluate: bool = True
+    # memory cost of a format: storage (bits incl. scales, quant/cost.py) | modelopt (num_bits only)
+    cost_model: str = "storage"
 
 
 @dataclass
