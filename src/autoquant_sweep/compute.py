@@ -121,6 +121,7 @@ class Computed:
     model_config: dict[str, Any]  # the loaded checkpoint's config.json
     load_seconds: float  # loading and tokenising (0-ish when the process had the model already)
     curve_seconds: float
+    scoring: dict[str, Any] | None = None  # recipe/scoring.json: what the mix merges (scoring.py)
 
 
 def _run_autoquant(plan: RunPlan, cache: ModelCache, batches: list[dict]) -> Any:
@@ -183,6 +184,7 @@ def compute(plan: RunPlan, cache: ModelCache = MODEL_CACHE) -> Computed:
     import torch
 
     from autoquant_sweep.recipe import budget_curve, resolve_budget_grid
+    from autoquant_sweep.scoring import scoring_record
 
     c = plan.cfg
     aq = c["autoquant"]
@@ -208,6 +210,10 @@ def compute(plan: RunPlan, cache: ModelCache = MODEL_CACHE) -> Computed:
     # with its own algorithm (e.g. awq_lite for W4A8_AWQ_BETA_CFG), which mtq.quantize should repeat
     recipe.quant_cfg["algorithm"] = copy.deepcopy(plan.effective_format.get("algorithm", "max"))
     curve_seconds = time.perf_counter() - t_curve
+    pair, gran = c["quant_pair"]["name"], c["quant_granularity"]["name"]
+    scoring = scoring_record(result.search_state, plan.effective_format, format_label=f"{pair}+{gran}",
+                             quant_pair=pair, quant_granularity=gran,
+                             scoring_fingerprint=plan.scoring_fingerprint, run_fingerprint=plan.fingerprint)
     evaluation = _evaluate(plan, cache, loaded, result.model, plan.eval_split)
     result.model = None  # release the trial's quantized copy before the next trial starts
     result.search_state = None
@@ -238,4 +244,5 @@ def compute(plan: RunPlan, cache: ModelCache = MODEL_CACHE) -> Computed:
         model_config=dict(loaded.config),
         load_seconds=load_seconds,
         curve_seconds=curve_seconds,
+        scoring=scoring,
     )
