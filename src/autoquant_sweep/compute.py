@@ -178,6 +178,12 @@ def _evaluate(plan: RunPlan, cache: ModelCache, loaded: LoadedModel, quantized: 
     return evaluation
 
 
+def evaluate_model(plan: RunPlan, quantized: Any, cache: ModelCache = MODEL_CACHE) -> dict[str, Any] | None:
+    """Held-out loss of a quantized copy of the plan's model against the unquantized one, exactly as a
+    trial's (the mix measures its recipe with it). None: nothing evaluated."""
+    return _evaluate(plan, cache, cache.loaded(plan), quantized, plan.eval_split)
+
+
 def compute(plan: RunPlan, cache: ModelCache = MODEL_CACHE) -> Computed:
     """Load (or reuse) the model, run AutoQuant on the effective format, re-solve the recipe at the
     budget and the budget curve, and evaluate the returned (quantized) model on held-out captions."""

@@ -304,3 +304,47 @@ def mix_description(point: MixPoint, excluded: Sequence[Excluded], trials: Seque
              f"predicted score {point.predicted_score:.4e}."]
     lines += [f"left out: {e.name}: {e.reason}" for e in excluded]
     return "\n".join(lines)
+
+
+def mix_quant_cfg(point: MixPoint, trials: Sequence[MixTrial]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The mixed recipe as ``mtq.quantize`` takes it (the calibration algorithm set), and the calibration
+    note (:func:`calibration_algorithm`)."""
+    algorithm, note = calibration_algorithm(point, trials)
+    cfg = copy.deepcopy(point.quant_cfg)
+    cfg["algorithm"] = algorithm
+    return cfg, note
+
+
+def measure_mix(quant_cfg: Mapping[str, Any], plan: Any, cache: Any = None) -> dict[str, Any] | None:
+    """``mtq.quantize`` a fresh copy of the plan's pristine model with the mixed recipe, calibrated on the
+    batches the trials calibrated on (the first ``num_calib_steps``), and measure its held-out loss the
+    way a trial's is measured (:func:`autoquant_sweep.compute.evaluate_model`). None: nothing evaluated.
+
+    ``plan``: a :class:`~autoquant_sweep.plan.RunPlan` of one mixed trial (the scoring fingerprint
+    guarantees they share model, batches and device).
+    """
+    import time
+
+    import modelopt.torch.quantization as mtq
+    import torch
+
+    from autoquant_sweep.compute import MODEL_CACHE, evaluate_model
+
+    cache = cache or MODEL_CACHE
+    loaded, model = cache.model(plan)
+    calib = cache.batches(plan, loaded)[: plan.batch_plan.num_calib_steps]
+
+    def forward_loop(m: Any) -> None:
+        with torch.no_grad():
+            for batch in calib:
+                m(**{k: v.to(plan.device) for k, v in batch.items()})
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = mtq.quantize(model, copy.deepcopy(dict(quant_cfg)), forward_loop)
+    calibrate_s = time.perf_counter() - t0
+    evaluation = evaluate_model(plan, quantized, cache)
+    if evaluation is not None:
+        evaluation["calibration_seconds"] = calibrate_s
+    return evaluation

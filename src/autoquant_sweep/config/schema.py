@@ -96,6 +96,8 @@ class AutoQuantConfig:
     evaluate: bool = True
     # memory cost of a format: storage (bits incl. scales, quant/cost.py) | modelopt (num_bits only)
     cost_model: str = "storage"
+    # at a sweep's end, mix every format it scored (autoquant_sweep.mix; a run "mix ..." under the parent)
+    mix: bool = True
 
 
 @dataclass
