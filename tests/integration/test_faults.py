@@ -35,6 +35,7 @@ def _args(tmp: Path, n_trials: int) -> list[str]:
         # the fast integer pairs on CPU; no cache, so every trial runs AutoQuant (and logs STARTED)
         "quant_pair=choice(wint8_aint8,wint4_aint8)", "quant_granularity=choice(default,w_group128)",
         "autoquant.cache=false",
+        "autoquant.mix=false",  # single-format trials and their registry here; the mix: test_mix_tracking
     ]
 
 

@@ -210,6 +210,7 @@ class MlflowSweepCallback(Callback):
         status, reason = sweep_end_status(in_flight)
         if status != "FINISHED" and self.settings.registry:  # nothing is registered from it
             self.settings = dataclasses.replace(self.settings, registry=False)
+        self._mix_wanted = status == "FINISHED" and bool(self.container["autoquant"].get("mix", True))
         error = self._summary_error(config)
         if error is not None and status == "FINISHED":
             status, reason = "FAILED", error
@@ -351,7 +352,7 @@ class MlflowSweepCallback(Callback):
         # best recipe per budget, proxy fidelity, Pareto set of the budget curves, registry (best + band)
         self._recommendation = summarise_sweep(self.client, self.parent_run_id, runs, rows, objective, title,
                                                registry=bool(self.settings.registry))
-        self._mix = self._run_mix(objective) if self.container["autoquant"].get("mix", True) else None
+        self._mix = self._run_mix(objective) if getattr(self, "_mix_wanted", False) else None
 
     def _run_mix(self, objective: str) -> dict[str, Any] | None:
         """The per-layer mix over every format this sweep scored (autoquant.mix; a run ``mix ...`` under
