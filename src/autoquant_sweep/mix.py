@@ -48,15 +48,18 @@ class MixTrial:
     record: dict[str, Any]
     run_id: str | None = None
     source: str = ""  # a path or an MLflow run, for messages
+    requested: str = ""  # the run's own ``<pair>+<granularity>`` (a cache hit's may differ from the label)
 
     @property
     def label(self) -> str:
+        """The format's name in the mix: ``<pair>+<granularity>`` (canonical when read from MLflow)."""
         return str(self.record["format_label"])
 
     @property
     def name(self) -> str:
-        """``<pair>+<granularity>`` and the run it came from."""
-        return f"{self.label} (run {self.run_id})" if self.run_id else f"{self.label} ({self.source})"
+        """The trial as asked for, and the run it came from."""
+        what = self.requested or self.label
+        return f"{what} (run {self.run_id})" if self.run_id else f"{what} ({self.source})"
 
 
 @dataclass

@@ -83,7 +83,7 @@ def test_mix_over_two_sweeps_of_one_study_in_a_fresh_process_registers_and_appli
                              "--tracking-uri", uri, "--budgets", "6,8,10"], cwd=tmp, capture_output=True,
                             text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.startswith("mix of 4 formats")
+    assert re.search(r"^mix of 4 formats \(run \w+\) at 10 effective bits: ", result.stdout, re.M)
     client = _client(tmp)
     mix = _mix_runs(client)[-1]
     labels = mix.data.params["mix_trials"].split(",")

@@ -105,3 +105,15 @@ def test_the_scoring_fingerprint_is_the_run_fingerprint_without_the_format_and_n
     assert run_int8 != run_fp8 and score_int8 == score_fp8  # two formats of one study mix
     run_mo, score_mo = _fingerprints("modelopt", int8)
     assert run_mo != run_int8 and score_mo != score_int8  # costs of another model never mix
+
+
+def test_the_cost_in_a_format_does_not_change_its_canonical_granularity():
+    from autoquant_sweep.canonical import canonical_name
+
+    pair = {"format_name": "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"}
+    noop = with_cost_model(_overlaid("INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "a_per_token_dynamic"))
+    assert canonical_name(pair, "a_per_token_dynamic", noop) == "default"  # inputs are off: a no-op
+    assert canonical_name(pair, "w_group128", with_cost_model(_overlaid(pair["format_name"], "w_group128"))) \
+        == "default"  # the preset's own group size
+    g64 = with_cost_model(_overlaid(pair["format_name"], "w_group64"))
+    assert canonical_name(pair, "w_group64", g64) == "w_group64"

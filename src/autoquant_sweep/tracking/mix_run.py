@@ -61,7 +61,8 @@ def find_runs(client: Any, experiment_id: str, *, parent_run_id: str | None = No
 
 
 def collect_trials(client: Any, runs: Sequence[Any]) -> tuple[list[MixTrial], list[Excluded]]:
-    """Each run's scoring record (``recipe/scoring.json``); runs without one are left out by name."""
+    """Each run's scoring record (``recipe/scoring.json``), labelled by the run's pair and canonical
+    granularity; runs without one are left out by name."""
     from autoquant_sweep.report import RECIPE_DIR
     from autoquant_sweep.scoring import SCORING_FILE, ScoringRecordError, read_record
 
@@ -80,7 +81,11 @@ def collect_trials(client: Any, runs: Sequence[Any]) -> tuple[list[MixTrial], li
                 excluded.append(Excluded(_trial_name(run), f"no {RECIPE_DIR}/{SCORING_FILE} (a run recorded "
                                                            "before scoring records, or without a recipe)"))
                 continue
-            trials.append(MixTrial(record, run_id=run.info.run_id, source=where))
+            tags = run.data.tags
+            if tags.get("canonical_granularity"):  # a no-op granularity is the format it restates
+                record["format_label"] = f"{tags['quant_pair']}+{tags['canonical_granularity']}"
+            trials.append(MixTrial(record, run_id=run.info.run_id, source=where,
+                                   requested=f"{tags['quant_pair']}+{tags.get('quant_granularity', '?')}"))
     return trials, excluded
 
 
@@ -153,7 +158,13 @@ def _register(client: Any, run_id: str, point: MixPoint, measured: Mapping[str, 
     from mlflow.exceptions import MlflowException
 
     from autoquant_sweep.tracking.recommendation import band_alias
-    from autoquant_sweep.tracking.registry import BEST_ALIAS, _beats, registered_name, version_description
+    from autoquant_sweep.tracking.registry import (
+        BEST_ALIAS,
+        _alias_version,
+        _beats,
+        registered_name,
+        version_description,
+    )
 
     key = MIX_OBJECTIVES.get(objective)
     value = point.predicted_score if key == "predicted_score" else (measured or {}).get("eval_loss_delta")
@@ -187,6 +198,7 @@ def _register(client: Any, run_id: str, point: MixPoint, measured: Mapping[str, 
     version = client.create_model_version(name, source=f"{run.info.artifact_uri}/{MIX_DIR}", run_id=run_id,
                                           tags=tags, description=version_description(tags))
     value = float(value)
+    previous = _alias_version(client, name, BEST_ALIAS)
     moved = _beats(client, name, BEST_ALIAS, tags, value)
     band = band_alias(float(tags["budget"])) if tags["budget"] else None
     band_moved = band is not None and _beats(client, name, band, tags, value)
@@ -195,8 +207,8 @@ def _register(client: Any, run_id: str, point: MixPoint, measured: Mapping[str, 
     if band_moved:
         client.set_registered_model_alias(name, band, version.version)
     return {"name": name, "version": version.version, "value": value, "alias_moved": moved,
-            "band_alias": band,
-            "band_moved": band_moved, "run_id": run_id}
+            "band_alias": band, "band_moved": band_moved, "run_id": run_id,
+            "previous_best": previous.version if previous is not None else None}
 
 
 def run_mix(client: Any, experiment_id: str, runs: Sequence[Any], *, parent_run_id: str | None,
@@ -318,8 +330,12 @@ def mix_lines(result: Mapping[str, Any]) -> list[str]:
                      f"the mix is {ratio}")
     registered = result.get("registered")
     if registered:
-        lines.append(f"  registered: {registered['name']} version {registered['version']} "
-                     f"({'now alias best' if registered['alias_moved'] else 'alias best kept'})")
+        before = f" from version {registered['previous_best']}" if registered.get("previous_best") else ""
+        band = registered.get("band_alias")
+        lines.append(f"  registered: {registered['name']} version {registered['version']} ("
+                     + (f"alias best moved here{before}" if registered["alias_moved"] else "alias best kept")
+                     + (f"; {band} {'moved here' if registered['band_moved'] else 'kept'}" if band else "")
+                     + ")")
     for e in result["excluded"]:
         lines.append(f"  left out: {e.name}: {e.reason}")
     lines.append("  mix vs best single format per budget (predicted; solved the same way):")
