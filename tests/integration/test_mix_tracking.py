@@ -106,6 +106,17 @@ def test_mix_over_two_sweeps_of_one_study_in_a_fresh_process_registers_and_appli
     earlier = [float(v.tags["objective_value"]) for v in versions if int(v.version) < int(mine.version)]
     best = client.get_model_version_by_alias(NAME, "best")
     assert (best.version == mine.version) == (float(mine.tags["objective_value"]) < min(earlier))
+    # lookup says what the registered mix quantizes and writes its recipe
+    looked = subprocess.run([sys.executable, "-m", "autoquant_sweep.cli", "lookup", NAME, "--version",
+                             str(mine.version), "--tracking-uri", uri, "--out", str(tmp_path / "mix.json")],
+                            cwd=tmp, capture_output=True, text=True, timeout=300, check=False)
+    assert looked.returncode == 0, looked.stderr[-3000:]
+    point = next(p for p in curve["curve"] if p["budget"] == 10.0)
+    kept = sum(1 for f in point["choice"].values() if f == "16-bit")
+    assert f"recipe at 10 bits: {len(point['choice']) - kept}/{len(point['choice'])} layer groups quantized" \
+        in looked.stdout
+    logged = json.loads(open(f"{local}/quant_cfg.json").read())
+    assert json.loads((tmp_path / "mix.json").read_text()) == logged
     # apply of the registered mix reproduces the held-out loss the mix run logged
     applied = subprocess.run([sys.executable, "-m", "autoquant_sweep.cli", "apply", NAME, "--version",
                               str(mine.version), "--tracking-uri", uri, "--out", str(tmp_path / "q")],

@@ -153,10 +153,13 @@ def _plot_map(point: MixPoint, labels: Sequence[str], title: str) -> Any:
 
 
 def _register(client: Any, run_id: str, point: MixPoint, measured: Mapping[str, Any] | None,
-              objective: str, params: Mapping[str, str], mixed: Sequence[MixTrial]) -> dict[str, Any] | None:
+              objective: str, params: Mapping[str, str], mixed: Sequence[MixTrial],
+              quant_cfg: Mapping[str, Any]) -> dict[str, Any] | None:
     """A registry version for the mix; ``best`` / band alias move only when satisfied and strictly better."""
     from mlflow.exceptions import MlflowException
 
+    from autoquant_sweep.quant.overlay import config_fingerprint
+    from autoquant_sweep.recipe import recipe_json
     from autoquant_sweep.tracking.recommendation import band_alias
     from autoquant_sweep.tracking.registry import (
         BEST_ALIAS,
@@ -192,6 +195,7 @@ def _register(client: Any, run_id: str, point: MixPoint, measured: Mapping[str, 
         "ppl_increase_pct": repr((measured or {}).get("ppl_increase_pct", math.nan)),
         "artifact": f"{MIX_DIR}/{MIX_CFG}", "uniform_artifact": f"{MIX_DIR}/{MIX_CFG}",
         "source_run_id": run_id, "selected_run_id": run_id, "mix_trials": ",".join(t.label for t in mixed),
+        "config_fingerprint": config_fingerprint(recipe_json(quant_cfg)),
         "registered_name": name,
     }
     run = client.get_run(run_id)
@@ -304,7 +308,8 @@ def run_mix(client: Any, experiment_id: str, runs: Sequence[Any], *, parent_run_
     title = f"{model} mix"
     client.log_figure(run_id, _plot_curves(curve, singles, title), f"{MIX_DIR}/{CURVES_PNG}")
     client.log_figure(run_id, _plot_map(point, [t.label for t in mixed], title), f"{MIX_DIR}/{MAP_PNG}")
-    registered = _register(client, run_id, point, measured, objective, params, mixed) if registry else None
+    registered = _register(client, run_id, point, measured, objective, params, mixed,
+                                                     quant_cfg) if registry else None
     client.set_terminated(run_id, "FINISHED")
     best_single = next((r for r in rows if abs(r["budget"] - run_budget) < 1e-9), None)
     return {"run_id": run_id, "point": point, "rows": rows, "run_budget": run_budget, "measured": measured,
@@ -341,6 +346,19 @@ def mix_lines(result: Mapping[str, Any]) -> list[str]:
     lines.append("  mix vs best single format per budget (predicted; solved the same way):")
     lines += ["  " + line for line in gain_lines(result["rows"], result["run_budget"])]
     return lines
+
+
+def mix_recipe_summary(client: Any, run_id: str) -> dict[str, Any]:
+    """A mix run's recipe at its budget in the form of a manifest's ``recipe`` section (``lookup``
+    prints it): budget, achieved bits, quantized / kept-at-16-bit groups, the format of each group."""
+    with tempfile.TemporaryDirectory(prefix="aqs-mix-lookup-") as tmp:
+        data = json.loads(Path(client.download_artifacts(run_id, f"{MIX_DIR}/{MIX_CURVE}", tmp)).read_text())
+    point = next(p for p in data["curve"] if abs(p["budget"] - data["run_budget"]) < 1e-9)
+    return {"budget": point["budget"], "achieved_effective_bits": point["achieved_effective_bits"],
+            "satisfied": point["satisfied"], "predicted_score": point["predicted_score"],
+            "quantized_groups": [g for g, f in point["choice"].items() if f != KEEP_16],
+            "kept_16bit_groups": [g for g, f in point["choice"].items() if f == KEEP_16],
+            "formats": point["choice"]}
 
 
 def parse_budgets(text: str | None) -> list[float] | None:
