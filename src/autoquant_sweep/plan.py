@@ -75,6 +75,8 @@ class RunPlan:
     @property
     def quantization(self) -> dict[str, Any]:
         """The manifest's ``quantization`` section."""
+        from autoquant_sweep.quant.cost import DEFAULT_COST_MODEL, with_cost_model
+
         pair = self.cfg["quant_pair"]
         return {
             "pair": pair["name"],
@@ -88,7 +90,10 @@ class RunPlan:
             "summary": summarize_format(self.effective_format),
             # JSON form: integer block_sizes keys become strings ("-1"); the overlay reads them back
             "effective_quant_cfg": _json_ready(self.effective_format),
-            "base_fingerprint": config_fingerprint(self.base_format),
+            # the preset with the run's memory cost (quant/cost.py), so that equal fingerprints still
+            # say "the overlay changed nothing"
+            "base_fingerprint": config_fingerprint(with_cost_model(
+                self.base_format, self.cfg["autoquant"].get("cost_model", DEFAULT_COST_MODEL))),
             "fingerprint": config_fingerprint(self.effective_format),
         }
 
