@@ -37,17 +37,26 @@ def _granularities() -> tuple[tuple[str, int, Any], ...]:
 @functools.lru_cache(maxsize=64)
 def _fingerprints(format_name: str) -> dict[str, str]:
     from autoquant_sweep.quant.formats import resolve_format
-    from autoquant_sweep.quant.overlay import apply_overlay, config_fingerprint
+    from autoquant_sweep.quant.overlay import apply_overlay
 
     base = resolve_format(format_name)
     out = {}
     for name, _, overrides in _granularities():
         try:
-            out[name] = config_fingerprint(apply_overlay(base, overrides).format)
+            out[name] = _costless_fingerprint(apply_overlay(base, overrides).format)
         except ValueError:
             continue
-    out["default"] = config_fingerprint(base)
+    out["default"] = _costless_fingerprint(base)
     return out
+
+
+def _costless_fingerprint(fmt: Mapping[str, Any]) -> str:
+    """Fingerprint of a format with its memory cost normalised (``quant.cost``: the cost model's
+    ``effective_bits`` say what a format costs, not which granularity it is)."""
+    from autoquant_sweep.quant.cost import with_cost_model
+    from autoquant_sweep.quant.overlay import config_fingerprint
+
+    return config_fingerprint(with_cost_model(fmt, "storage"))
 
 
 def canonical_name(pair: Mapping[str, Any], granularity: str, effective_format: Mapping[str, Any],
@@ -59,13 +68,11 @@ def canonical_name(pair: Mapping[str, Any], granularity: str, effective_format: 
         ...                resolve_format("INT4_BLOCKWISE_WEIGHT_ONLY_CFG"))  # doctest: +SKIP
         'default'
     """
-    from autoquant_sweep.quant.overlay import config_fingerprint
-
     try:
         prints = _fingerprints(str(pair["format_name"]))
     except Exception:  # an unknown project format: nothing to compare with
         return granularity
-    mine = config_fingerprint(dict(effective_format))
+    mine = _costless_fingerprint(dict(effective_format))
     if prints.get("default") == mine:
         return "default"
     same = [(patterns, i, name) for i, (name, patterns, _) in enumerate(_granularities())

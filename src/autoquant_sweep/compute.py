@@ -125,6 +125,7 @@ class Computed:
     curve_seconds: float
     # what ModelOpt instantiated per role (quant.realized.summarize_realized), checked against the plan
     realized: dict[str, Any]
+    scoring: dict[str, Any] | None = None  # recipe/scoring.json: what the mix merges (scoring.py)
 
 
 def _run_autoquant(plan: RunPlan, cache: ModelCache, batches: list[dict]) -> Any:
@@ -217,12 +218,19 @@ def _evaluate(plan: RunPlan, cache: ModelCache, loaded: LoadedModel, quantized: 
     return evaluation
 
 
+def evaluate_model(plan: RunPlan, quantized: Any, cache: ModelCache = MODEL_CACHE) -> dict[str, Any] | None:
+    """Held-out loss of a quantized copy of the plan's model against the unquantized one, exactly as a
+    trial's (the mix measures its recipe with it). None: nothing evaluated."""
+    return _evaluate(plan, cache, cache.loaded(plan), quantized, plan.eval_split)
+
+
 def compute(plan: RunPlan, cache: ModelCache = MODEL_CACHE) -> Computed:
     """Load (or reuse) the model, run AutoQuant on the effective format, re-solve the recipe at the
     budget and the budget curve, and evaluate the returned (quantized) model on held-out captions."""
     import torch
 
     from autoquant_sweep.recipe import budget_curve, resolve_budget_grid
+    from autoquant_sweep.scoring import scoring_record
 
     c = plan.cfg
     aq = c["autoquant"]
@@ -249,6 +257,10 @@ def compute(plan: RunPlan, cache: ModelCache = MODEL_CACHE) -> Computed:
     # with its own algorithm (e.g. awq_lite for W4A8_AWQ_BETA_CFG), which mtq.quantize should repeat
     recipe.quant_cfg["algorithm"] = copy.deepcopy(plan.effective_format.get("algorithm", "max"))
     curve_seconds = time.perf_counter() - t_curve
+    pair, gran = c["quant_pair"]["name"], c["quant_granularity"]["name"]
+    scoring = scoring_record(result.search_state, plan.effective_format, format_label=f"{pair}+{gran}",
+                             quant_pair=pair, quant_granularity=gran,
+                             scoring_fingerprint=plan.scoring_fingerprint, run_fingerprint=plan.fingerprint)
     evaluation = _evaluate(plan, cache, loaded, result.model, plan.eval_split)
     result.model = None  # release the trial's quantized copy before the next trial starts
     result.search_state = None
@@ -280,4 +292,5 @@ def compute(plan: RunPlan, cache: ModelCache = MODEL_CACHE) -> Computed:
         load_seconds=load_seconds,
         curve_seconds=curve_seconds,
         realized=realized,
+        scoring=scoring,
     )

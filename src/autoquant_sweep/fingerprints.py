@@ -4,7 +4,9 @@
   config_fingerprint` of its canonical JSON; the overlay module owns it, this module only uses it);
 * the **run fingerprint** (:func:`run_fingerprint`): checkpoint identity, captions, batching, AutoQuant
   settings, device, effective format, recipe / curve / evaluation inputs and package versions. A
-  FINISHED MLflow run with the same one answers a new run from the result cache (the lookup stage).
+  FINISHED MLflow run with the same one answers a new run from the result cache (the lookup stage);
+* the **scoring fingerprint** (:func:`scoring_fingerprint`): the run fingerprint's scoring inputs
+  without the format, the budget and the evaluation: the key of which trials mix.
 
 Pure and cheap (hashes of data the plan already holds, ``importlib.metadata`` for versions): plan
 computes the fingerprint before anything heavy is imported.
@@ -87,8 +89,41 @@ def run_fingerprint(
     The project's own version is left out (a release that changes no result keeps the cache); a change
     that does is a :data:`RESULT_SCHEMA` bump.
     """
-    model_cfg, data_cfg, aq = c["model"], c["dataset"], c["autoquant"]
+    aq = c["autoquant"]
     source = {
+        **_scoring_source(c, checkpoint_identity=checkpoint_identity, captions=captions,
+                          batch_plan=batch_plan, device=device, versions=versions),
+        "effective_bits": float(aq["effective_bits"]),
+        "effective_format": effective_format,
+        "recipe_and_evaluation": recipe_eval_inputs(c, eval_split),
+    }
+    return config_fingerprint(canonical_json(source))
+
+
+def scoring_fingerprint(
+    c: Mapping[str, Any],
+    *,
+    checkpoint_identity: str,
+    captions: Sequence[str],
+    batch_plan: Any,
+    device: str,
+    versions: Mapping[str, str],
+) -> str:
+    """The scoring fingerprint: the run fingerprint without the format (and without the budget and the
+    evaluation inputs, which change no score). Trials with the same one scored every layer on the same
+    model, batches, method, steps, seed, disabled layers, cost model and package versions, so their
+    per-layer candidates can be merged into one search (the mix key, :mod:`autoquant_sweep.mix`)."""
+    return config_fingerprint(canonical_json({
+        "scoring": _scoring_source(c, checkpoint_identity=checkpoint_identity, captions=captions,
+                                   batch_plan=batch_plan, device=device, versions=versions),
+        "result_schema": RESULT_SCHEMA,
+    }))
+
+
+def _scoring_source(c: Mapping[str, Any], *, checkpoint_identity: str, captions: Sequence[str],
+                    batch_plan: Any, device: str, versions: Mapping[str, str]) -> dict[str, Any]:
+    model_cfg, data_cfg, aq = c["model"], c["dataset"], c["autoquant"]
+    return {
         "checkpoint": checkpoint_identity,
         "model_kind": model_cfg["kind"],
         "dtype": model_cfg["dtype"],
@@ -97,11 +132,8 @@ def run_fingerprint(
         "seq_len": data_cfg["seq_len"],
         "batch_plan": [batch_plan.batch_size, batch_plan.num_calib_steps, batch_plan.num_score_steps],
         "method": aq["method"],
-        "effective_bits": float(aq["effective_bits"]),
         "seed": aq["seed"],
         "device": device,
-        "effective_format": effective_format,
-        "recipe_and_evaluation": recipe_eval_inputs(c, eval_split),
+        "cost_model": aq.get("cost_model", "storage"),
         "versions": {k: v for k, v in versions.items() if k != "autoquant-sweep"},
     }
-    return config_fingerprint(canonical_json(source))

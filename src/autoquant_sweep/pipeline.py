@@ -62,15 +62,21 @@ class RunOutcome:
 
 
 def write_report_atomically(destination: Path, manifest: dict[str, Any], recipe_quant_cfg: dict, *,
-                            plots: bool = True) -> None:
+                            plots: bool = True, scoring: dict[str, Any] | None = None) -> None:
     """The write stage: manifest, per-layer files, recipe and budget curve into ``destination``, whole or
     not at all (staging folder renamed into place). ``plots=False``: without the two PNGs
-    (:class:`DeferredPlots` draws them after the sweep's last trial)."""
+    (:class:`DeferredPlots` draws them after the sweep's last trial). ``scoring``: the trial's scoring
+    record, ``recipe/scoring.json`` (:mod:`autoquant_sweep.scoring`)."""
     from autoquant_sweep.layout import write_dir_atomically
-    from autoquant_sweep.report import write_report
+    from autoquant_sweep.report import RECIPE_DIR, write_report
+    from autoquant_sweep.scoring import write_record
 
-    write_dir_atomically(destination, lambda folder: write_report(folder, manifest, recipe_quant_cfg,
-                                                                  plots=plots))
+    def write(folder: Path) -> None:
+        write_report(folder, manifest, recipe_quant_cfg, plots=plots)
+        if scoring is not None:
+            write_record(folder / RECIPE_DIR, scoring)
+
+    write_dir_atomically(destination, write)
     log.info("report -> %s", destination)
 
 
@@ -80,7 +86,8 @@ def _compute_and_write(plan: RunPlan, destination: Path, cache: ModelCache, *, p
 
     computed = compute(plan, cache)
     manifest = build_manifest(plan, computed)
-    write_report_atomically(destination, manifest, computed.recipe.quant_cfg, plots=plots)
+    write_report_atomically(destination, manifest, computed.recipe.quant_cfg, plots=plots,
+                            scoring=computed.scoring)
     return RunOutcome(plan=plan, manifest=manifest, report_dir=destination)
 
 

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from autoquant_sweep import data as data_mod
 from autoquant_sweep.errors import CapabilityRefusedError, UserInputError
-from autoquant_sweep.fingerprints import package_versions, run_fingerprint
+from autoquant_sweep.fingerprints import package_versions, run_fingerprint, scoring_fingerprint
 from autoquant_sweep.layout import check_name, publish_dir, tmp_report_dir
 from autoquant_sweep.modeling import (
     NO_CUDA_DEVICE,
@@ -71,10 +71,15 @@ class RunPlan:
     # per role (weight / input) the granularity kind of each stage the effective format declares
     # (quant.realized.declared_kinds); compute checks the quantizers ModelOpt instantiates against it
     declared_granularity: dict[str, list[str]] = field(default_factory=dict)
+    # the run fingerprint without the format: trials with the same one were scored on the same inputs
+    # and mix (autoquant_sweep.mix)
+    scoring_fingerprint: str = ""
 
     @property
     def quantization(self) -> dict[str, Any]:
         """The manifest's ``quantization`` section."""
+        from autoquant_sweep.quant.cost import DEFAULT_COST_MODEL, with_cost_model
+
         pair = self.cfg["quant_pair"]
         return {
             "pair": pair["name"],
@@ -89,7 +94,10 @@ class RunPlan:
             "declared": self.declared_granularity,
             # JSON form: integer block_sizes keys become strings ("-1"); the overlay reads them back
             "effective_quant_cfg": _json_ready(self.effective_format),
-            "base_fingerprint": config_fingerprint(self.base_format),
+            # the preset with the run's memory cost (quant/cost.py), so that equal fingerprints still
+            # say "the overlay changed nothing"
+            "base_fingerprint": config_fingerprint(with_cost_model(
+                self.base_format, self.cfg["autoquant"].get("cost_model", DEFAULT_COST_MODEL))),
             "fingerprint": config_fingerprint(self.effective_format),
         }
 
@@ -296,6 +304,7 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
     """
     from autoquant_sweep.config.validation import validate_settings
     from autoquant_sweep.quant.capability import check_combination
+    from autoquant_sweep.quant.cost import DEFAULT_COST_MODEL, with_cost_model
     from autoquant_sweep.quant.formats import UnknownFormatError, check_with_modelopt, resolve_format
     from autoquant_sweep.quant.overlay import OverlayError, validate_overrides
     from autoquant_sweep.quant.realized import check_promise, declared_kinds
@@ -326,6 +335,9 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
         raise UserInputError(str(exc)) from exc
     except OverlayError as exc:
         raise UserInputError(f"{context}: {exc}") from exc
+    # the memory cost as per-entry effective_bits (quant/cost.py): ModelOpt's search, the reachable
+    # budget below and every recipe's achieved bits then count the same bits
+    effective = with_cost_model(overlay.format, aq.get("cost_model", DEFAULT_COST_MODEL))
     verdict = check_combination(
         base,
         overrides,
@@ -346,7 +358,7 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
             from autoquant_sweep.user_data import captions_only_dir
 
             embedded_captions = captions_only_dir()  # a real run never builds or trains the embedded models
-    min_bits = _check_against_checkpoint(c, checkpoint, overlay.format, overrides)
+    min_bits = _check_against_checkpoint(c, checkpoint, effective, overrides)
     captions_path = data_mod.resolve_caption_path(
         data_cfg.get("root"), data_cfg["size"], data_cfg.get("path"), embedded_captions
     )
@@ -369,12 +381,14 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
         captions=captions,
         batch_plan=batch_plan,
         device=device,
-        effective_format=overlay.format,
+        effective_format=effective,
         eval_split=split,
         versions=versions,
     )
+    scoring = scoring_fingerprint(c, checkpoint_identity=identity, captions=captions,
+                                  batch_plan=batch_plan, device=device, versions=versions)
     # 5. last gate: ModelOpt's own schema (imports ModelOpt; every cheaper check has passed)
-    check_with_modelopt(overlay.format, context)
+    check_with_modelopt(effective, context)
     return RunPlan(
         cfg=c,
         device=device,
@@ -384,15 +398,16 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
         captions=captions,
         batch_plan=batch_plan,
         base_format=base,
-        effective_format=overlay.format,
+        effective_format=effective,
         overlay_status=verdict.status,
         overlay_notes=[*overlay.notes, *verdict.reasons],
         overrides=overrides,
         fingerprint=fingerprint,
+        scoring_fingerprint=scoring,
         versions=versions,
         min_effective_bits=min_bits,
         eval_split=split,
-        declared_granularity=declared_kinds(overlay.format),
+        declared_granularity=declared_kinds(effective),
     )
 
 

@@ -35,6 +35,7 @@ def _args(tmp: Path, n_trials: int) -> list[str]:
         "output_layout=publish", f"output_layout.publish_root={tmp}/pub",
         # the fast integer pairs on CPU; no cache, so every trial runs AutoQuant (and logs STARTED)
         *SPACE, "autoquant.cache=false",
+        "autoquant.mix=false",  # single-format trials and their registry here; the mix: test_mix_tracking
     ]
 
 

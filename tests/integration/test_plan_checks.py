@@ -265,17 +265,18 @@ def test_seq_len_over_max_position_embeddings_names_config_json(plan_error, embe
         ),
         (
             ["quant_pair=wint4_afp16", "autoquant.effective_bits=4"],
-            "autoquant.effective_bits: 4 is below the minimum achievable effective bits 5.2000 of "
-            "qwen3_tiny with quant_pair=wint4_afp16 (INT4_BLOCKWISE_WEIGHT_ONLY_CFG, 4 bits per weight; "
-            "every searchable layer at 4 bits, the 65,536 weights of model.disabled_layers at 16 bits); use "
-            "autoquant.effective_bits=5.2 or more, or a lower-bit quant_pair",
+            # INT4 in blocks of 128 with 16-bit scales: 4.125 bits (autoquant.cost_model=storage)
+            "autoquant.effective_bits: 4 is below the minimum achievable effective bits 5.3125 of "
+            "qwen3_tiny with quant_pair=wint4_afp16 (INT4_BLOCKWISE_WEIGHT_ONLY_CFG, 4.125 bits per weight; "
+            "every searchable layer at 4.125 bits, the 65,536 weights of model.disabled_layers at 16 bits); "
+            "use autoquant.effective_bits=5.32 or more, or a lower-bit quant_pair",
         ),
         (
             ["model=qwen3_vl_tiny", "quant_pair=wint4_aint8", "autoquant.effective_bits=6.5"],
-            "autoquant.effective_bits: 6.5 is below the minimum achievable effective bits 6.5574 of "
-            "qwen3_vl_tiny with quant_pair=wint4_aint8 (AQS_W4A8_INT4_BLOCK_INT8_CFG, 4 bits per weight; "
-            "every searchable layer at 4 bits, the 159,744 weights of model.disabled_layers at 16 bits); use "
-            "autoquant.effective_bits=6.56 or more, or a lower-bit quant_pair",
+            "autoquant.effective_bits: 6.5 is below the minimum achievable effective bits 6.6557 of "
+            "qwen3_vl_tiny with quant_pair=wint4_aint8 (AQS_W4A8_INT4_BLOCK_INT8_CFG, 4.125 bits per weight; "
+            "every searchable layer at 4.125 bits, the 159,744 weights of model.disabled_layers at 16 bits); "
+            "use autoquant.effective_bits=6.66 or more, or a lower-bit quant_pair",
         ),
     ],
     ids=["int8", "int4-block", "vl-w4a8"],
@@ -327,7 +328,8 @@ def test_computed_minimum_equals_modelopts(compose_cfg, tiny_model_and_batches, 
     found = re.search(r"minimum achievable effective bits is ([0-9]+\.[0-9]+)", str(info.value))
     modelopt_minimum = float(found[1])
     assert plan.min_effective_bits == pytest.approx(modelopt_minimum, abs=1e-3)
-    assert modelopt_minimum == {"wint8_aint8": 8.8, "wint4_afp16": 5.2}[quant_pair]
+    # storage cost: INT4 block-128 weights cost 4.125 bits (5.2 with ModelOpt's own num_bits cost)
+    assert modelopt_minimum == {"wint8_aint8": 8.8, "wint4_afp16": 5.3125}[quant_pair]
 
 
 def test_format_bits_match_modelopts_recipe_cost_for_every_preset():

@@ -98,7 +98,8 @@ def test_curve_points_fit_their_budgets_and_infeasible_budgets_are_labelled(scor
     state = scored["result"].search_state
     grid = default_budget_grid(scored["result"].format_bits, BUDGET)
     curve = budget_curve(state, grid, run_budget=BUDGET)
-    assert [p.budget for p in curve] == grid and grid[0] == 4.0 and grid[-1] == 16.0
+    # the grid starts at the format's own bits: INT4 block-128 with its 16-bit scales (storage cost)
+    assert [p.budget for p in curve] == grid and grid[0] == scored["result"].format_bits and grid[-1] == 16.0
     low = minimum_effective_bits(state)
     for point in curve:
         # the fast path (solver only, infeasible answered directly) = ModelOpt's public config path
@@ -157,7 +158,8 @@ def test_run_manifest_has_recipe_curve_and_evaluation(outcome):
     q = m["quantization"]
     assert q["fingerprint"] == q["base_fingerprint"] and m["canonical_granularity"] == "default"
     folder = outcome.report_dir / "recipe"
-    assert {p.name for p in folder.iterdir()} == {"quant_cfg.json", "budget_curve.json", "budget_curve.png"}
+    assert {p.name for p in folder.iterdir()} == {"quant_cfg.json", "budget_curve.json", "budget_curve.png",
+                                                  "scoring.json"}
     rules = json.loads((folder / "quant_cfg.json").read_text())["quant_cfg"]
     enabled = {r["quantizer_name"].rsplit(".", 1)[0] for r in rules if r.get("enable") and "*" not in
                r["quantizer_name"]}

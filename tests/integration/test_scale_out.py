@@ -30,7 +30,7 @@ STUDY = study_name(["dataset.size=small"], SPACE)  # the study of these sweeps
 def _two_workers(n_trials: int) -> list[str]:
     return ["-m", "hydra/sweeper=optuna", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2",
             "hydra.launcher.n_jobs=2", f"hydra.sweeper.n_trials={n_trials}", "dataset.size=small",
-            "autoquant.cache=false", *SPACE]
+            "autoquant.cache=false", "autoquant.mix=false", *SPACE]  # the mix: test_mix_tracking
 
 
 def _check_each_trial_once(study: optuna.Study, client, n_trials: int) -> None:

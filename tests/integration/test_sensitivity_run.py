@@ -12,6 +12,7 @@ from autoquant_sweep.errors import SensitivityResultError, UserInputError
 from autoquant_sweep.pipeline import run
 from autoquant_sweep.plan import plan_run
 from autoquant_sweep.report import RECIPE_FILES, REPORT_FILES
+from autoquant_sweep.scoring import SCORING_FILE
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -34,7 +35,8 @@ def test_default_run_writes_every_report_file(default_outcome):
     folder = default_outcome.report_dir
     assert folder.name == "report"
     assert sorted(p.name for p in folder.iterdir()) == sorted([*REPORT_FILES, "recipe"])
-    assert sorted(p.name for p in (folder / "recipe").iterdir()) == sorted(RECIPE_FILES)
+    # with the trial's scoring record, what a mix merges (scoring.py)
+    assert sorted(p.name for p in (folder / "recipe").iterdir()) == sorted([*RECIPE_FILES, SCORING_FILE])
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["model"]["name"] == "qwen3_tiny"
     assert manifest["model"]["architecture"] == "Qwen3ForCausalLM"

@@ -38,6 +38,7 @@ ERROR = "autoquant-sweep: error:"
 
 def _args(root: Path, store: Path, experiment: str, n_trials: int, *extra: str) -> list[str]:
     return ["-m", "hydra/sweeper=optuna", f"hydra.sweeper.n_trials={n_trials}", "dataset.size=small", *SPACE,
+            "autoquant.mix=false",  # the sweep-end mix has its own test (test_mix_tracking)
             f"hydra.sweeper.storage=sqlite:///{root}/optuna.db", f"tracking.tracking_uri=sqlite:///{store}/mlflow.db",
             f"tracking.artifact_location={store}/mlruns", f"tracking.experiment_name={experiment}",
             "autoquant.evaluate=false", *extra]  # the held-out evaluation is not what is tested here

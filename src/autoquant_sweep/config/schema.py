@@ -100,6 +100,10 @@ class AutoQuantConfig:
     evaluate: bool = True
     # ModelOpt's own progress bars, prints and by-design warnings (quiet by default)
     verbose: bool = False
+    # memory cost of a format: storage (bits incl. scales, quant/cost.py) | modelopt (num_bits only)
+    cost_model: str = "storage"
+    # at a sweep's end, mix every format it scored (autoquant_sweep.mix; a run "mix ..." under the parent)
+    mix: bool = True
 
 
 @dataclass

@@ -34,6 +34,7 @@ def _settings_model() -> type:
 
     from autoquant_sweep.modeling import DEVICES, DTYPES, MODEL_KINDS
     from autoquant_sweep.objectives import OBJECTIVES
+    from autoquant_sweep.quant.cost import COST_MODELS
     from autoquant_sweep.sensitivity import METHODS
     from autoquant_sweep.tracking.store import MODES
 
@@ -82,6 +83,7 @@ def _settings_model() -> type:
         batch_size: count
         num_calib_samples: count
         num_score_samples: count
+        cost_model: Literal[COST_MODELS] = Field(default="storage", title="cost model")  # type: ignore[valid-type]
         budget_grid: list[Annotated[float, Field(gt=0, le=16)]] | None = Field(
             default=None,
             description="a list of budgets in (0, 16] or null (the default grid around the format's bits)",

@@ -24,6 +24,7 @@ from typing import Any
 
 from autoquant_sweep.config.groups import load_group
 from autoquant_sweep.quant.capability import CAPABILITY_RULES, validation_matrix
+from autoquant_sweep.quant.cost import cost_doc_lines
 from autoquant_sweep.quant.overlay import INPUT, WEIGHT, validate_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -318,6 +319,7 @@ def render_granularity_doc(conf_dir: Path = CONF_DIR, resolve: Callable[[str], d
         "A refused combination fails fast before any model is loaded; a no-op combination would only",
         "duplicate the pair's `default` result under another name.",
         "",
+        *cost_doc_lines(pairs, granularities, cuda_rows, resolve),
     ]
     return "\n".join(out)
 

@@ -240,6 +240,7 @@ class MlflowSweepCallback(Callback):
         status, reason = sweep_end_status(in_flight)
         if status != "FINISHED" and self.settings.registry:  # nothing is registered from it
             self.settings = dataclasses.replace(self.settings, registry=False)
+        self._mix_wanted = status == "FINISHED" and bool(self.container["autoquant"].get("mix", True))
         error = self._summary_error(config)
         if error is not None and status == "FINISHED":
             status, reason = "FAILED", error
@@ -346,6 +347,11 @@ class MlflowSweepCallback(Callback):
         from autoquant_sweep.tracking.recommendation import outcome_lines
 
         print(f"\nsweep parent run: {self.parent_run_id} (experiment '{self.settings.experiment_name}')")
+        mix = getattr(self, "_mix", None)
+        if mix is not None:  # the study's one answer first: the per-layer mix over every format
+            from autoquant_sweep.tracking.mix_run import mix_lines
+
+            print("\n".join(mix_lines(mix)))
         result = getattr(self, "_recommendation", None)
         if result is not None:
             for line in outcome_lines(result, primary_metric(self.container["autoquant"]["objective"])):
@@ -376,3 +382,18 @@ class MlflowSweepCallback(Callback):
         # best recipe per budget, proxy fidelity, Pareto set of the budget curves, registry (best + band)
         self._recommendation = summarise_sweep(self.client, self.parent_run_id, runs, rows, objective, title,
                                                registry=bool(self.settings.registry))
+        self._mix = self._run_mix(objective) if getattr(self, "_mix_wanted", False) else None
+
+    def _run_mix(self, objective: str) -> dict[str, Any] | None:
+        """The per-layer mix over every format this sweep scored (autoquant.mix; a run ``mix ...`` under
+        the parent, registered after the single formats). A mix that fails is a warning: the sweep's
+        own results stand."""
+        from autoquant_sweep.tracking.mix_run import find_runs, run_mix
+
+        try:
+            runs = find_runs(self.client, self.experiment_id, parent_run_id=self.parent_run_id)
+            return run_mix(self.client, self.experiment_id, runs, parent_run_id=self.parent_run_id,
+                           objective=objective, registry=bool(self.settings.registry))
+        except Exception as exc:
+            log.warning("mix: could not mix this sweep's formats: %s", _first_line(exc))
+            return None

@@ -311,3 +311,7 @@ def add_tracking_commands(sub: Any) -> None:
     p.add_argument("--artifact-location", default=None,
                    help="artifact root (default: mlruns/ next to a SQLite store)")
     p.set_defaults(func=cmd_ui)
+
+    from autoquant_sweep.tracking.mix_run import add_mix_command
+
+    add_mix_command(sub)

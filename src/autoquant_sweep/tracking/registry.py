@@ -293,6 +293,10 @@ def version_recipe(mv: Any, tracking_uri: str | None = None) -> dict[str, Any]:
     computing run, ``{}`` for versions registered before recipes existed."""
     if not mv.run_id or not mv.tags.get("artifact"):
         return {}
+    if mv.tags.get("artifact", "").startswith("mix/"):  # a mix version: its run has no report
+        from autoquant_sweep.tracking.mix_run import mix_recipe_summary
+
+        return mix_recipe_summary(_client(tracking_uri), mv.run_id)
     return _recipe_summary(_client(tracking_uri), mv.run_id)
 
 

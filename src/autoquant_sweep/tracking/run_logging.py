@@ -487,6 +487,7 @@ def log_outcome(
             "config_fingerprint": q["fingerprint"],
             "base_config_fingerprint": q["base_fingerprint"],
             "run_fingerprint": plan.fingerprint,
+            "scoring_fingerprint": getattr(plan, "scoring_fingerprint", ""),  # the mix key
             "device": manifest["device"]["type"],
             "device_name": manifest["device"]["name"],
             "cache_hit": "true" if cache_hit else "false",
