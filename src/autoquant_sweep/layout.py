@@ -88,6 +88,30 @@ def check_name(key: str, value: str) -> str:
     return value
 
 
+#: config keys whose values become path components of a run / sweep folder or its log file name
+#: (``hydra.run.dir``, ``hydra.sweep.dir`` / ``subdir``, ``${hydra.job.name}.log``, the publish tree)
+PATH_NAME_KEYS = ("experiment", "hydra.job.name", "model.name", "quant_pair.name", "quant_granularity.name",
+                  "dataset.size")
+
+
+def check_path_names(values: dict[str, object]) -> None:
+    """Every name that becomes a path component (``key -> value``, ``None``: not set), checked at once.
+
+    Called before Hydra creates a run / sweep folder or a log file (a name such as ``../../x`` would
+    otherwise create them outside the working directory first).
+
+    Example:
+        >>> check_path_names({"experiment": "sensitivity", "model.name": None})
+        >>> check_path_names({"experiment": "a/b c"})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        autoquant_sweep.errors.UserInputError: experiment: 'a/b c' cannot name a directory; use ...
+    """
+    for key, value in values.items():
+        if value is not None:
+            check_name(key, str(value))
+
+
 def publish_dir(
     publish_root: Path,
     *,

@@ -63,6 +63,13 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:1000]
 
 
+def _check_path_names(config: DictConfig) -> None:
+    """The names that become folder and log file names (``layout.PATH_NAME_KEYS``), before any is created."""
+    from autoquant_sweep.layout import PATH_NAME_KEYS, check_path_names
+
+    check_path_names({key: OmegaConf.select(config, key, default=None) for key in PATH_NAME_KEYS})
+
+
 def _exit_one_line(exc: BaseException | str) -> None:
     log.error("%s", exc)
     print(f"autoquant-sweep: error: {exc}", file=sys.stderr)
@@ -102,8 +109,9 @@ class MlflowSweepCallback(Callback):
         from autoquant_sweep.errors import UserInputError
         from autoquant_sweep.layout import ensure_output_dir
 
-        run_dir = OmegaConf.select(config, "hydra.run.dir", default=None)
         try:
+            _check_path_names(config)  # before Hydra creates the run folder and its log file from them
+            run_dir = OmegaConf.select(config, "hydra.run.dir", default=None)
             if run_dir:
                 ensure_output_dir(Path(str(run_dir)), "hydra.run.dir")
         except UserInputError as exc:
@@ -113,6 +121,7 @@ class MlflowSweepCallback(Callback):
         """What would fail after the sweep created its folder and parent run, checked before (one line)."""
         from autoquant_sweep.errors import UserInputError
 
+        _check_path_names(config)  # the sweep folder is made of them
         sweeper = OmegaConf.select(config, "hydra.sweeper", default=None)
         if sweeper is not None and "n_trials" in sweeper:
             n_trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)

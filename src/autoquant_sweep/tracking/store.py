@@ -249,6 +249,21 @@ def check_sqlite_store(url: str, key: str, *, create_parent: bool = False) -> No
     _checked_stores.add(str(path.absolute()))
 
 
+def check_store(settings: TrackingSettings) -> None:
+    """The checks :func:`connect` starts with, without MLflow and without creating anything: an HTTP
+    server answers ``/health``; an existing SQLite file passes ``PRAGMA quick_check`` (a missing one is
+    left to :func:`connect`, which creates it). The plan calls it before its ModelOpt import."""
+    if not settings.enabled or not settings.tracking_uri:
+        return
+    scheme = urlparse(settings.tracking_uri).scheme
+    if scheme in ("http", "https"):
+        check_server(settings.tracking_uri)
+    elif scheme == "sqlite":
+        path = sqlite_path(settings.tracking_uri)
+        if path is not None and path.exists():
+            check_sqlite_store(settings.tracking_uri, "tracking.tracking_uri")
+
+
 def connect(settings: TrackingSettings) -> Any:
     """Point MLflow at the store and return an ``MlflowClient`` (HTTP: health-checked, no long retries).
 
