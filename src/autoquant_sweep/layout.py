@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from autoquant_sweep.errors import UserInputError
+from autoquant_sweep.errors import DiskFullError, UserInputError, disk_full
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -191,8 +191,12 @@ def write_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
         raise UserInputError(f"output directory '{target.parent}' is not writable: {exc.strerror}") from exc
     try:
         write(staging)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if disk_full(exc):  # one line naming the folder, not a traceback; nothing half-written is left
+            raise DiskFullError(f"output directory '{target.parent}': no space left on device while writing "
+                                f"'{target.name}' (nothing half-written was left); free space there or "
+                                "choose another output location, then rerun the same command") from exc
         raise
     old = None
     if target.exists():

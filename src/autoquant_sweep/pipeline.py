@@ -36,7 +36,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from autoquant_sweep.compute import MODEL_CACHE, ModelCache, compute
-from autoquant_sweep.errors import CapabilityRefusedError, UserInputError
+from autoquant_sweep.errors import CapabilityRefusedError, DiskFullError, UserInputError, disk_full
 from autoquant_sweep.plan import RunPlan, plan_run, report_destination
 
 log = logging.getLogger("autoquant_sweep")
@@ -302,8 +302,36 @@ def run_job(
         _defer_plots_if_missing(outcome, store.client, run_id)
         return outcome
     except BaseException as exc:
+        if disk_full(exc) and not isinstance(exc, DiskFullError):
+            full = disk_full_error(exc, settings.tracking_uri)
+            store.record_failure(run_id, plan.cfg, full)
+            raise full from exc
         store.record_failure(run_id, plan.cfg, exc)
         raise
+
+
+def disk_full_error(exc: BaseException, tracking_uri: str | None) -> DiskFullError:
+    """One line for a write that failed on a full disk: the file it wrote (an ``OSError``'s ``filename``),
+    else the MLflow store (a SQLite ``database or disk is full``).
+
+    Example:
+        >>> import errno
+        >>> str(disk_full_error(OSError(errno.ENOSPC, "No space left on device", "/d/mlruns/x"), None))
+        ... # doctest: +ELLIPSIS
+        "'/d/mlruns/x': no space left on device (...); the run was ended FAILED: free space there, then ..."
+    """
+    from autoquant_sweep.tracking.store import sqlite_path
+
+    cause: BaseException | None = exc
+    path = None
+    while cause is not None and path is None:
+        path = getattr(cause, "filename", None) if isinstance(cause, OSError) else None
+        cause = cause.__cause__ or cause.__context__
+    if path is None and tracking_uri:
+        path = str(sqlite_path(tracking_uri) or tracking_uri)
+    first = (str(getattr(exc, "orig", None) or exc).splitlines() or [type(exc).__name__])[0][:300]
+    return DiskFullError(f"'{path}': no space left on device ({first}); the run was ended FAILED: free "
+                         "space there, then rerun the same command")
 
 
 def _lookup(plan: RunPlan, destination: Path, store: _Store) -> RunOutcome | None:

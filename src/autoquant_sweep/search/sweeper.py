@@ -32,7 +32,7 @@ from optuna.storages import RDBStorage
 from sqlalchemy.exc import SQLAlchemyError
 
 from autoquant_sweep import faults
-from autoquant_sweep.errors import UserInputError
+from autoquant_sweep.errors import OneLineExit, UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,14 @@ def _open_storage(url: Any) -> Any:
     if url.startswith("sqlite"):
         # several processes may share a study file: wait for locks instead of failing at once
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-        from autoquant_sweep.tracking.store import folder_lock, sqlite_path
+        from autoquant_sweep.tracking.store import create_sqlite_aside, folder_lock, sqlite_path
 
         db = sqlite_path(url)
         if db is not None and db.parent.is_dir():
             with folder_lock(db.parent):  # sweeps started together must not create the schema twice
+                if not db.exists():  # built aside, moved into place whole (a full disk leaves no half store)
+                    create_sqlite_aside(db, lambda aside: StudyStorage(aside, **kwargs).remove_session(),
+                                        "hydra.sweeper.storage")
                 return StudyStorage(url, **kwargs)
     return StudyStorage(url, **kwargs)
 
@@ -111,12 +114,8 @@ def check_storage(url: Any) -> None:
         raise _storage_error(url, exc) from exc
 
 
-class SweepExit(SystemExit):
+class SweepExit(OneLineExit):
     """Exit status 2 after the one-line error was printed; ``message`` lets the sweep callback quote it."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(2)
-        self.message = message
 
 
 def _one_line_exit(exc: UserInputError | str) -> SweepExit:
@@ -170,7 +169,7 @@ class AutoquantOptunaSweeper(OptunaSweeper):
             faults.record_stop(exc)  # Ctrl-C / SIGTERM: the sweep callback ends the parent KILLED
             if study is not None:
                 reason = (faults.stop_text(exc) if faults.interrupted(exc)
-                          else f"sweep aborted: {type(exc).__name__}")
+                          else f"sweep aborted: {getattr(exc, 'message', None) or type(exc).__name__}")
                 failed = faults.fail_own_trials(study, self.study_storage, reason)
                 if failed:
                     log.warning("optuna trials %s marked FAIL (%s)", failed, reason)

@@ -222,7 +222,12 @@ class MlflowSweepCallback(Callback):
         error = self._summary_error(config)
         if error is not None and status == "FINISHED":
             status, reason = "FAILED", error
-        set_parent_description(self.client, self.parent_run_id, self.container, stopped=reason)  # winner 1st
+        try:
+            # the winner first
+            set_parent_description(self.client, self.parent_run_id, self.container, stopped=reason)
+        except Exception as exc:  # e.g. a full disk: the parent is still closed below
+            log.error("could not write the sweep's description: %s", _first_line(exc))
+            error = error or f"sweep summary / registry update failed: {_first_line(exc)}"
         close_error = self._close_parent(status, reason)  # always closed, whatever failed before
         error = error or close_error
         self._tell_outcome(status, reason, error, in_flight)

@@ -288,10 +288,50 @@ def connect(settings: TrackingSettings) -> Any:
     # MLflow creates / migrates a SQLite schema when it opens the store; two processes doing it at once on
     # a new file fail ("duplicate column name"). One at a time per folder, then it is a quick no-op.
     with folder_lock(db.parent):
-        client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
-        client.search_experiments(max_results=1)
-        client.search_registered_models(max_results=1)
+        if not db.exists():  # a new store is built aside and moved into place whole (a full disk: no half)
+            create_sqlite_aside(db, _init_mlflow_store, "tracking.tracking_uri")
+        client = _init_mlflow_store(settings.tracking_uri)
     return client
+
+
+def _init_mlflow_store(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.search_experiments(max_results=1)
+    client.search_registered_models(max_results=1)
+    return client
+
+
+def create_sqlite_aside(path: Path, create: Any, key: str) -> None:
+    """Create a new SQLite store ``path`` with ``create(url)`` under a hidden sibling name, then link it into
+    place whole; on any failure the sibling is removed and ``path`` does not exist.
+
+    A full disk during the schema creation would otherwise leave a half-built store that fails for good
+    afterwards (``table ... already exists``). The caller holds :func:`folder_lock` on the folder; a store
+    another process created meanwhile is kept (``os.link`` never replaces a file).
+    """
+    from autoquant_sweep.errors import DiskFullError, disk_full
+    from autoquant_sweep.layout import staging_name
+
+    aside = path.parent / staging_name(path.name, "creating")
+    leftovers = [aside, *(aside.with_name(aside.name + end) for end in ("-journal", "-wal", "-shm"))]
+    try:
+        create(f"sqlite:///{aside}")
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            log.info("SQLite store %s was created by another process meanwhile; keeping it", path)
+    except BaseException as exc:
+        if disk_full(exc):
+            raise DiskFullError(f"{key}: no space left on device while creating the SQLite store '{path}' "
+                                f"(nothing was left behind); free space in '{path.parent}' or choose another "
+                                "store, then rerun the same command") from exc
+        raise
+    finally:
+        for leftover in leftovers:
+            with contextlib.suppress(OSError):
+                leftover.unlink()
 
 
 _logged_stores: set[tuple[str, str]] = set()
