@@ -260,7 +260,12 @@ def fail_own_trials(study: Any, storage: Any, reason: str) -> list[int]:
     import optuna
 
     me, failed = owner(), []
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    try:
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    except Exception as exc:  # the storage cannot be read: the next sweep fails them (owner dead)
+        log.warning("could not read the RUNNING trials to mark them FAIL: %s", exc)
+        return failed
+    for trial in running:
         if trial_owner(trial) != me:
             continue
         try:
@@ -268,6 +273,9 @@ def fail_own_trials(study: Any, storage: Any, reason: str) -> list[int]:
             failed.append(trial.number)
         except (RuntimeError, ValueError):
             continue
+        except Exception as exc:  # e.g. a full disk: the stop goes on; the next sweep fails the trial
+            log.warning("optuna trial %d could not be marked FAIL (%s); the next sweep will", trial.number,
+                        (str(exc).splitlines() or [type(exc).__name__])[0])
     return failed
 
 

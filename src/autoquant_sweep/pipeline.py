@@ -224,6 +224,20 @@ class _Store:
         except Exception as log_exc:
             log.warning("could not record the failure in MLflow run %s: %s", run_id, log_exc)
 
+    def drop_artifacts(self, run_id: str | None) -> None:
+        """Remove a failed run's local artifact folder (the part of its report a full disk let it copy)."""
+        import shutil
+        from urllib.parse import unquote, urlparse
+
+        if self.client is None or run_id is None:
+            return
+        try:
+            uri = urlparse(self.client.get_run(run_id).info.artifact_uri)
+            if uri.scheme in ("", "file"):
+                shutil.rmtree(unquote(uri.path), ignore_errors=True)
+        except Exception as exc:  # the failure itself matters more
+            log.warning("could not remove the artifacts of failed run %s: %s", run_id, exc)
+
     def _bare_run(self) -> str:
         """A run for a job whose config could not even be resolved (its reason is all there is)."""
         tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {}
@@ -302,8 +316,10 @@ def run_job(
         _defer_plots_if_missing(outcome, store.client, run_id)
         return outcome
     except BaseException as exc:
-        if disk_full(exc) and not isinstance(exc, DiskFullError):
-            full = disk_full_error(exc, settings.tracking_uri)
+        if disk_full(exc):
+            # this failed run's half-copied artifacts go first: their space lets the store record FAILED
+            store.drop_artifacts(run_id)
+            full = exc if isinstance(exc, DiskFullError) else disk_full_error(exc, settings.tracking_uri)
             store.record_failure(run_id, plan.cfg, full)
             raise full from exc
         store.record_failure(run_id, plan.cfg, exc)

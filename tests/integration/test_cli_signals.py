@@ -57,8 +57,8 @@ def _stop_when(proc: subprocess.Popen, ready, sig: signal.Signals, after: float,
 def _one_stop_line(stderr: str, command: str, reason: str) -> None:
     assert "Traceback" not in stderr, stderr[-3000:]
     lines = [line for line in stderr.splitlines() if line.startswith("autoquant-sweep:")]
-    assert lines == [f"autoquant-sweep: {command} stopped: {reason}; nothing half-written was left (rerun the "
-                     "same command)"], stderr[-3000:]
+    assert lines == [f"autoquant-sweep: {command} stopped: {reason}; nothing half-written was left "
+                     "(rerun the same command)"], stderr[-3000:]
 
 
 def test_ctrl_c_during_apply_is_one_line_and_leaves_no_checkpoint(tmp_path, embedded):
@@ -78,13 +78,14 @@ def test_ctrl_c_during_apply_is_one_line_and_leaves_no_checkpoint(tmp_path, embe
                 proc.kill()
     assert proc.returncode == 130, (proc.returncode, stderr[-3000:])
     _one_stop_line(stderr, "apply", "interrupted by SIGINT (Ctrl-C)")
-    assert not out.exists() and not list(tmp_path.glob(".quantized.*")), sorted(p.name for p in tmp_path.iterdir())
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert not out.exists() and not list(tmp_path.glob(".quantized.*")), left
 
 
 def test_sigterm_during_generate_removes_its_build_folder(tmp_path):
     cache = tmp_path / "cache"
-    proc = subprocess.Popen([*CLI, "generate", "--cache", str(cache)], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*CLI, "generate", "--cache", str(cache)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _stop_when(proc, lambda: any(cache.glob(".embedded-v1-seed0.tmp-*/captions")), signal.SIGTERM, 1.0,
                    "generate")

@@ -16,7 +16,7 @@ from autoquant_sweep.errors import UserInputError
 
 @pytest.fixture
 def cache_copy(tmp_path) -> Path:
-    """A copy of the built tree under a fresh cache root (the shared cache is built by the conftest's rule)."""
+    """A copy of the built tree under a fresh cache root (the shared cache is never changed)."""
     built = ensure_embedded_assets(verbose=False).root
     root = tmp_path / "cache"
     shutil.copytree(built, root / built.name)

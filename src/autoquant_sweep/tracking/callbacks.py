@@ -230,6 +230,8 @@ class MlflowSweepCallback(Callback):
             error = error or f"sweep summary / registry update failed: {_first_line(exc)}"
         close_error = self._close_parent(status, reason)  # always closed, whatever failed before
         error = error or close_error
+        if close_error:  # say what the store holds: the next sweep marks the parent KILLED
+            status = "still RUNNING: it could not be closed"
         self._tell_outcome(status, reason, error, in_flight)
 
     def _summary_error(self, config: DictConfig) -> str | None:

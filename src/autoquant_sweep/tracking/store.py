@@ -280,6 +280,10 @@ def connect(settings: TrackingSettings) -> Any:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.tracking import MlflowClient
 
+    # MLflow logs every database error with its traceback before raising it; the project reports the
+    # error itself, in one line (a full disk printed a traceback per write)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
     _log_store(settings)
     use_store(settings.tracking_uri)
     db = sqlite_path(settings.tracking_uri)
