@@ -17,12 +17,14 @@ study's storage (the sweeper opens it and passes it in) and read from ``FrozenTr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,7 @@ def _stop_exception(signum: int) -> BaseException:
 
 
 _pending: int | None = None  # a stop signal received but not yet raised
+_deferring = 0  # > 0 inside signals_deferred(): a stop is recorded, raised when the block ends
 _stop_reason: str | None = None  # why this process is being stopped ("killed by SIGTERM", ...)
 _FINALIZER_NAMES = frozenset({"__del__", "remove", "_remove_dead_weakref", "__exit__", "_run_finalizers"})
 
@@ -103,6 +106,9 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     _pending = signum
     exc = _stop_exception(signum)
     _stop_reason = _stop_reason or stop_text(exc)
+    if _deferring:  # a step that must not be cut in half: recorded now, raised when it ends
+        signal.signal(signum, signal.SIG_DFL)  # a second signal still kills at once
+        return
     if _in_finalizer(frame):  # retry in 20 ms, out of the finalizer
         signal.setitimer(signal.ITIMER_REAL, 0.02)
         return
@@ -131,6 +137,27 @@ def check_stop() -> None:
     if _pending is not None:
         signal.signal(_pending, signal.SIG_DFL)
         raise _stop_exception(_pending)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Run a block that must not be cut in half (creating a run, ending a sweep): SIGTERM / Ctrl-C inside
+    it are recorded (:func:`stop_requested` turns true, the block can look) and raised when it ends.
+
+    Example:
+        >>> with signals_deferred():
+        ...     pass
+        >>> stop_requested()
+        False
+    """
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if not _deferring:
+        check_stop()
 
 
 def install_signal_handlers() -> bool:

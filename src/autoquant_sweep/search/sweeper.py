@@ -37,8 +37,28 @@ from autoquant_sweep.errors import OneLineExit, UserInputError
 log = logging.getLogger(__name__)
 
 
+# the storage writes a sweep makes (ask, tell, attrs, heartbeats): a stop signal inside one of them is
+# raised when it has committed, never in the middle (a write cut in half left its SQLite transaction open,
+# and the next write of the same thread waited on it for good)
+_WRITES = ("create_new_trial", "set_trial_state_values", "set_trial_param", "set_trial_user_attr",
+           "set_trial_system_attr", "set_trial_intermediate_value", "set_study_user_attr",
+           "set_study_system_attr", "record_heartbeat")
+
+
+def _deferring(method: Any) -> Any:
+    def write(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with faults.signals_deferred():
+            return method(self, *args, **kwargs)
+
+    write.__name__, write.__doc__ = method.__name__, method.__doc__
+    return write
+
+
 class StudyStorage(RDBStorage):
-    """Optuna's RDB storage, shown as its URL (password masked) instead of an object address."""
+    """Optuna's RDB storage, shown as its URL (password masked) instead of an object address; its writes
+    are never cut in half by SIGTERM / Ctrl-C (:func:`autoquant_sweep.faults.signals_deferred`)."""
+
+    locals().update({name: _deferring(getattr(RDBStorage, name)) for name in _WRITES})
 
     def __repr__(self) -> str:
         # the plugin logs "Storage: <storage>": show the URL (password masked), not an object address
@@ -63,6 +83,12 @@ def record_trial_owner(cfg: DictConfig, trial: optuna.trial.Trial) -> None:
         instantiate({"_target_": user_hook, "_partial_": True})(cfg, trial)
 
 
+def _close(storage: RDBStorage) -> None:
+    """No connection of this process stays open on a store built aside (it is linked under another name)."""
+    storage.remove_session()
+    storage.engine.dispose()
+
+
 def _open_storage(url: Any) -> Any:
     """The :class:`StudyStorage` of an RDB ``url`` (``url`` itself for other storages)."""
     if not isinstance(url, str) or url.startswith(("redis", "journal")):
@@ -77,7 +103,7 @@ def _open_storage(url: Any) -> Any:
         if db is not None and db.parent.is_dir():
             with folder_lock(db.parent):  # sweeps started together must not create the schema twice
                 if not db.exists():  # built aside, moved into place whole (a full disk leaves no half store)
-                    create_sqlite_aside(db, lambda aside: StudyStorage(aside, **kwargs).remove_session(),
+                    create_sqlite_aside(db, lambda aside: _close(StudyStorage(aside, **kwargs)),
                                         "hydra.sweeper.storage")
                 return StudyStorage(url, **kwargs)
     return StudyStorage(url, **kwargs)
@@ -165,6 +191,8 @@ class AutoquantOptunaSweeper(OptunaSweeper):
             )
             raise _one_line_exit(message) from exc
         except BaseException as exc:
+            if self.study_storage is not None:  # a session left mid-transaction is rolled back first
+                self.study_storage.remove_session()
             study = study or self._load()
             faults.record_stop(exc)  # Ctrl-C / SIGTERM: the sweep callback ends the parent KILLED
             if study is not None:

@@ -206,20 +206,34 @@ class MlflowSweepCallback(Callback):
         sweep that otherwise ended well is one line on stderr and exit status 2 (parent FAILED,
         ``failure_reason`` tag).
         """
+        from autoquant_sweep import faults
+
+        in_flight = sys.exc_info()[1]  # set while Hydra's ``finally`` runs for a failed / stopped sweep
+        # SIGTERM / Ctrl-C during the end are recorded, not raised half-way: the end runs whole with the
+        # stop's contract (KILLED, nothing registered, the stop line), then the stop exits 143 / 130
+        with faults.signals_deferred():
+            self._end(config, in_flight)
+
+    def _end(self, config: DictConfig, in_flight: BaseException | None) -> None:
+        from autoquant_sweep import faults
         from autoquant_sweep.pipeline import DEFERRED_PLOTS
         from autoquant_sweep.tracking.store import PARENT_RUN_ENV
         from autoquant_sweep.tracking.summary import set_parent_description
 
         DEFERRED_PLOTS.finish()  # the trials' PNGs, off their critical path (tracking on or off)
         if self.client is None or self.parent_run_id is None:
+            if faults.stop_requested() and in_flight is None:
+                print(f"autoquant-sweep: sweep stopped: {faults.stop_reason()}; nothing registered",
+                      file=sys.stderr)
             return
         os.environ.pop(PARENT_RUN_ENV, None)
         self._ended = True
-        in_flight = sys.exc_info()[1]  # set while Hydra's ``finally`` runs for a failed / stopped sweep
         status, reason = sweep_end_status(in_flight)
         if status != "FINISHED" and self.settings.registry:  # nothing is registered from it
             self.settings = dataclasses.replace(self.settings, registry=False)
         error = self._summary_error(config)
+        if status == "FINISHED" and faults.stop_requested():  # stopped during the summary: KILLED
+            status, reason = sweep_end_status(None)
         if error is not None and status == "FINISHED":
             status, reason = "FAILED", error
         try:
@@ -264,10 +278,16 @@ class MlflowSweepCallback(Callback):
         if status == "FINISHED" and error is None:
             self._print_outcome()
             return
+        from autoquant_sweep.faults import stop_requested
+
         if status == "KILLED":
-            print(f"autoquant-sweep: {reason}: parent run {self.parent_run_id} KILLED, nothing registered; "
+            registered = (getattr(self, "_recommendation", None) or {}).get("registered")
+            what = (f"stopped after version {registered['version']} of {registered['name']} was registered"
+                    if registered else "nothing registered")
+            print(f"autoquant-sweep: {reason}: parent run {self.parent_run_id} KILLED, {what}; "
                   "finished trials are kept (rerun the same command to continue the study)", file=sys.stderr)
-        if error is not None and in_flight is None:  # otherwise the error in flight says it and exits
+        # otherwise the error in flight (or the stop, raised when the sweep's end is done) says it and exits
+        if error is not None and in_flight is None and not stop_requested():
             print(f"autoquant-sweep: error: {error} (parent run {self.parent_run_id} {status}; the trials "
                   "are in MLflow and the study)", file=sys.stderr)
             sys.exit(2)
@@ -360,5 +380,9 @@ class MlflowSweepCallback(Callback):
             self.parent_run_id, "children_cache_hits", float(sum(r["cache_hit"] == "true" for r in rows))
         )
         # best recipe per budget, proxy fidelity, Pareto set of the budget curves, registry (best + band)
-        self._recommendation = summarise_sweep(self.client, self.parent_run_id, runs, rows, objective, title,
-                                               registry=bool(self.settings.registry))
+        from autoquant_sweep.faults import stop_requested
+
+        # asked right before registering: a stop that arrived during the summary registers nothing
+        self._recommendation = summarise_sweep(
+            self.client, self.parent_run_id, runs, rows, objective, title,
+            registry=lambda: bool(self.settings.registry) and not stop_requested())

@@ -293,9 +293,27 @@ def connect(settings: TrackingSettings) -> Any:
     # a new file fail ("duplicate column name"). One at a time per folder, then it is a quick no-op.
     with folder_lock(db.parent):
         if not db.exists():  # a new store is built aside and moved into place whole (a full disk: no half)
-            create_sqlite_aside(db, _init_mlflow_store, "tracking.tracking_uri")
+            create_sqlite_aside(db, _create_mlflow_store, "tracking.tracking_uri")
         client = _init_mlflow_store(settings.tracking_uri)
     return client
+
+
+_CREATE_MLFLOW_STORE = ("import sys; from mlflow.tracking import MlflowClient; c = MlflowClient(sys.argv[1], "
+                        "sys.argv[1]); c.search_experiments(max_results=1); "
+                        "c.search_registered_models(max_results=1)")
+
+
+def _create_mlflow_store(uri: str) -> None:
+    """MLflow's schema in a new SQLite file, built by a short child process: no connection of this process
+    is left open on the file once it is linked into place under its real name."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _CREATE_MLFLOW_STORE, uri], capture_output=True, text=True,
+                            check=False, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        raise RuntimeError(lines[-1] if lines else f"exit status {result.returncode}")
 
 
 def _init_mlflow_store(uri: str) -> Any:
