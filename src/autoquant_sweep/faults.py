@@ -309,16 +309,32 @@ def fail_own_trials(study: Any, storage: Any, reason: str) -> list[int]:
 def kill_stale_runs(client: Any, experiment_id: str) -> list[str]:
     """Mark ``RUNNING`` MLflow runs of a dead owner (tag ``aqs.owner``) as ``KILLED`` with a reason.
 
-    Children of a stale parent are killed too when their own owner is dead or unknown.
+    Children of a stale parent are killed too when their own owner is dead or unknown, and so is every
+    ``RUNNING`` child without an owner whose parent sweep has ended (``KILLED`` / ``FAILED`` /
+    ``FINISHED``): nothing can still be running it.
     """
     runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
                               max_results=5000)
+    running = {r.info.run_id for r in runs}
     stale_parents = {r.info.run_id for r in runs if owner_is_dead(r.data.tags.get(OWNER_TAG))}
+    ended_parents: dict[str, bool] = {}
+
+    def parent_ended(parent_id: str | None) -> bool:
+        if not parent_id or parent_id in running:
+            return False
+        if parent_id not in ended_parents:
+            try:
+                ended_parents[parent_id] = client.get_run(parent_id).info.status != "RUNNING"
+            except Exception:  # deleted: nothing runs it either
+                ended_parents[parent_id] = True
+        return ended_parents[parent_id]
+
     killed = []
     for run in runs:
         tags = run.data.tags
         who = tags.get(OWNER_TAG)
-        dead = owner_is_dead(who) or (who is None and tags.get("mlflow.parentRunId") in stale_parents)
+        parent = tags.get("mlflow.parentRunId")
+        dead = owner_is_dead(who) or (who is None and (parent in stale_parents or parent_ended(parent)))
         if not dead:
             continue
         reason = f"killed: owner process {who or 'of the parent sweep'} died while the run was RUNNING"

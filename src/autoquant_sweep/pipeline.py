@@ -190,14 +190,13 @@ class _Store:
     def open_run(self, c: dict[str, Any], *, running: bool) -> str:
         """Create the job's run (a child of the sweep's parent); ``running``: tag its owner process, so a
         later sweep can mark it KILLED if this process dies without closing it."""
-        from autoquant_sweep.faults import OWNER_TAG, owner
+        from autoquant_sweep.faults import owner
         from autoquant_sweep.tracking.run_logging import start_run
 
-        # dated from the job's start, not from after the plan and the lookup: the UI shows the job's duration
+        # dated from the job's start, not from after the plan and the lookup: the UI shows the job's duration;
+        # the owner is written with the run (one write: a stop can never leave it RUNNING without one)
         run_id = start_run(self.client, self.experiment_id, c, self.parent_run_id,
-                           start_time=self.started_ms).info.run_id
-        if running:
-            self.client.set_tag(run_id, OWNER_TAG, owner())
+                           start_time=self.started_ms, owner=owner() if running else None).info.run_id
         log.info("MLflow run %s in experiment '%s' (%s)", run_id, self.settings.experiment_name,
                  self.settings.tracking_uri)
         return run_id
@@ -301,15 +300,19 @@ def run_job(
     store.connect()  # a store that cannot be used is one line; nothing can be recorded in it
     run_id: str | None = None
     try:
+        from autoquant_sweep.faults import signals_deferred
+
         outcome = _lookup(plan, destination, store)
         if outcome is None:
-            run_id = store.open_run(plan.cfg, running=True)
+            with signals_deferred():  # a stop while the run is created is raised once its id is known here
+                run_id = store.open_run(plan.cfg, running=True)
             why = f"cache miss: fingerprint {plan.fingerprint}" if plan.cfg["autoquant"].get("cache", True) \
                 else "autoquant.cache=false"
             log.info("%s; running AutoQuant", why)  # after the run is open: tests stop the job from here
             outcome = _compute_and_write(plan, destination, cache, plots=plots)
         else:
-            run_id = store.open_run(plan.cfg, running=False)
+            with signals_deferred():
+                run_id = store.open_run(plan.cfg, running=False)
         hydra_yaml = OmegaConf.to_yaml(cfg, resolve=True) if isinstance(cfg, DictConfig) else None
         _record(store, run_id, plan, outcome, hydra_yaml)
         outcome.run_id = run_id
