@@ -311,9 +311,10 @@ def _create_mlflow_store(uri: str) -> None:
 
     result = subprocess.run([sys.executable, "-c", _CREATE_MLFLOW_STORE, uri], capture_output=True, text=True,
                             check=False, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
-    if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        raise RuntimeError(lines[-1] if lines else f"exit status {result.returncode}")
+    if result.returncode != 0:  # the last ``...Error: ...`` line; the whole text as the cause
+        lines = [line for line in result.stderr.splitlines() if re.match(r"^[\w.]+(Error|Exception): ", line)]
+        raise RuntimeError(lines[-1] if lines else f"exit status {result.returncode}") from RuntimeError(
+            result.stderr[-4000:])
 
 
 def _init_mlflow_store(uri: str) -> Any:
