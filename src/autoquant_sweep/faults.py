@@ -24,7 +24,7 @@ import shutil
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -306,17 +306,24 @@ def fail_own_trials(study: Any, storage: Any, reason: str) -> list[int]:
     return failed
 
 
-def kill_stale_runs(client: Any, experiment_id: str) -> list[str]:
+def kill_stale_runs(client: Any, experiment_id: str, dead_owners: Collection[str] = ()) -> list[str]:
     """Mark ``RUNNING`` MLflow runs of a dead owner (tag ``aqs.owner``) as ``KILLED`` with a reason.
 
     Children of a stale parent are killed too when their own owner is dead or unknown, and so is every
     ``RUNNING`` child without an owner whose parent sweep has ended (``KILLED`` / ``FAILED`` /
-    ``FINISHED``): nothing can still be running it.
+    ``FINISHED``): nothing can still be running it. ``dead_owners``: owners known dead although their pid
+    cannot be checked here (another host, failed by Optuna's heartbeat); their runs' children are killed
+    unless they run in a live process of this host.
     """
     runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
                               max_results=5000)
     running = {r.info.run_id for r in runs}
-    stale_parents = {r.info.run_id for r in runs if owner_is_dead(r.data.tags.get(OWNER_TAG))}
+
+    def is_dead(who: str | None) -> bool:
+        return owner_is_dead(who) or (who is not None and who in dead_owners)
+
+    stale_parents = {r.info.run_id for r in runs if is_dead(r.data.tags.get(OWNER_TAG))}
+    remote_parents = {r.info.run_id for r in runs if r.data.tags.get(OWNER_TAG) in dead_owners}
     ended_parents: dict[str, bool] = {}
 
     def parent_ended(parent_id: str | None) -> bool:
@@ -334,7 +341,8 @@ def kill_stale_runs(client: Any, experiment_id: str) -> list[str]:
         tags = run.data.tags
         who = tags.get(OWNER_TAG)
         parent = tags.get("mlflow.parentRunId")
-        dead = owner_is_dead(who) or (who is None and (parent in stale_parents or parent_ended(parent)))
+        dead = (is_dead(who) or (who is None and (parent in stale_parents or parent_ended(parent)))
+                or (parent in remote_parents and not _alive_here(who)))
         if not dead:
             continue
         reason = f"killed: owner process {who or 'of the parent sweep'} died while the run was RUNNING"
@@ -344,6 +352,14 @@ def kill_stale_runs(client: Any, experiment_id: str) -> list[str]:
         log.warning("MLflow run %s: %s; marked KILLED", run.info.run_id, reason)
         killed.append(run.info.run_id)
     return killed
+
+
+def _alive_here(who: str | None) -> bool:
+    """Whether ``who`` (``host:pid``) is a live process of this host."""
+    if not who or ":" not in who:
+        return False
+    host, _, pid = who.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and pid_alive(int(pid))
 
 
 def staging_owner(name: str) -> str | None:
