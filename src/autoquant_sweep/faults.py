@@ -81,6 +81,7 @@ def _stop_exception(signum: int) -> BaseException:
 
 _pending: int | None = None  # a stop signal received but not yet raised
 _deferring = 0  # > 0 inside signals_deferred(): a stop is recorded, raised when the block ends
+_received = 0  # stop signals received so far (a deferred block raises only for one received inside it)
 _stop_reason: str | None = None  # why this process is being stopped ("killed by SIGTERM", ...)
 _FINALIZER_NAMES = frozenset({"__del__", "remove", "_remove_dead_weakref", "__exit__", "_run_finalizers"})
 
@@ -102,8 +103,9 @@ def _in_finalizer(frame: Any) -> bool:
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     """SIGTERM and SIGINT: raise :class:`Terminated` / :class:`Interrupted` in the main thread."""
-    global _pending, _stop_reason
+    global _pending, _stop_reason, _received
     _pending = signum
+    _received += 1
     exc = _stop_exception(signum)
     _stop_reason = _stop_reason or stop_text(exc)
     if _deferring:  # a step that must not be cut in half: recorded now, raised when it ends
@@ -152,11 +154,12 @@ def signals_deferred() -> Iterator[None]:
     """
     global _deferring
     _deferring += 1
+    before = _received
     try:
         yield
     finally:
         _deferring -= 1
-    if not _deferring:
+    if not _deferring and _received != before:  # a stop that was already raised is not raised again
         check_stop()
 
 
