@@ -71,6 +71,12 @@ class StudyStorage(RDBStorage):
             RDBStorage.set_trial_user_attr(self, trial_id, faults.FAIL_REASON_ATTR, self.stale_reason)
         return RDBStorage.set_trial_state_values(self, trial_id, state, values)
 
+    def __repr__(self) -> str:
+        # the plugin logs "Storage: <storage>": show the URL (password masked), not an object address
+        from autoquant_sweep.tracking.store import masked_url
+
+        return masked_url(str(self.url))
+
 
 def heartbeat_settings() -> tuple[int, int]:
     """Optuna heartbeat ``(interval, grace period)`` in seconds: a RUNNING trial whose owner has not beaten
@@ -122,12 +128,6 @@ class Heartbeat:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join(timeout=self.interval + 5)
-
-    def __repr__(self) -> str:
-        # the plugin logs "Storage: <storage>": show the URL (password masked), not an object address
-        from autoquant_sweep.tracking.store import masked_url
-
-        return masked_url(str(self.url))
 
 
 OWNER_HOOK = f"{__name__}.record_trial_owner"
