@@ -70,6 +70,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def check_manifest(folder: Path) -> None:
     """A report folder's ``manifest.json`` must be readable UTF-8 JSON holding an object (one-line error)."""
+    if folder.is_file():
+        raise UserInputError(f"report: '{folder}' is a file; pass the report folder (the one holding "
+                             "manifest.json)")
     manifest = folder / "manifest.json"
     if not manifest.is_file():
         return  # regenerate_report names what is missing

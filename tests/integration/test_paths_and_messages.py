@@ -102,6 +102,7 @@ def cases(tmp_path_factory, embedded, listening_port) -> dict[str, dict]:
                 *[s.format(cwd=cwd) for s in store]]
 
     case("apply-out-is-the-source", CLI, apply_onto_source)
+    case("report-of-a-file", CLI, with_file(lambda cwd: ["report", str(cwd / "a-file")]))
     case("dataset-path-is-a-folder", APP, lambda cwd: [f"dataset.path={cwd}", "tracking=off"])
     # 14: a damaged embedded cache, by its recorded checksums
     cache = root / "damaged-cache-copy"
@@ -168,6 +169,7 @@ KEEP = {"a-file", "ckpt", "mlflow.db"}  # what the tests put there
     ("ui-store-in-missing-folder", r"^--tracking-uri: folder '.*/no' of SQLite store '.*/no/m\.db' does not "
                                    r"exist"),
     ("ui-port-in-use", r"^--port: cannot listen on 127\.0\.0\.1:\d+ \(Address already in use\)"),
+    ("report-of-a-file", r"^report: '.*/a-file' is a file; pass the report folder"),
     ("apply-out-is-the-source", r"^--out: '.*/ckpt' is the source checkpoint --model-path"),
     ("dataset-path-is-a-folder",
      r"^dataset\.path: captions file '.*' is a folder; pass the path of a text file"),
