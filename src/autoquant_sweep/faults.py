@@ -153,6 +153,9 @@ def signals_deferred() -> Iterator[None]:
         False
     """
     global _deferring
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield  # (a helper thread's block, e.g. the heartbeat's writes, must not hold the main thread's stop)
+        return
     _deferring += 1
     before = _received
     try:
