@@ -21,7 +21,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from autoquant_sweep.errors import CapabilityRefusedError, SensitivityResultError, UserInputError
+from autoquant_sweep.errors import (
+    CapabilityRefusedError,
+    DiskFullError,
+    OneLineExit,
+    SensitivityResultError,
+    UserInputError,
+)
 from autoquant_sweep.search.progress import write_outcome
 
 log = logging.getLogger("autoquant_sweep")
@@ -38,6 +44,22 @@ def _remove_run_dir(run_dir: Path) -> None:
         except OSError:
             break
         parent = parent.parent
+
+
+def _quiet_log_write_errors() -> None:
+    """A log file that cannot be written (a full disk) is one warning line per file, not Python's
+    "--- Logging error ---" traceback for every record (a sweep printed a thousand lines)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and not getattr(handler, "_aqs_quiet", False):
+            def handle_error(record: logging.LogRecord, handler: logging.FileHandler = handler) -> None:
+                if not getattr(handler, "_aqs_warned", False):
+                    handler._aqs_warned = True  # type: ignore[attr-defined]
+                    error = sys.exc_info()[1]
+                    print(f"autoquant-sweep: warning: cannot write log file '{handler.baseFilename}' "
+                          f"({getattr(error, 'strerror', None) or error}); later records of it are lost",
+                          file=sys.stderr)
+            handler.handleError = handle_error  # type: ignore[method-assign]
+            handler._aqs_quiet = True  # type: ignore[attr-defined]
 
 
 def _in_multirun() -> bool:
@@ -89,9 +111,17 @@ def sensitivity_task(cfg: DictConfig) -> float | list[float]:
     install_signal_handlers()  # SIGTERM: the MLflow run ends KILLED, finally blocks run
     check_stop()  # a stop that arrived during the previous job (and was swallowed there) ends the sweep
     assign_worker_gpu(cfg, hydra_cfg)
+    _quiet_log_write_errors()
     label = f"{cfg.quant_pair.name} x {cfg.quant_granularity.name}"
     try:
         outcome = tracked_run(cfg, run_dir)
+    except DiskFullError as exc:  # every next trial would fail the same way: the sweep stops here
+        log.error("%s", exc)
+        print(f"autoquant-sweep: error: {exc}", file=sys.stderr)
+        if multirun:
+            raise OneLineExit(str(exc)) from exc
+        _remove_run_dir(run_dir)
+        sys.exit(2)
     except (UserInputError, SensitivityResultError) as exc:
         log.error("%s", exc)
         if multirun:

@@ -74,6 +74,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def check_manifest(folder: Path) -> None:
     """A report folder's ``manifest.json`` must be readable UTF-8 JSON holding an object (one-line error)."""
+    if folder.is_file():
+        raise UserInputError(f"report: '{folder}' is a file; pass the report folder (the one holding "
+                             "manifest.json)")
     manifest = folder / "manifest.json"
     if not manifest.is_file():
         return  # regenerate_report names what is missing
@@ -140,12 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``autoquant-sweep`` console script."""
+    from autoquant_sweep.faults import Terminated, install_signal_handlers, stop_text
+
     args = build_parser().parse_args(argv)
+    # SIGTERM / Ctrl-C raise in the main thread: ``finally`` blocks remove staging and build folders, and
+    # the command ends with one line instead of a traceback (``ui`` installs its own handlers)
+    install_signal_handlers()
     try:
         return int(args.func(args) or 0)
     except UserInputError as exc:
         print(f"autoquant-sweep: error: {exc}", file=sys.stderr)
         return 2
+    except (Terminated, KeyboardInterrupt) as exc:
+        print(f"autoquant-sweep: {args.command} stopped: {stop_text(exc)}; nothing half-written was left "
+              "(rerun the same command)", file=sys.stderr)
+        return exc.code if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -21,29 +21,38 @@ __all__ = [
 ]
 
 
-def read_captions(path: Path, required: int, *, keep_all: bool = False) -> list[str]:
+def read_captions(path: Path, required: int, *, keep_all: bool = False, key: str = "dataset.path",
+                  what: str = "captions file") -> list[str]:
     """Read non-empty caption lines from ``path``; at least ``required`` of them must exist.
 
-    Returns the first ``required`` lines (every line with ``keep_all``).
+    Returns the first ``required`` lines (every line with ``keep_all``). Errors name ``key``, the setting
+    the path came from (``dataset.eval_path`` for the held-out file).
 
     Example:
-        >>> read_captions(Path("captions/small.txt"), 16)  # doctest: +SKIP
+        >>> read_captions(Path("/"), 1, key="dataset.eval_path", what="held-out captions file")
+        ... # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        autoquant_sweep.errors.UserInputError: dataset.eval_path: held-out captions file '/' is a folder; ...
     """
+    if path.is_dir():
+        raise UserInputError(f"{key}: {what} '{path}' is a folder; pass the path of a text file "
+                             "(one caption per line)")
     if not path.is_file():
-        raise UserInputError(f"dataset.path: captions file '{path}' does not exist")
+        raise UserInputError(f"{key}: {what} '{path}' does not exist")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UserInputError(
-            f"dataset.path: captions file '{path}' is not valid UTF-8 (byte {exc.start}): "
+            f"{key}: {what} '{path}' is not valid UTF-8 (byte {exc.start}): "
             "re-encode it as UTF-8"
         ) from exc
     from autoquant_sweep.user_data import parse_samples
 
     lines = parse_samples(text, path)  # one sample per line; a .jsonl file: each line's "text" field
     if not lines:
-        raise UserInputError(f"dataset.path: captions file '{path}' is empty")
+        raise UserInputError(f"{key}: {what} '{path}' is empty")
     if len(lines) < required:
         raise UserInputError(
             f"dataset.size: captions file '{path}' has {len(lines)} lines, "
@@ -87,12 +96,12 @@ def resolve_eval_captions(
     """
     if eval_path:
         file = Path(eval_path).expanduser()
-        if not file.is_file():
-            raise UserInputError(f"dataset.eval_path: held-out captions file '{file}' does not exist")
-        source, lines = str(file), read_captions(file, 1, keep_all=True)
+        source, lines = str(file), read_captions(file, 1, keep_all=True, key="dataset.eval_path",
+                                                 what="held-out captions file")
     elif root and (Path(root).expanduser() / EVAL_FILE).is_file():
         file = Path(root).expanduser() / EVAL_FILE
-        source, lines = str(file), read_captions(file, 1, keep_all=True)
+        source, lines = str(file), read_captions(file, 1, keep_all=True, key="dataset.root",
+                                                 what=f"held-out captions file ({EVAL_FILE})")
     elif not root and not path:
         from autoquant_sweep.embedded.captions import generate_heldout_captions
 

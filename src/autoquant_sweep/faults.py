@@ -17,12 +17,14 @@ study's storage (the sweeper opens it and passes it in) and read from ``FrozenTr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import signal
 import socket
 import threading
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,8 @@ def _stop_exception(signum: int) -> BaseException:
 
 
 _pending: int | None = None  # a stop signal received but not yet raised
+_deferring = 0  # > 0 inside signals_deferred(): a stop is recorded, raised when the block ends
+_received = 0  # stop signals received so far (a deferred block raises only for one received inside it)
 _stop_reason: str | None = None  # why this process is being stopped ("killed by SIGTERM", ...)
 _FINALIZER_NAMES = frozenset({"__del__", "remove", "_remove_dead_weakref", "__exit__", "_run_finalizers"})
 
@@ -99,10 +103,14 @@ def _in_finalizer(frame: Any) -> bool:
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     """SIGTERM and SIGINT: raise :class:`Terminated` / :class:`Interrupted` in the main thread."""
-    global _pending, _stop_reason
+    global _pending, _stop_reason, _received
     _pending = signum
+    _received += 1
     exc = _stop_exception(signum)
     _stop_reason = _stop_reason or stop_text(exc)
+    if _deferring:  # a step that must not be cut in half: recorded now, raised when it ends
+        signal.signal(signum, signal.SIG_DFL)  # a second signal still kills at once
+        return
     if _in_finalizer(frame):  # retry in 20 ms, out of the finalizer
         signal.setitimer(signal.ITIMER_REAL, 0.02)
         return
@@ -131,6 +139,31 @@ def check_stop() -> None:
     if _pending is not None:
         signal.signal(_pending, signal.SIG_DFL)
         raise _stop_exception(_pending)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Run a block that must not be cut in half (creating a run, ending a sweep): SIGTERM / Ctrl-C inside
+    it are recorded (:func:`stop_requested` turns true, the block can look) and raised when it ends.
+
+    Example:
+        >>> with signals_deferred():
+        ...     pass
+        >>> stop_requested()
+        False
+    """
+    global _deferring
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield  # (a helper thread's block, e.g. the heartbeat's writes, must not hold the main thread's stop)
+        return
+    _deferring += 1
+    before = _received
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if not _deferring and _received != before:  # a stop that was already raised is not raised again
+        check_stop()
 
 
 def install_signal_handlers() -> bool:
@@ -260,7 +293,12 @@ def fail_own_trials(study: Any, storage: Any, reason: str) -> list[int]:
     import optuna
 
     me, failed = owner(), []
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    try:
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    except Exception as exc:  # the storage cannot be read: the next sweep fails them (owner dead)
+        log.warning("could not read the RUNNING trials to mark them FAIL: %s", exc)
+        return failed
+    for trial in running:
         if trial_owner(trial) != me:
             continue
         try:
@@ -268,22 +306,49 @@ def fail_own_trials(study: Any, storage: Any, reason: str) -> list[int]:
             failed.append(trial.number)
         except (RuntimeError, ValueError):
             continue
+        except Exception as exc:  # e.g. a full disk: the stop goes on; the next sweep fails the trial
+            log.warning("optuna trial %d could not be marked FAIL (%s); the next sweep will", trial.number,
+                        (str(exc).splitlines() or [type(exc).__name__])[0])
     return failed
 
 
-def kill_stale_runs(client: Any, experiment_id: str) -> list[str]:
+def kill_stale_runs(client: Any, experiment_id: str, dead_owners: Collection[str] = ()) -> list[str]:
     """Mark ``RUNNING`` MLflow runs of a dead owner (tag ``aqs.owner``) as ``KILLED`` with a reason.
 
-    Children of a stale parent are killed too when their own owner is dead or unknown.
+    Children of a stale parent are killed too when their own owner is dead or unknown, and so is every
+    ``RUNNING`` child without an owner whose parent sweep has ended (``KILLED`` / ``FAILED`` /
+    ``FINISHED``): nothing can still be running it. ``dead_owners``: owners known dead although their pid
+    cannot be checked here (another host, failed by Optuna's heartbeat); their runs' children are killed
+    unless they run in a live process of this host.
     """
     runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
                               max_results=5000)
-    stale_parents = {r.info.run_id for r in runs if owner_is_dead(r.data.tags.get(OWNER_TAG))}
+    running = {r.info.run_id for r in runs}
+
+    def is_dead(who: str | None) -> bool:
+        return owner_is_dead(who) or (who is not None and who in dead_owners)
+
+    stale_parents = {r.info.run_id for r in runs if is_dead(r.data.tags.get(OWNER_TAG))}
+    remote_parents = {r.info.run_id for r in runs if r.data.tags.get(OWNER_TAG) in dead_owners}
+    ended_parents: dict[str, bool] = {}
+
+    def parent_ended(parent_id: str | None) -> bool:
+        if not parent_id or parent_id in running:
+            return False
+        if parent_id not in ended_parents:
+            try:
+                ended_parents[parent_id] = client.get_run(parent_id).info.status != "RUNNING"
+            except Exception:  # deleted: nothing runs it either
+                ended_parents[parent_id] = True
+        return ended_parents[parent_id]
+
     killed = []
     for run in runs:
         tags = run.data.tags
         who = tags.get(OWNER_TAG)
-        dead = owner_is_dead(who) or (who is None and tags.get("mlflow.parentRunId") in stale_parents)
+        parent = tags.get("mlflow.parentRunId")
+        dead = (is_dead(who) or (who is None and (parent in stale_parents or parent_ended(parent)))
+                or (parent in remote_parents and not _alive_here(who)))
         if not dead:
             continue
         reason = f"killed: owner process {who or 'of the parent sweep'} died while the run was RUNNING"
@@ -293,6 +358,14 @@ def kill_stale_runs(client: Any, experiment_id: str) -> list[str]:
         log.warning("MLflow run %s: %s; marked KILLED", run.info.run_id, reason)
         killed.append(run.info.run_id)
     return killed
+
+
+def _alive_here(who: str | None) -> bool:
+    """Whether ``who`` (``host:pid``) is a live process of this host."""
+    if not who or ":" not in who:
+        return False
+    host, _, pid = who.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and pid_alive(int(pid))
 
 
 def staging_owner(name: str) -> str | None:

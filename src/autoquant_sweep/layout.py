@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from autoquant_sweep.errors import UserInputError
+from autoquant_sweep.errors import DiskFullError, UserInputError, disk_full
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -86,6 +86,30 @@ def check_name(key: str, value: str) -> str:
     if not isinstance(value, str) or not _SAFE_NAME.match(value) or value in (".", ".."):
         raise UserInputError(f"{key}: '{value}' cannot name a directory; use letters, digits, '_', '-', '.'")
     return value
+
+
+#: config keys whose values become path components of a run / sweep folder or its log file name
+#: (``hydra.run.dir``, ``hydra.sweep.dir`` / ``subdir``, ``${hydra.job.name}.log``, the publish tree)
+PATH_NAME_KEYS = ("experiment", "hydra.job.name", "model.name", "quant_pair.name", "quant_granularity.name",
+                  "dataset.size")
+
+
+def check_path_names(values: dict[str, object]) -> None:
+    """Every name that becomes a path component (``key -> value``, ``None``: not set), checked at once.
+
+    Called before Hydra creates a run / sweep folder or a log file (a name such as ``../../x`` would
+    otherwise create them outside the working directory first).
+
+    Example:
+        >>> check_path_names({"experiment": "sensitivity", "model.name": None})
+        >>> check_path_names({"experiment": "a/b c"})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        autoquant_sweep.errors.UserInputError: experiment: 'a/b c' cannot name a directory; use ...
+    """
+    for key, value in values.items():
+        if value is not None:
+            check_name(key, str(value))
 
 
 def publish_dir(
@@ -167,8 +191,12 @@ def write_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
         raise UserInputError(f"output directory '{target.parent}' is not writable: {exc.strerror}") from exc
     try:
         write(staging)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if disk_full(exc):  # one line naming the folder, not a traceback; nothing half-written is left
+            raise DiskFullError(f"output directory '{target.parent}': no space left on device while writing "
+                                f"'{target.name}' (nothing half-written was left); free space there or "
+                                "choose another output location, then rerun the same command") from exc
         raise
     old = None
     if target.exists():

@@ -56,7 +56,9 @@ def check_checkpoint_dir(path: str | None, key: str = "model.path") -> Path:
     p = Path(path).expanduser()
     if not p.exists():
         raise UserInputError(f"{key}: '{p}' does not exist")
-    if not p.is_dir() or not (p / "config.json").is_file():
+    if not p.is_dir():
+        raise UserInputError(f"{key}: '{p}' is a file; pass the checkpoint folder (save_pretrained output)")
+    if not (p / "config.json").is_file():
         raise UserInputError(f"{key}: '{p}' is not a model directory (no config.json)")
     if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
         raise UserInputError(f"{key}: '{p}' has no weights (*.safetensors or *.bin)")

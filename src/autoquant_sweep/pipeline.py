@@ -36,7 +36,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from autoquant_sweep.compute import MODEL_CACHE, ModelCache, compute
-from autoquant_sweep.errors import CapabilityRefusedError, UserInputError
+from autoquant_sweep.errors import CapabilityRefusedError, DiskFullError, UserInputError, disk_full
 from autoquant_sweep.plan import RunPlan, plan_run, report_destination
 
 log = logging.getLogger("autoquant_sweep")
@@ -197,14 +197,13 @@ class _Store:
     def open_run(self, c: dict[str, Any], *, running: bool) -> str:
         """Create the job's run (a child of the sweep's parent); ``running``: tag its owner process, so a
         later sweep can mark it KILLED if this process dies without closing it."""
-        from autoquant_sweep.faults import OWNER_TAG, owner
+        from autoquant_sweep.faults import owner
         from autoquant_sweep.tracking.run_logging import start_run
 
-        # dated from the job's start, not from after the plan and the lookup: the UI shows the job's duration
+        # dated from the job's start, not from after the plan and the lookup: the UI shows the job's duration;
+        # the owner is written with the run (one write: a stop can never leave it RUNNING without one)
         run_id = start_run(self.client, self.experiment_id, c, self.parent_run_id,
-                           start_time=self.started_ms).info.run_id
-        if running:
-            self.client.set_tag(run_id, OWNER_TAG, owner())
+                           start_time=self.started_ms, owner=owner() if running else None).info.run_id
         log.info("MLflow run %s in experiment '%s' (%s)", run_id, self.settings.experiment_name,
                  self.settings.tracking_uri)
         return run_id
@@ -230,6 +229,20 @@ class _Store:
             log_failure(self.client, run_id, c, str(exc) or type(exc).__name__, failure_kind(exc))
         except Exception as log_exc:
             log.warning("could not record the failure in MLflow run %s: %s", run_id, log_exc)
+
+    def drop_artifacts(self, run_id: str | None) -> None:
+        """Remove a failed run's local artifact folder (the part of its report a full disk let it copy)."""
+        import shutil
+        from urllib.parse import unquote, urlparse
+
+        if self.client is None or run_id is None:
+            return
+        try:
+            uri = urlparse(self.client.get_run(run_id).info.artifact_uri)
+            if uri.scheme in ("", "file"):
+                shutil.rmtree(unquote(uri.path), ignore_errors=True)
+        except Exception as exc:  # the failure itself matters more
+            log.warning("could not remove the artifacts of failed run %s: %s", run_id, exc)
 
     def _bare_run(self) -> str:
         """A run for a job whose config could not even be resolved (its reason is all there is)."""
@@ -294,23 +307,57 @@ def run_job(
     store.connect()  # a store that cannot be used is one line; nothing can be recorded in it
     run_id: str | None = None
     try:
+        from autoquant_sweep.faults import signals_deferred
+
         outcome = _lookup(plan, destination, store)
         if outcome is None:
-            run_id = store.open_run(plan.cfg, running=True)
+            with signals_deferred():  # a stop while the run is created is raised once its id is known here
+                run_id = store.open_run(plan.cfg, running=True)
             why = f"cache miss: fingerprint {plan.fingerprint}" if plan.cfg["autoquant"].get("cache", True) \
                 else "autoquant.cache=false"
             log.info("%s; running AutoQuant", why)  # after the run is open: tests stop the job from here
             outcome = _compute_and_write(plan, destination, cache, plots=plots)
         else:
-            run_id = store.open_run(plan.cfg, running=False)
+            with signals_deferred():
+                run_id = store.open_run(plan.cfg, running=False)
         hydra_yaml = OmegaConf.to_yaml(cfg, resolve=True) if isinstance(cfg, DictConfig) else None
         _record(store, run_id, plan, outcome, hydra_yaml)
         outcome.run_id = run_id
         _defer_plots_if_missing(outcome, store.client, run_id)
         return outcome
     except BaseException as exc:
+        if disk_full(exc):
+            # this failed run's half-copied artifacts go first: their space lets the store record FAILED
+            store.drop_artifacts(run_id)
+            full = exc if isinstance(exc, DiskFullError) else disk_full_error(exc, settings.tracking_uri)
+            store.record_failure(run_id, plan.cfg, full)
+            raise full from exc
         store.record_failure(run_id, plan.cfg, exc)
         raise
+
+
+def disk_full_error(exc: BaseException, tracking_uri: str | None) -> DiskFullError:
+    """One line for a write that failed on a full disk: the file it wrote (an ``OSError``'s ``filename``),
+    else the MLflow store (a SQLite ``database or disk is full``).
+
+    Example:
+        >>> import errno
+        >>> str(disk_full_error(OSError(errno.ENOSPC, "No space left on device", "/d/mlruns/x"), None))
+        ... # doctest: +ELLIPSIS
+        "'/d/mlruns/x': no space left on device (...); the run was ended FAILED: free space there, then ..."
+    """
+    from autoquant_sweep.tracking.store import sqlite_path
+
+    cause: BaseException | None = exc
+    path = None
+    while cause is not None and path is None:
+        path = getattr(cause, "filename", None) if isinstance(cause, OSError) else None
+        cause = cause.__cause__ or cause.__context__
+    if path is None and tracking_uri:
+        path = str(sqlite_path(tracking_uri) or tracking_uri)
+    first = (str(getattr(exc, "orig", None) or exc).splitlines() or [type(exc).__name__])[0][:300]
+    return DiskFullError(f"'{path}': no space left on device ({first}); the run was ended FAILED: free "
+                         "space there, then rerun the same command")
 
 
 def _lookup(plan: RunPlan, destination: Path, store: _Store) -> RunOutcome | None:

@@ -308,7 +308,7 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
     from autoquant_sweep.quant.formats import UnknownFormatError, check_with_modelopt, resolve_format
     from autoquant_sweep.quant.overlay import OverlayError, validate_overrides
     from autoquant_sweep.quant.realized import check_promise, declared_kinds
-    from autoquant_sweep.tracking.store import settings_from_cfg
+    from autoquant_sweep.tracking.store import check_store, settings_from_cfg
 
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
     # 1. settings: value domains (method, device, counts, ranges, objective, ...), names, tracking
@@ -322,7 +322,7 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
         ("quant_granularity.name", gran["name"]),
     ):
         check_name(key, value)
-    settings_from_cfg(c)  # tracking=server without a URI
+    settings = settings_from_cfg(c)  # tracking=server without a URI
     # 2. device
     device = plan_device(aq["device"])
     # 3. effective format and capability rules
@@ -346,7 +346,15 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
         granularity_name=gran["name"],
     )
     if verdict.status == "refused":
-        raise CapabilityRefusedError("; ".join(verdict.reasons))
+        from autoquant_sweep.quant.capability import refusal_message, runnable_alternatives
+
+        try:
+            alternatives = runnable_alternatives(pair["name"], gran["name"], cuda_available=device == "cuda",
+                                                 resolve=resolve_format)
+        except Exception:  # a group option that does not resolve here: the refusal still stands
+            alternatives = None
+        raise CapabilityRefusedError(refusal_message(verdict, pair["name"], gran["name"], device,
+                                                     alternatives))
     check_promise(overlay.format, gran.get("realizes"), where=context)
     # 4. checkpoint, data, fingerprint
     if model_cfg.get("embedded"):
@@ -387,7 +395,10 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
     )
     scoring = scoring_fingerprint(c, checkpoint_identity=identity, captions=captions,
                                   batch_plan=batch_plan, device=device, versions=versions)
-    # 5. last gate: ModelOpt's own schema (imports ModelOpt; every cheaper check has passed)
+    # 5. the run's MLflow store, without MLflow: an unreachable server or a damaged SQLite file answers
+    # before the ModelOpt import below (~2 s, not 15-19 s)
+    check_store(settings)
+    # 6. last gate: ModelOpt's own schema (imports ModelOpt; every cheaper check has passed)
     check_with_modelopt(effective, context)
     return RunPlan(
         cfg=c,

@@ -116,7 +116,8 @@ def test_every_group_refused_in_plan_loads_and_imports_nothing_heavy(tmp_path: P
 @pytest.mark.parametrize(
     ("override", "start"),
     [
-        ("quant_pair=wfp4_afp4", "format 'NVFP4_DEFAULT_CFG' + granularity 'default'"),
+        ("quant_pair=wfp4_afp4", "quant_pair=wfp4_afp4 quant_granularity=default is refused on cpu: "
+                                 "format 'NVFP4_DEFAULT_CFG' + granularity 'default'"),
         ("autoquant.method=foo", "autoquant.method: unknown method 'foo'"),
         ("dataset.seq_len=1", "dataset.seq_len: must be an integer of at least 2"),
     ],

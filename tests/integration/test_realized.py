@@ -172,7 +172,9 @@ def test_no_cached_result_of_the_old_form_is_reused(compose_cfg, monkeypatch):
 
     plan = plan_run(compose_cfg(["quant_pair=wint8_aint8", "quant_granularity=a_per_token_dynamic"]))
     inputs = [r for r in plan.effective_format["quant_cfg"] if r["quantizer_name"] == INPUT and r.get("cfg")]
-    assert inputs[-1]["cfg"] == {"num_bits": 8, "axis": None, "block_sizes": {-1: None}, "type": "dynamic"}
+    # (effective_bits: the storage cost model's per-entry cost, 16 for inputs: quant/cost.py)
+    assert inputs[-1]["cfg"] == {"num_bits": 8, "axis": None, "block_sizes": {-1: None}, "type": "dynamic",
+                                 "effective_bits": 16.0}
     old_format = copy.deepcopy(plan.effective_format)
     old_input = next(r for r in reversed(old_format["quant_cfg"])
                      if r["quantizer_name"] == INPUT and r.get("cfg"))

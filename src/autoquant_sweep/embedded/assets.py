@@ -82,6 +82,52 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+_verified: set[str] = set()  # trees whose files matched their recorded checksums in this process
+
+
+def _check_cache_root(cache_root: Path, key: str) -> None:
+    """The cache root must be a folder (or not exist yet): one line naming ``key`` otherwise."""
+    from ..errors import UserInputError
+
+    if cache_root.exists() and not cache_root.is_dir():
+        raise UserInputError(f"{key}: embedded asset cache '{cache_root}' is a file, not a folder; point "
+                             f"{key} at a folder (or unset it to use <working dir>/.cache/autoquant_sweep)")
+    existing = next((p for p in cache_root.absolute().parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UserInputError(f"{key}: cannot create the embedded asset cache '{cache_root}': '{existing}' is "
+                             f"a file; point {key} at a folder")
+
+
+def verify_checksums(root: Path, key: str = "AUTOQUANT_SWEEP_CACHE") -> None:
+    """Compare every file of a built tree with the sha256 recorded in its ``COMPLETE.json`` (once per
+    process, ~10 ms); a missing or changed file is one line saying how to rebuild the tree.
+
+    Example:
+        >>> verify_checksums(ensure_embedded_assets(verbose=False).root)  # doctest: +SKIP
+    """
+    from ..errors import UserInputError
+
+    if str(root) in _verified:
+        return
+    files = json.loads((root / COMPLETE_MARKER).read_text(encoding="utf-8"))["files"]
+    for rel, digest in sorted(files.items()):
+        path = root / rel
+        problem = "is missing" if not path.is_file() else (
+            "does not match its recorded sha256" if _sha256(path) != digest else None)
+        if problem:
+            raise UserInputError(
+                f"{key}: embedded asset cache '{root}' is damaged ('{rel}' {problem} in {COMPLETE_MARKER}); "
+                f"rebuild it: rm -rf '{root}' && autoquant-sweep generate")
+    _verified.add(str(root))
+
+
+def _remove_stale_builds(cache_root: Path, name: str) -> None:
+    """Build folders of earlier builds that did not finish (a killed ``generate``): the caller holds the
+    build lock, so no other process is building into them."""
+    for stale in cache_root.glob(f".{name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def _is_complete(root: Path) -> bool:
     marker = root / COMPLETE_MARKER
     if not marker.is_file():
@@ -179,14 +225,23 @@ def ensure_embedded_assets(
         model = AutoModelForCausalLM.from_pretrained(assets.qwen3_tiny_dir)
         captions = assets.caption_file("small").read_text().splitlines()
     """
+    key = "--cache" if cache_root is not None else "AUTOQUANT_SWEEP_CACHE"
     cache_root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
+    _check_cache_root(cache_root, key)
     root = cache_root / f"embedded-v{ASSETS_VERSION}-seed{seed}"
     assets = EmbeddedAssets.at(root)
     if _is_complete(root):
+        verify_checksums(root, key)
+        # build folders left by a killed build (nobody builds a tree that is complete)
+        if any(cache_root.glob(f".{root.name}.tmp-*")):
+            with _file_lock(cache_root / f"{root.name}.lock"):
+                _remove_stale_builds(cache_root, root.name)
         return assets
     with _file_lock(cache_root / f"{root.name}.lock"):
         if _is_complete(root):  # another process finished while we waited
+            verify_checksums(root, key)
             return assets
+        _remove_stale_builds(cache_root, root.name)
         start = time.perf_counter()
         if verbose:
             print(f"[embedded] building embedded assets (seed={seed}) into {root}")

@@ -374,6 +374,58 @@ def check_combination(
     return Verdict("ok", tuple(result.notes), ())
 
 
+def refusal_message(verdict: Verdict, pair: str, granularity: str, device: str,
+                    alternatives: Mapping[str, Sequence[str]] | None = None) -> str:
+    """One line for a refused combination: the keys the user set, the first reason, what to use instead.
+
+    ``alternatives``: ``{"quant_granularity": [...], "quant_pair": [...]}``, what runs on ``device`` with
+    the same pair / the same granularity (:func:`runnable_alternatives`).
+
+    Example:
+        >>> v = Verdict("refused", ("format 'X' + granularity 'default': needs CUDA", "second"))
+        >>> text = refusal_message(v, "wfp4_afp4", "default", "cpu", {"quant_pair": ["wint8_aint8"]})
+        >>> for part in text.split(": ", 1)[1].split("; "):  # doctest: +ELLIPSIS
+        ...     print(part)
+        format 'X' + granularity 'default': needs CUDA (and 1 more reason)
+        use quant_pair=wint8_aint8 with quant_granularity=default instead (all verdicts: ...)
+    """
+    text = f"quant_pair={pair} quant_granularity={granularity} is refused on {device}: {verdict.reasons[0]}"
+    if len(verdict.reasons) > 1:
+        more = len(verdict.reasons) - 1
+        text += f" (and {more} more reason{'s' if more > 1 else ''})"
+    options = []
+    for key, fixed in (("quant_granularity", f"quant_pair={pair}"),
+                       ("quant_pair", f"quant_granularity={granularity}")):
+        names = list((alternatives or {}).get(key) or [])
+        if names:
+            shown = ",".join(names[:4]) + (",..." if len(names) > 4 else "")
+            options.append(f"{key}={shown} with {fixed}")
+    if options:
+        text += f"; use {' or '.join(options)} instead"
+    else:
+        text += f"; nothing with quant_pair={pair} or quant_granularity={granularity} runs on {device}"
+    return text + " (all verdicts: autoquant-sweep validate)"
+
+
+def runnable_alternatives(pair: str, granularity: str, *, cuda_available: bool,
+                          resolve: Callable[[str], dict]) -> dict[str, list[str]]:
+    """What runs (``ok``) with the same pair (other granularities) and with the same granularity (other
+    pairs), among the shipped ``conf/`` options; no ModelOpt import for the stored presets."""
+    from autoquant_sweep.config.groups import load_group
+
+    pairs, grans = load_group("quant_pair"), load_group("quant_granularity")
+    out: dict[str, list[str]] = {"quant_granularity": [], "quant_pair": []}
+    for row in validation_matrix([p for p in pairs if p["name"] == pair] or [], grans,
+                                 cuda_available=cuda_available, resolve=resolve):
+        if row["status"] == "ok" and row["granularity"] != granularity:
+            out["quant_granularity"].append(row["granularity"])
+    for row in validation_matrix(pairs, [g for g in grans if g["name"] == granularity] or [],
+                                 cuda_available=cuda_available, resolve=resolve):
+        if row["status"] == "ok" and row["pair"] != pair:
+            out["quant_pair"].append(row["pair"])
+    return out
+
+
 def validation_matrix(
     pairs: Sequence[Mapping],
     granularities: Sequence[Mapping],

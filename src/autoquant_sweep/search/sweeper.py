@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +35,101 @@ from optuna.storages import RDBStorage
 from sqlalchemy.exc import SQLAlchemyError
 
 from autoquant_sweep import faults
-from autoquant_sweep.errors import UserInputError
+from autoquant_sweep.errors import OneLineExit, UserInputError
 
 log = logging.getLogger(__name__)
+# the sweeper beats Optuna's heartbeat itself (:class:`Heartbeat`) around the plugin's ask / tell loop
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", message=r"Argument ``(heartbeat_interval|grace_period)`` is an exper")
+
+
+# the storage writes a sweep makes (ask, tell, attrs, heartbeats): a stop signal inside one of them is
+# raised when it has committed, never in the middle (a write cut in half left its SQLite transaction open,
+# and the next write of the same thread waited on it for good)
+_WRITES = ("create_new_trial", "set_trial_state_values", "set_trial_param", "set_trial_user_attr",
+           "set_trial_system_attr", "set_trial_intermediate_value", "set_study_user_attr",
+           "set_study_system_attr", "record_heartbeat")
+
+
+def _deferring(method: Any) -> Any:
+    def write(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with faults.signals_deferred():
+            return method(self, *args, **kwargs)
+
+    write.__name__, write.__doc__ = method.__name__, method.__doc__
+    return write
 
 
 class StudyStorage(RDBStorage):
-    """Optuna's RDB storage, shown as its URL (password masked) instead of an object address."""
+    """Optuna's RDB storage, shown as its URL (password masked) instead of an object address; its writes
+    are never cut in half by SIGTERM / Ctrl-C (:func:`autoquant_sweep.faults.signals_deferred`)."""
+
+    locals().update({name: _deferring(getattr(RDBStorage, name)) for name in _WRITES})
+    stale_reason: str | None = None  # set while Optuna's fail_stale_trials runs: the FAIL trials' reason
+
+    @_deferring
+    def set_trial_state_values(self, trial_id: int, state: Any, values: Any = None) -> bool:
+        if self.stale_reason and state == optuna.trial.TrialState.FAIL:  # fail_stale_trials failing it
+            RDBStorage.set_trial_user_attr(self, trial_id, faults.FAIL_REASON_ATTR, self.stale_reason)
+        return RDBStorage.set_trial_state_values(self, trial_id, state, values)
 
     def __repr__(self) -> str:
         # the plugin logs "Storage: <storage>": show the URL (password masked), not an object address
         from autoquant_sweep.tracking.store import masked_url
 
         return masked_url(str(self.url))
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """Optuna heartbeat ``(interval, grace period)`` in seconds: a RUNNING trial whose owner has not beaten
+    for the grace period is failed by any sweep on the study, on any host (``AUTOQUANT_SWEEP_HEARTBEAT_S``,
+    ``AUTOQUANT_SWEEP_HEARTBEAT_GRACE_S``; default 60 and 600).
+
+    Example:
+        >>> heartbeat_settings()
+        (60, 600)
+    """
+    import os
+
+    interval = int(os.environ.get("AUTOQUANT_SWEEP_HEARTBEAT_S", "60"))
+    return interval, int(os.environ.get("AUTOQUANT_SWEEP_HEARTBEAT_GRACE_S", str(10 * interval)))
+
+
+class Heartbeat:
+    """A daemon thread beating (``record_heartbeat``) for this process's RUNNING trials every interval."""
+
+    def __init__(self, load: Any, storage: RDBStorage, interval: float) -> None:
+        import threading
+
+        self.load, self.study, self.storage, self.interval = load, None, storage, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="aqs-heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        self.study = self.study or self.load()  # the plugin creates the study once the sweep starts
+        if self.study is None:
+            return
+        me = faults.owner()
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        for trial in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if faults.trial_owner(trial) == me:
+                self.storage.record_heartbeat(
+                    self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except Exception as exc:  # a store that is busy or gone: the next beat tries again
+                log.warning("heartbeat of study %s failed: %s", self.study.study_name, exc)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
 
 
 OWNER_HOOK = f"{__name__}.record_trial_owner"
@@ -65,6 +148,12 @@ def record_trial_owner(cfg: DictConfig, trial: optuna.trial.Trial) -> None:
         instantiate({"_target_": user_hook, "_partial_": True})(cfg, trial)
 
 
+def _close(storage: RDBStorage) -> None:
+    """No connection of this process stays open on a store built aside (it is linked under another name)."""
+    storage.remove_session()
+    storage.engine.dispose()
+
+
 def _open_storage(url: Any) -> Any:
     """The :class:`StudyStorage` of an RDB ``url`` (``url`` itself for other storages)."""
     if not isinstance(url, str) or url.startswith(("redis", "journal")):
@@ -73,11 +162,17 @@ def _open_storage(url: Any) -> Any:
     if url.startswith("sqlite"):
         # several processes may share a study file: wait for locks instead of failing at once
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-        from autoquant_sweep.tracking.store import folder_lock, sqlite_path
+    interval, grace = heartbeat_settings()
+    kwargs.update(heartbeat_interval=interval, grace_period=grace)
+    if url.startswith("sqlite"):
+        from autoquant_sweep.tracking.store import create_sqlite_aside, folder_lock, sqlite_path
 
         db = sqlite_path(url)
         if db is not None and db.parent.is_dir():
             with folder_lock(db.parent):  # sweeps started together must not create the schema twice
+                if not db.exists():  # built aside, moved into place whole (a full disk leaves no half store)
+                    create_sqlite_aside(db, lambda aside: _close(StudyStorage(aside, **kwargs)),
+                                        "hydra.sweeper.storage")
                 return StudyStorage(url, **kwargs)
     return StudyStorage(url, **kwargs)
 
@@ -144,12 +239,8 @@ def grid_used_up(config: DictConfig) -> str | None:
     return None if combinations_left(space, trials) else nothing_left_text(str(name), space, trials)
 
 
-class SweepExit(SystemExit):
+class SweepExit(OneLineExit):
     """Exit status 2 after the one-line error was printed; ``message`` lets the sweep callback quote it."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(2)
-        self.message = message
 
 
 def _one_line_exit(exc: UserInputError | str) -> SweepExit:
@@ -243,18 +334,24 @@ class AutoquantOptunaSweeper(OptunaSweeper):
         before = {t.number for t in study.trials} if study is not None else set()
         self._cap_to_grid_left(study, arguments)
         try:
-            super().sweep(arguments)
+            if self.study_storage is None:
+                super().sweep(arguments)
+            else:
+                with Heartbeat(self._load, self.study_storage, heartbeat_settings()[0]):
+                    super().sweep(arguments)
         except ValueError as exc:  # the plugin asks for the best trial of a study where none completed
             study = study or self._load()
             if study is None or any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
                 raise
             raise _one_line_exit(_no_result_text(study, before)) from exc
         except BaseException as exc:
+            if self.study_storage is not None:  # a session left mid-transaction is rolled back first
+                self.study_storage.remove_session()
             study = study or self._load()
             faults.record_stop(exc)  # Ctrl-C / SIGTERM: the sweep callback ends the parent KILLED
             if study is not None:
                 reason = (faults.stop_text(exc) if faults.interrupted(exc)
-                          else f"sweep aborted: {type(exc).__name__}")
+                          else f"sweep aborted: {getattr(exc, 'message', None) or type(exc).__name__}")
                 failed = faults.fail_own_trials(study, self.study_storage, reason)
                 if failed:
                     log.warning("optuna trials %s marked FAIL (%s)", failed, reason)
@@ -308,4 +405,48 @@ class AutoquantOptunaSweeper(OptunaSweeper):
             if failed:
                 log.warning("study %s: %d stale RUNNING trial(s) of dead processes marked FAIL: %s",
                             study.study_name, len(failed), failed)
+            self._fail_heartbeat_stale(study)
         return study
+
+    def _fail_heartbeat_stale(self, study: Any) -> None:
+        """Optuna's own heartbeat check (any host): RUNNING trials whose owner stopped beating for the grace
+        period become FAIL (user attr ``fail_reason``), and the MLflow runs of those owners KILLED."""
+        assert self.study_storage is not None
+        running = {t.number: faults.trial_owner(t)
+                   for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+        if not running:
+            return
+        grace = heartbeat_settings()[1]
+        self.study_storage.stale_reason = (f"no heartbeat from its owner for more than {grace} s: the "
+                                           "process or its node was lost")
+        try:
+            optuna.storages.fail_stale_trials(study)
+        finally:
+            self.study_storage.stale_reason = None
+        failed = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+                  if t.number in running and "no heartbeat" in (faults.trial_fail_reason(t) or "")]
+        if not failed:
+            return
+        owners = {running[t.number] for t in failed if running[t.number]}
+        log.warning("study %s: trial(s) %s failed by heartbeat (owners %s)", study.study_name,
+                    [t.number for t in failed], ", ".join(sorted(owners)))
+        try:
+            self._kill_runs_of(owners)
+        except Exception as exc:  # the trials are failed; MLflow's runs are the next sweep's to close
+            log.warning("could not mark the MLflow runs of %s KILLED: %s", sorted(owners), exc)
+
+    def _kill_runs_of(self, owners: set[str]) -> None:
+        from autoquant_sweep.tracking.store import connect, settings_from_cfg
+
+        config = self.sweeper.config
+        if config is None or not owners:
+            return
+        keys = [k for k in ("tracking", "experiment") if k in config]
+        settings = settings_from_cfg({k: OmegaConf.to_container(config[k], resolve=True)
+                                      if OmegaConf.is_config(config[k]) else config[k] for k in keys})
+        if not settings.enabled:
+            return
+        client = connect(settings)
+        experiment = client.get_experiment_by_name(settings.experiment_name)
+        if experiment is not None:
+            faults.kill_stale_runs(client, experiment.experiment_id, dead_owners=owners)

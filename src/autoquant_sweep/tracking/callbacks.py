@@ -63,6 +63,13 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:1000]
 
 
+def _check_path_names(config: DictConfig) -> None:
+    """The names that become folder and log file names (``layout.PATH_NAME_KEYS``), before any is created."""
+    from autoquant_sweep.layout import PATH_NAME_KEYS, check_path_names
+
+    check_path_names({key: OmegaConf.select(config, key, default=None) for key in PATH_NAME_KEYS})
+
+
 def _exit_one_line(exc: BaseException | str) -> None:
     log.error("%s", exc)
     print(f"autoquant-sweep: error: {exc}", file=sys.stderr)
@@ -102,8 +109,9 @@ class MlflowSweepCallback(Callback):
         from autoquant_sweep.errors import UserInputError
         from autoquant_sweep.layout import ensure_output_dir
 
-        run_dir = OmegaConf.select(config, "hydra.run.dir", default=None)
         try:
+            _check_path_names(config)  # before Hydra creates the run folder and its log file from them
+            run_dir = OmegaConf.select(config, "hydra.run.dir", default=None)
             if run_dir:
                 ensure_output_dir(Path(str(run_dir)), "hydra.run.dir")
         except UserInputError as exc:
@@ -113,6 +121,7 @@ class MlflowSweepCallback(Callback):
         """What would fail after the sweep created its folder and parent run, checked before (one line)."""
         from autoquant_sweep.errors import UserInputError
 
+        _check_path_names(config)  # the sweep folder is made of them
         sweeper = OmegaConf.select(config, "hydra.sweeper", default=None)
         if sweeper is not None and "n_trials" in sweeper:
             n_trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
@@ -227,26 +236,47 @@ class MlflowSweepCallback(Callback):
         sweep that otherwise ended well is one line on stderr and exit status 2 (parent FAILED,
         ``failure_reason`` tag).
         """
+        from autoquant_sweep import faults
+
+        in_flight = sys.exc_info()[1]  # set while Hydra's ``finally`` runs for a failed / stopped sweep
+        # SIGTERM / Ctrl-C during the end are recorded, not raised half-way: the end runs whole with the
+        # stop's contract (KILLED, nothing registered, the stop line), then the stop exits 143 / 130
+        with faults.signals_deferred():
+            self._end(config, in_flight)
+
+    def _end(self, config: DictConfig, in_flight: BaseException | None) -> None:
+        from autoquant_sweep import faults
         from autoquant_sweep.pipeline import DEFERRED_PLOTS
         from autoquant_sweep.tracking.store import PARENT_RUN_ENV
         from autoquant_sweep.tracking.summary import set_parent_description
 
         DEFERRED_PLOTS.finish()  # the trials' PNGs, off their critical path (tracking on or off)
         if self.client is None or self.parent_run_id is None:
+            if faults.stop_requested() and in_flight is None:
+                print(f"autoquant-sweep: sweep stopped: {faults.stop_reason()}; nothing registered",
+                      file=sys.stderr)
             return
         os.environ.pop(PARENT_RUN_ENV, None)
         self._ended = True
-        in_flight = sys.exc_info()[1]  # set while Hydra's ``finally`` runs for a failed / stopped sweep
         status, reason = sweep_end_status(in_flight)
         if status != "FINISHED" and self.settings.registry:  # nothing is registered from it
             self.settings = dataclasses.replace(self.settings, registry=False)
         self._mix_wanted = status == "FINISHED" and bool(self.container["autoquant"].get("mix", True))
         error = self._summary_error(config)
+        if status == "FINISHED" and faults.stop_requested():  # stopped during the summary: KILLED
+            status, reason = sweep_end_status(None)
         if error is not None and status == "FINISHED":
             status, reason = "FAILED", error
-        set_parent_description(self.client, self.parent_run_id, self.container, stopped=reason)  # winner 1st
+        try:
+            # the winner first
+            set_parent_description(self.client, self.parent_run_id, self.container, stopped=reason)
+        except Exception as exc:  # e.g. a full disk: the parent is still closed below
+            log.error("could not write the sweep's description: %s", _first_line(exc))
+            error = error or f"sweep summary / registry update failed: {_first_line(exc)}"
         close_error = self._close_parent(status, reason)  # always closed, whatever failed before
         error = error or close_error
+        if close_error:  # say what the store holds: the next sweep marks the parent KILLED
+            status = "still RUNNING: it could not be closed"
         self._tell_outcome(status, reason, error, in_flight)
 
     def _summary_error(self, config: DictConfig) -> str | None:
@@ -279,10 +309,16 @@ class MlflowSweepCallback(Callback):
         if status == "FINISHED" and error is None:
             self._print_outcome()
             return
+        from autoquant_sweep.faults import stop_requested
+
         if status == "KILLED":
-            print(f"autoquant-sweep: {reason}: parent run {self.parent_run_id} KILLED, nothing registered; "
+            registered = (getattr(self, "_recommendation", None) or {}).get("registered")
+            what = (f"stopped after version {registered['version']} of {registered['name']} was registered"
+                    if registered else "nothing registered")
+            print(f"autoquant-sweep: {reason}: parent run {self.parent_run_id} KILLED, {what}; "
                   "finished trials are kept (rerun the same command to continue the study)", file=sys.stderr)
-        if error is not None and in_flight is None:  # otherwise the error in flight says it and exits
+        # otherwise the error in flight (or the stop, raised when the sweep's end is done) says it and exits
+        if error is not None and in_flight is None and not stop_requested():
             print(f"autoquant-sweep: error: {error} (parent run {self.parent_run_id} {status}; the trials "
                   "are in MLflow and the study)", file=sys.stderr)
             sys.exit(2)
@@ -380,9 +416,14 @@ class MlflowSweepCallback(Callback):
             self.parent_run_id, "children_cache_hits", float(sum(r["cache_hit"] == "true" for r in rows))
         )
         # best recipe per budget, proxy fidelity, Pareto set of the budget curves, registry (best + band)
-        self._recommendation = summarise_sweep(self.client, self.parent_run_id, runs, rows, objective, title,
-                                               registry=bool(self.settings.registry))
-        self._mix = self._run_mix(objective) if getattr(self, "_mix_wanted", False) else None
+        from autoquant_sweep.faults import stop_requested
+
+        # asked right before registering: a stop that arrived during the summary registers nothing
+        self._recommendation = summarise_sweep(
+            self.client, self.parent_run_id, runs, rows, objective, title,
+            registry=lambda: bool(self.settings.registry) and not stop_requested())
+        self._mix = self._run_mix(objective) if getattr(self, "_mix_wanted", False) and not stop_requested() \
+            else None
 
     def _run_mix(self, objective: str) -> dict[str, Any] | None:
         """The per-layer mix over every format this sweep scored (autoquant.mix; a run ``mix ...`` under

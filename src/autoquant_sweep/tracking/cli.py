@@ -67,11 +67,66 @@ def _recipe_lines(mv: Any, recipe: dict[str, Any]) -> list[str]:
             "kept at 16 bits: " + (", ".join(kept) or "none")]
 
 
+def check_out_file(out: Path, key: str = "--out") -> None:
+    """``lookup --out``: a file path (new, or a file to replace) in an existing, writable folder.
+
+    Checked before the registry lookup, so a wrong ``--out`` costs nothing and creates nothing.
+
+    Example:
+        >>> check_out_file(Path("/"))
+        Traceback (most recent call last):
+        ...
+        autoquant_sweep.errors.UserInputError: --out: '/' is a folder; pass a file path such as '/recipe.json'
+    """
+    from autoquant_sweep.errors import UserInputError
+
+    if out.is_dir():
+        raise UserInputError(f"{key}: '{out}' is a folder; pass a file path such as '{out / 'recipe.json'}'")
+    folder = out.parent
+    if folder.exists() and not folder.is_dir():
+        raise UserInputError(f"{key}: '{folder}' is a file, not a folder; pass a path in an existing folder")
+    if not folder.exists():
+        raise UserInputError(f"{key}: folder '{folder}' does not exist; create it first or pass a path in an "
+                             "existing folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserInputError(f"{key}: folder '{folder}' is not writable; choose another --out")
+
+
+def check_store_path(uri: str, key: str = "--tracking-uri", *, must_exist: bool = True) -> None:
+    """A sub-command's SQLite store: an existing store file (``must_exist``: ``lookup`` / ``apply`` read
+    it) or a new file in an existing folder (``ui``), never a folder; a damaged file is one line.
+
+    Checked before MLflow opens it: MLflow would create a missing file, or a missing folder, silently.
+    Other URLs (servers, other databases) pass.
+    """
+    from autoquant_sweep.errors import UserInputError
+    from autoquant_sweep.tracking.store import check_sqlite_store, sqlite_path
+
+    path = sqlite_path(uri)
+    if path is None:
+        return
+    if path.is_dir():
+        raise UserInputError(f"{key}: SQLite store '{path}' is a folder; point to the store file "
+                             f"(e.g. sqlite:///{path / 'mlflow.db'})")
+    if not path.exists():
+        if must_exist:
+            raise UserInputError(f"{key}: no MLflow store at '{path}'; run a sweep there first, or pass "
+                                 "--tracking-uri (or cd to the folder the sweep ran in)")
+        if not path.parent.is_dir():
+            raise UserInputError(f"{key}: folder '{path.parent}' of SQLite store '{path}' does not exist; "
+                                 "create it or point to a store in an existing folder")
+    check_sqlite_store(uri, key)
+
+
 def cmd_lookup(args: argparse.Namespace) -> int:
     """Print the version's summary and what its recipe keeps at 16 bits; write its recipe JSON
     (``--uniform``: the uniform effective config), byte-identical to the run's artifact."""
     from autoquant_sweep.tracking.registry import get_version, version_recipe
 
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        check_out_file(out)  # before the lookup: nothing read, nothing created
+    check_store_path(_tracking_uri(args))
     uniform = getattr(args, "uniform", False)
     mv, data = get_version(args.name, args.alias, args.version, _tracking_uri(args), uniform=uniform)
     print(_summary(mv))
@@ -81,8 +136,8 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 
     for line in export_lines(mv.tags):  # where `autoquant-sweep export` put this version's checkpoints
         print(line)
-    out = Path(args.out or f"{args.name}-v{mv.version}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = out or Path(f"{args.name}-v{mv.version}.json")
+    check_out_file(out)
     out.write_bytes(data)
     print(f"{'uniform effective quant config' if uniform else 'per-layer recipe (quant_cfg)'} -> {out}")
     return 0
@@ -162,6 +217,20 @@ def _check_recipe_fits(mv: Any, data: bytes, checkpoint: Path, config: dict[str,
             "apply it to the model it was made for, or run a sweep on this checkpoint for its own recipe")
 
 
+def check_out_not_source(out: Path, model_path: Path | None) -> None:
+    """``apply --out`` must not be the source checkpoint or a folder holding it (``--force`` would replace
+    the source as a whole)."""
+    from autoquant_sweep.errors import UserInputError
+
+    if model_path is None:
+        return
+    target, source = out.expanduser().resolve(), model_path.expanduser().resolve()
+    if target == source or target in source.parents:
+        raise UserInputError(f"--out: '{out}' is the source checkpoint --model-path '{model_path}'"
+                             + ("" if target == source else " or holds it")
+                             + "; pass a new folder for the quantized checkpoint")
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     """Look up a config and quantize + save a checkpoint with it."""
     from autoquant_sweep.tracking.registry import get_version, quantize_config_from_json
@@ -169,6 +238,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_out_dir(out, force=getattr(args, "force", False))  # before any lookup or model load
     target, target_config = _target_checkpoint(args.model_path)  # before the lookup, too
+    check_out_not_source(out, Path(args.model_path) if args.model_path else None)
+    check_store_path(_tracking_uri(args))
     uniform = getattr(args, "uniform", False)
     mv, data = get_version(args.name, args.alias, args.version, _tracking_uri(args), uniform=uniform)
     _check_recipe_fits(mv, data, target, target_config, uniform, _tracking_uri(args))  # before the load
@@ -246,6 +317,21 @@ def stop_process_group(proc: subprocess.Popen, timeout: float = UI_STOP_TIMEOUT_
     return proc.returncode if proc.returncode is not None else 0
 
 
+def check_port_free(host: str, port: int) -> None:
+    """``ui --port``: the address must be free to bind (one line instead of a server that dies later)."""
+    import socket
+
+    from autoquant_sweep.errors import UserInputError
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+            sock.bind((host, port))
+    except OSError as exc:
+        raise UserInputError(f"--port: cannot listen on {host}:{port} ({exc.strerror}); another process "
+                             "holds it (an earlier `autoquant-sweep ui`?): pass --port N or stop it") from exc
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """Run the MLflow UI against the project's store until Ctrl-C or SIGTERM, which stop the server too.
 
@@ -257,6 +343,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from autoquant_sweep.tracking.store import default_artifact_location
 
     uri = _tracking_uri(args)
+    check_store_path(uri, must_exist=False)  # MLflow would create a missing folder for it
+    check_port_free(args.host, args.port)  # else mlflow server fails after its start-up and we exit 0
     artifacts = args.artifact_location or default_artifact_location(uri)  # where runs put them
     cmd = ui_command(uri, artifacts, args.host, args.port)
     print(f"MLflow UI on {ui_url(args.host, args.port)}  (store {uri}); Ctrl-C stops it", flush=True)

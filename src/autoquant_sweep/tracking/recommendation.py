@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -332,7 +332,7 @@ def fidelity_objective(objective: str) -> str:
 
 
 def summarise_sweep(client: Any, parent_run_id: str, runs: Sequence[Any], rows: list[dict[str, Any]],
-                    objective: str, title: str, registry: bool) -> dict[str, Any]:
+                    objective: str, title: str, registry: bool | Callable[[], bool]) -> dict[str, Any]:
     """The recommendation part of a sweep's end: artifacts and metrics on the parent, registry update.
 
     ``rows`` are :func:`autoquant_sweep.tracking.summary.child_rows` of ``runs`` (enriched here).
@@ -353,7 +353,7 @@ def summarise_sweep(client: Any, parent_run_id: str, runs: Sequence[Any], rows: 
     tags: dict[str, str] = {}
     result: dict[str, Any] = {"table": table, "fidelity": fidelity, "run_budget": run_budget,
                               "registered": None, "rows": rows}
-    if registry:
+    if registry() if callable(registry) else registry:  # a callable: asked right before registering
         from autoquant_sweep.tracking.registry import register_best
 
         registered = register_best(client, rows, objective)

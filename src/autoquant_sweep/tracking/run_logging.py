@@ -244,15 +244,20 @@ def run_name(c: Mapping[str, Any], status: str | None = None) -> str:
 
 
 def start_run(client: Any, experiment_id: str, c: Mapping[str, Any], parent_run_id: str | None,
-              start_time: int | None = None) -> Any:
+              start_time: int | None = None, owner: str | None = None) -> Any:
     """Create the MLflow run of one job (a child of ``parent_run_id`` when in a sweep).
 
     ``start_time`` (epoch ms): when the job started, if that was before the run is created (the pipeline
-    creates it after the plan and the lookup); None: now.
+    creates it after the plan and the lookup); None: now. ``owner`` (``host:pid``): tag ``aqs.owner`` in
+    the same write that creates the run, so no RUNNING run ever exists without its owner.
     """
+    from autoquant_sweep.faults import OWNER_TAG
+
     tags = {"mlflow.runName": run_name(c)}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
+    if owner:
+        tags[OWNER_TAG] = owner
     return client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name(c))
 
 

@@ -287,6 +287,21 @@ def check_sqlite_store(url: str, key: str, *, create_parent: bool = False, tool:
     _checked_stores.add(seen)
 
 
+def check_store(settings: TrackingSettings) -> None:
+    """The checks :func:`connect` starts with, without MLflow and without creating anything: an HTTP
+    server answers ``/health``; an existing SQLite file passes ``PRAGMA quick_check`` (a missing one is
+    left to :func:`connect`, which creates it). The plan calls it before its ModelOpt import."""
+    if not settings.enabled or not settings.tracking_uri:
+        return
+    scheme = urlparse(settings.tracking_uri).scheme
+    if scheme in ("http", "https"):
+        check_server(settings.tracking_uri)
+    elif scheme == "sqlite":
+        path = sqlite_path(settings.tracking_uri)
+        if path is not None and path.exists():
+            check_sqlite_store(settings.tracking_uri, "tracking.tracking_uri")
+
+
 def connect(settings: TrackingSettings) -> Any:
     """Point MLflow at the store and return an ``MlflowClient`` (HTTP: health-checked, no long retries).
 
@@ -303,6 +318,10 @@ def connect(settings: TrackingSettings) -> Any:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.tracking import MlflowClient
 
+    # MLflow logs every database error with its traceback before raising it; the project reports the
+    # error itself, in one line (a full disk printed a traceback per write)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
     _log_store(settings)
     use_store(settings.tracking_uri)
     db = sqlite_path(settings.tracking_uri)
@@ -311,10 +330,69 @@ def connect(settings: TrackingSettings) -> Any:
     # MLflow creates / migrates a SQLite schema when it opens the store; two processes doing it at once on
     # a new file fail ("duplicate column name"). One at a time per folder, then it is a quick no-op.
     with folder_lock(db.parent):
-        client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
-        client.search_experiments(max_results=1)
-        client.search_registered_models(max_results=1)
+        if not db.exists():  # a new store is built aside and moved into place whole (a full disk: no half)
+            create_sqlite_aside(db, _create_mlflow_store, "tracking.tracking_uri")
+        client = _init_mlflow_store(settings.tracking_uri)
     return client
+
+
+_CREATE_MLFLOW_STORE = ("import sys; from mlflow.tracking import MlflowClient; c = MlflowClient(sys.argv[1], "
+                        "sys.argv[1]); c.search_experiments(max_results=1); "
+                        "c.search_registered_models(max_results=1)")
+
+
+def _create_mlflow_store(uri: str) -> None:
+    """MLflow's schema in a new SQLite file, built by a short child process: no connection of this process
+    is left open on the file once it is linked into place under its real name."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _CREATE_MLFLOW_STORE, uri], capture_output=True, text=True,
+                            check=False, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    if result.returncode != 0:  # the last ``...Error: ...`` line; the whole text as the cause
+        lines = [line for line in result.stderr.splitlines() if re.match(r"^[\w.]+(Error|Exception): ", line)]
+        raise RuntimeError(lines[-1] if lines else f"exit status {result.returncode}") from RuntimeError(
+            result.stderr[-4000:])
+
+
+def _init_mlflow_store(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.search_experiments(max_results=1)
+    client.search_registered_models(max_results=1)
+    return client
+
+
+def create_sqlite_aside(path: Path, create: Any, key: str) -> None:
+    """Create a new SQLite store ``path`` with ``create(url)`` under a hidden sibling name, then link it into
+    place whole; on any failure the sibling is removed and ``path`` does not exist.
+
+    A full disk during the schema creation would otherwise leave a half-built store that fails for good
+    afterwards (``table ... already exists``). The caller holds :func:`folder_lock` on the folder; a store
+    another process created meanwhile is kept (``os.link`` never replaces a file).
+    """
+    from autoquant_sweep.errors import DiskFullError, disk_full
+    from autoquant_sweep.layout import staging_name
+
+    aside = path.parent / staging_name(path.name, "creating")
+    leftovers = [aside, *(aside.with_name(aside.name + end) for end in ("-journal", "-wal", "-shm"))]
+    try:
+        create(f"sqlite:///{aside}")
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            log.info("SQLite store %s was created by another process meanwhile; keeping it", path)
+    except BaseException as exc:
+        if disk_full(exc):
+            raise DiskFullError(f"{key}: no space left on device while creating the SQLite store '{path}' "
+                                f"(nothing was left behind); free space in '{path.parent}' or choose another "
+                                "store, then rerun the same command") from exc
+        raise
+    finally:
+        for leftover in leftovers:
+            with contextlib.suppress(OSError):
+                leftover.unlink()
 
 
 _logged_stores: set[tuple[str, str]] = set()

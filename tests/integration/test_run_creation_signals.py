@@ -1,0 +1,94 @@
+"""A stop while a trial's MLflow run is being created (issue 17, item 7): one run per trial, created with
+its owner in the same write, never left RUNNING; and the next sweep's cleanup of RUNNING runs of a sweep
+that ended, owner tag or not. Real MLflow (SQLite, temp dir)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autoquant_sweep import faults
+from autoquant_sweep.tracking.run_logging import start_run
+from tests.conftest import SENSITIVITY_APP
+
+pytestmark = pytest.mark.integration
+
+SCALE = float(os.environ.get("AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE", "1"))
+CFG = {"quant_pair": {"name": "wint8_aint8"}, "quant_granularity": {"name": "default"},
+       "dataset": {"size": "small"}}
+
+
+def _client(tmp: Path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_a_run_is_created_with_its_owner_in_one_write(tmp_path):
+    client = _client(tmp_path)
+    experiment = client.create_experiment("sensitivity", artifact_location=(tmp_path / "mlruns").as_uri())
+    run = start_run(client, experiment, CFG, None, owner="node-a:123")
+    assert run.data.tags[faults.OWNER_TAG] == "node-a:123"  # in the create_run answer: the same write
+    assert client.get_run(run.info.run_id).data.tags[faults.OWNER_TAG] == "node-a:123"
+
+
+def test_ownerless_running_children_of_an_ended_sweep_are_killed(tmp_path):
+    client = _client(tmp_path)
+    experiment = client.create_experiment("sensitivity", artifact_location=(tmp_path / "mlruns").as_uri())
+    ended = client.create_run(experiment, tags={faults.OWNER_TAG: "elsewhere:1", "sweep": "true"})
+    client.set_terminated(ended.info.run_id, "KILLED")  # the sweep ended (its stop handler closed it)
+    orphan = client.create_run(experiment, tags={"mlflow.parentRunId": ended.info.run_id})  # no owner tag
+    live = client.create_run(experiment, tags={faults.OWNER_TAG: faults.owner(), "sweep": "true"})
+    running_child = client.create_run(experiment, tags={"mlflow.parentRunId": live.info.run_id})
+    killed = faults.kill_stale_runs(client, experiment)
+    assert killed == [orphan.info.run_id]
+    orphan_run = client.get_run(orphan.info.run_id)
+    assert orphan_run.info.status == "KILLED"
+    assert orphan_run.data.tags["failure_reason"].startswith("killed: owner process of the parent sweep died")
+    assert client.get_run(running_child.info.run_id).info.status == "RUNNING"  # its sweep is alive
+
+
+CHILD_ROWS = ("SELECT count(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+              "AND t.key = 'mlflow.parentRunId'")
+
+
+def test_ctrl_c_the_moment_the_childs_row_appears_leaves_one_killed_run(tmp_path, embedded):
+    db = tmp_path / "mlflow.db"
+    args = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1", "quant_pair=choice(wint8_aint8)",
+            "quant_granularity=choice(default)", "autoquant.cache=false"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AUTOQUANT_SWEEP_ID")}
+    proc = subprocess.Popen([sys.executable, str(SENSITIVITY_APP), *args], cwd=tmp_path,
+                            env={**env, "HYDRA_FULL_ERROR": "0"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300 * SCALE
+        while True:
+            try:
+                if db.exists() and sqlite3.connect(f"file:{db}?mode=ro", uri=True).execute(
+                        CHILD_ROWS).fetchone()[0]:
+                    break
+            except sqlite3.OperationalError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "no child run appeared"
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120 * SCALE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (proc.returncode, stderr[-3000:])
+    assert "Traceback" not in stderr, stderr[-3000:]
+    client = _client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("sensitivity").experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert [c.info.status for c in children] == ["KILLED"], [(c.info.status, c.data.tags) for c in children]
+    assert children[0].data.tags[faults.OWNER_TAG] == children[0].data.tags[faults.OWNER_TAG].strip()
+    assert not [r for r in runs if r.info.status == "RUNNING"]
