@@ -79,7 +79,7 @@ def test_a_recipe_onto_a_narrower_checkpoint_names_the_first_shape_mismatch(regi
     result = _apply(registered, tmp_path, NAME, "--model-path", str(target))
     line = _one_line(result)
     assert line.startswith(f"--model-path: the recipe of {NAME} v1 does not fit '{target}/config.json': "
-                           "block_sizes[-1]=128 of model.layers.0.")
+                           "block_sizes[-1]=128 of model.layers.")  # the first quantized layer group's
     assert "does not fit the weight (out, in) = (" in line
     assert "block size 128 is larger than dim -1 (size 96)" in line
     assert not (tmp_path / "quantized").exists()

@@ -14,13 +14,14 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import run_app
+from tests.conftest import run_app, study_name
 
 pytestmark = pytest.mark.integration
 
 ERROR = "autoquant-sweep: error:"
 SCALE = float(os.environ.get("AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE", "1"))
-STUDY = "sensitivity-qwen3_tiny-captions-small-constrained_score"
+STUDY = study_name(["autoquant.cache=false"], ["quant_pair=choice(wint8_aint8,wint4_aint8,wint8_afp16)",
+                                                    "quant_granularity=choice(default)"])
 
 
 @pytest.fixture

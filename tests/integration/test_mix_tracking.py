@@ -15,13 +15,13 @@ import sys
 
 import pytest
 
-from tests.conftest import run_app
+from tests.conftest import run_app, study_name
 
 pytestmark = pytest.mark.integration
 
-STUDY = "sensitivity-qwen3_tiny-captions-small-constrained_score"
 NAME = "autoquant-qwen3_tiny-constrained_score"
 SPACE = ["quant_pair=choice(wint4_afp16,wint8_afp16)", "quant_granularity=choice(default,w_group64)"]
+STUDY = study_name([], SPACE)  # both sweeps of the module's study
 
 
 def _client(folder):

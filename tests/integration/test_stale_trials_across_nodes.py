@@ -12,12 +12,12 @@ import optuna
 import pytest
 
 from autoquant_sweep import faults
-from tests.conftest import run_app
+from tests.conftest import run_app, study_name
 
 pytestmark = pytest.mark.integration
 
 SCALE = float(os.environ.get("AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE", "1"))
-STUDY = "sensitivity-qwen3_tiny-captions-small-constrained_score"
+STUDY = study_name([], ["quant_pair=choice(wint8_aint8)", "quant_granularity=choice(default)"])
 OTHER = "node-b.cluster:4242"  # a host this machine is not: its pid cannot be checked from here
 HEARTBEAT = {"AUTOQUANT_SWEEP_HEARTBEAT_S": "1", "AUTOQUANT_SWEEP_HEARTBEAT_GRACE_S": "3"}
 

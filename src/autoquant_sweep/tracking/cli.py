@@ -237,18 +237,21 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_out_dir(out, force=getattr(args, "force", False))  # before any lookup or model load
-    target, target_config = _target_checkpoint(args.model_path)  # before the lookup, too
+    # a --model-path is checked before the lookup; without one, the version's own model is the target
+    target = _target_checkpoint(args.model_path) if args.model_path else None
     check_out_not_source(out, Path(args.model_path) if args.model_path else None)
     check_store_path(_tracking_uri(args))
     uniform = getattr(args, "uniform", False)
     mv, data = get_version(args.name, args.alias, args.version, _tracking_uri(args), uniform=uniform)
-    _check_recipe_fits(mv, data, target, target_config, uniform, _tracking_uri(args))  # before the load
-    print(_summary(mv))
-    print(f"applying the {'uniform effective config' if uniform else 'per-layer recipe'}")
-    from autoquant_sweep.export import held_out_loss
+    from autoquant_sweep.export import _checkpoint, held_out_loss
     from autoquant_sweep.export_cli import version_settings
 
     settings = version_settings(mv, _tracking_uri(args), args)  # the run's own, flags override
+    if target is None:
+        target = _target_checkpoint(str(_checkpoint(settings)))
+    _check_recipe_fits(mv, data, *target, uniform, _tracking_uri(args))  # before the load
+    print(_summary(mv))
+    print(f"applying the {'uniform effective config' if uniform else 'per-layer recipe'}")
     print(f"run settings: {settings.model_name} ({settings.kind}, {settings.dtype}), "
           f"{settings.num_calib_samples} calibration samples x {settings.seq_len} tokens, batch "
           f"{settings.batch_size}")

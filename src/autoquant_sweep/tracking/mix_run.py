@@ -164,8 +164,8 @@ def _register(client: Any, run_id: str, point: MixPoint, measured: Mapping[str, 
     from autoquant_sweep.tracking.registry import (
         BEST_ALIAS,
         _alias_version,
-        _beats,
         registered_name,
+        settle_alias,
         version_description,
     )
 
@@ -203,13 +203,13 @@ def _register(client: Any, run_id: str, point: MixPoint, measured: Mapping[str, 
                                           tags=tags, description=version_description(tags))
     value = float(value)
     previous = _alias_version(client, name, BEST_ALIAS)
-    moved = _beats(client, name, BEST_ALIAS, tags, value)
+    # the aliases go to the best satisfied version of all (registry.settle_alias): the mix takes them only
+    # when it is strictly better (ties stay with the older version), whatever other sweeps do meanwhile
+    holder = settle_alias(client, name, BEST_ALIAS, tags)
+    moved = holder is not None and holder.version == version.version
     band = band_alias(float(tags["budget"])) if tags["budget"] else None
-    band_moved = band is not None and _beats(client, name, band, tags, value)
-    if moved:
-        client.set_registered_model_alias(name, BEST_ALIAS, version.version)
-    if band_moved:
-        client.set_registered_model_alias(name, band, version.version)
+    band_holder = settle_alias(client, name, band, tags) if band else None
+    band_moved = band_holder is not None and band_holder.version == version.version
     return {"name": name, "version": version.version, "value": value, "alias_moved": moved,
             "band_alias": band, "band_moved": band_moved, "run_id": run_id,
             "previous_best": previous.version if previous is not None else None}
