@@ -83,7 +83,10 @@ _pending: int | None = None  # a stop signal received but not yet raised
 _deferring = 0  # > 0 inside signals_deferred(): a stop is recorded, raised when the block ends
 _received = 0  # stop signals received so far (a deferred block raises only for one received inside it)
 _stop_reason: str | None = None  # why this process is being stopped ("killed by SIGTERM", ...)
-_FINALIZER_NAMES = frozenset({"__del__", "remove", "_remove_dead_weakref", "__exit__", "_run_finalizers"})
+_FINALIZER_NAMES = frozenset({"__del__", "remove", "_remove", "_remove_dead_weakref", "__exit__",
+                              "_run_finalizers"})
+# weakref callbacks: weakref.py's, and WeakSet's ``_remove`` in _weakrefset.py (seen under ModelOpt's hooks)
+_FINALIZER_FILES = ("weakref.py", "_weakrefset.py")
 
 
 def _in_finalizer(frame: Any) -> bool:
@@ -95,7 +98,7 @@ def _in_finalizer(frame: Any) -> bool:
         if frame is None:
             return False
         code = frame.f_code
-        if code.co_name in _FINALIZER_NAMES or code.co_filename.endswith("weakref.py"):
+        if code.co_name in _FINALIZER_NAMES or code.co_filename.endswith(_FINALIZER_FILES):
             return True
         frame = frame.f_back
     return False
