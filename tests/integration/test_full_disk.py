@@ -79,7 +79,7 @@ def test_a_report_on_a_full_disk_is_one_line(tiny_disk, tmp_path, embedded):
 
 
 def test_a_sweep_that_fills_the_disk_stops_with_one_line_and_nothing_running(tiny_disk, embedded):
-    disk = tiny_disk("1350k")  # the stores fit; the disk fills during the trials
+    disk = tiny_disk("1400k")  # the stores fit; the disk fills during the trials
     result = run_app(["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "autoquant.cache=false",
                       "quant_pair=choice(wint8_aint8,wint4_aint8,wint8_afp16)",
                       "quant_granularity=choice(default)"],
