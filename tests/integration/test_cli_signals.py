@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
+# signal timing: run apart from the loaded main phase of the test command (README, .ci/run)
+pytestmark = [pytest.mark.integration, pytest.mark.signals]
 
 SCALE = float(os.environ.get("AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE", "1"))
 CLI = [sys.executable, "-m", "autoquant_sweep.cli"]

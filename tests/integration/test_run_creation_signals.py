@@ -18,7 +18,8 @@ from autoquant_sweep import faults
 from autoquant_sweep.tracking.run_logging import start_run
 from tests.conftest import SENSITIVITY_APP
 
-pytestmark = pytest.mark.integration
+# signal timing: run apart from the loaded main phase of the test command (README, .ci/run)
+pytestmark = [pytest.mark.integration, pytest.mark.signals]
 
 SCALE = float(os.environ.get("AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE", "1"))
 CFG = {"quant_pair": {"name": "wint8_aint8"}, "quant_granularity": {"name": "default"},

@@ -20,7 +20,8 @@ import pytest
 
 from tests.conftest import SENSITIVITY_APP
 
-pytestmark = pytest.mark.integration
+# signal timing: run apart from the loaded main phase of the test command (README, .ci/run)
+pytestmark = [pytest.mark.integration, pytest.mark.signals]
 
 SCALE = float(os.environ.get("AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE", "1"))
 NAME = "autoquant-qwen3_tiny-constrained_score"

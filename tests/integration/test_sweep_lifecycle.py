@@ -27,7 +27,8 @@ import pytest
 
 from ..conftest import SENSITIVITY_APP, study_name
 
-pytestmark = pytest.mark.integration
+# signal timing: run apart from the loaded main phase of the test command (README, .ci/run)
+pytestmark = [pytest.mark.integration, pytest.mark.signals]
 
 NAME = "autoquant-qwen3_tiny-constrained_score"
 SPACE = ["quant_pair=choice(wint8_aint8,wint4_aint8)", "quant_granularity=choice(default,w_group128)"]
