@@ -178,9 +178,8 @@ def _check_realized(plan: RunPlan, loaded: LoadedModel, quantized: Any,
         first = {k: v.to(plan.device) for k, v in batches[0].items()}
         from autoquant_sweep.sensitivity import quiet_modelopt
 
-        with contextlib.ExitStack() as stack:
-            if not plan.cfg["autoquant"].get("verbose", False):
-                stack.enter_context(quiet_modelopt())
+        verbose = plan.cfg["autoquant"].get("verbose", False)
+        with contextlib.nullcontext() if verbose else quiet_modelopt():
             mtq.quantize(probe, copy.deepcopy(plan.effective_format), forward_loop=lambda m: m(**first))
         quantizers, source = realize(probe), "probe: the format on one calibration batch"
         del probe

@@ -192,9 +192,7 @@ def run_autoquant(
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     try:
-        with contextlib.ExitStack() as stack:
-            if not verbose:
-                stack.enter_context(quiet_modelopt())
+        with contextlib.nullcontext() if verbose else quiet_modelopt():
             quantized_model, state = mtq.auto_quantize(
                 model,
                 constraints={"effective_bits": float(effective_bits)},
