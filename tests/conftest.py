@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -16,6 +18,56 @@ SENSITIVITY_APP = REPO / "experiments" / "sensitivity.py"
 # Runs follow the working directory (paths.root_dir); tests run them in temporary folders, so the embedded
 # assets are pinned to the checkout's cache: built once, reused by every test and subprocess.
 os.environ.setdefault("AUTOQUANT_SWEEP_CACHE", str(REPO / ".cache" / "autoquant_sweep"))
+
+
+def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder ``name``, built once per test session by ``build(folder)`` and shared by every xdist worker.
+
+    pytest-xdist's documented lock-and-share pattern: the workers' temp roots share one parent; the first
+    worker to take the lock builds, the others wait and reuse. Without xdist the folder is this session's own
+    (the parent then holds earlier sessions' folders). ``COMPLETE`` marks a finished build: a build that
+    failed in one worker is retried by the next, never half-used.
+    """
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / "COMPLETE").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / "COMPLETE").touch()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store, its schema created and migrated (seconds) once per session.
+
+    Built in a child process, as the project builds a new store: no connection of this process stays open on
+    the file, and MLflow's module-level store of this process is left alone."""
+
+    def build(folder: Path) -> None:
+        uri = f"sqlite:///{folder}/mlflow.db"
+        opened = ("import sys; from mlflow import MlflowClient; client = MlflowClient(sys.argv[1], "
+                  "sys.argv[1]); client.search_experiments(max_results=1); "
+                  "client.search_registered_models(max_results=1)")
+        subprocess.run([sys.executable, "-c", opened, uri], check=True, capture_output=True, timeout=300)
+
+    return shared_once(tmp_path_factory, "mlflow-template", build) / "mlflow.db"
+
+
+@pytest.fixture(scope="session")
+def new_mlflow_store(mlflow_template: Path) -> Callable[[Path], str]:
+    """``new_mlflow_store(path)``: a copy of the migrated empty store at ``path``; returns its URI. A store
+    that exists is opened as is, so runs and clients pointed there skip MLflow's schema creation."""
+
+    def _copy(path: Path) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(mlflow_template, path)
+        return f"sqlite:///{path}"
+
+    return _copy
 
 
 @pytest.fixture(scope="session")

@@ -144,9 +144,12 @@ def test_mlflow_tracking_uri_is_honoured_by_local_and_loses_to_an_explicit_uri(
 
 
 def test_connect_logs_where_the_store_came_from_and_leaves_the_environment_alone(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        new_mlflow_store) -> None:
     import os
 
+    new_mlflow_store(tmp_path / "m.db")  # migrated: the test is about the log line and the environment
+    new_mlflow_store(tmp_path / "e.db")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     settings = settings_from_cfg({"tracking": {"mode": "local", "tracking_uri": f"sqlite:///{tmp_path}/m.db"}})
@@ -209,10 +212,12 @@ def test_sub_commands_find_the_store_a_run_in_the_same_folder_uses(tmp_path: Pat
     assert _tracking_uri(argparse.Namespace(tracking_uri="sqlite:///x.db")) == "sqlite:///x.db"
 
 
-def test_summary_rows_from_mlflow_search_runs_frame_equal_rows_from_runs(tmp_path: Path) -> None:
+def test_summary_rows_from_mlflow_search_runs_frame_equal_rows_from_runs(tmp_path: Path,
+                                                                        new_mlflow_store) -> None:
     from autoquant_sweep.tracking.store import connect
     from autoquant_sweep.tracking.summary import child_rows, search_children
 
+    new_mlflow_store(tmp_path / "m.db")
     client = connect(settings_from_cfg({"tracking": {"mode": "local",
                                                      "tracking_uri": f"sqlite:///{tmp_path}/m.db"}}))
     experiment = client.create_experiment("e", artifact_location=(tmp_path / "mlruns").as_uri())
@@ -232,12 +237,14 @@ def test_summary_rows_from_mlflow_search_runs_frame_equal_rows_from_runs(tmp_pat
     assert first["constrained_score"] == 2.5e-7 and first["outcome"] == "cache hit"
 
 
-def test_summary_logged_by_the_mlflow_client_is_byte_identical_to_the_written_files(tmp_path: Path) -> None:
+def test_summary_logged_by_the_mlflow_client_is_byte_identical_to_the_written_files(
+        tmp_path: Path, new_mlflow_store) -> None:
     from autoquant_sweep.tracking.recommendation import best_per_budget, log_artifacts, write_artifacts
     from autoquant_sweep.tracking.summary import log_summary, write_summary
 
     from .test_summary_format import ROWS
 
+    new_mlflow_store(tmp_path / "m.db")
     client = connect(settings_from_cfg({"tracking": {"mode": "local",
                                                      "tracking_uri": f"sqlite:///{tmp_path}/m.db"}}))
     experiment = client.create_experiment("e", artifact_location=(tmp_path / "mlruns").as_uri())
@@ -260,10 +267,11 @@ def test_summary_logged_by_the_mlflow_client_is_byte_identical_to_the_written_fi
         assert (logged / folder / path.name).read_bytes() == path.read_bytes(), path.name
 
 
-def test_start_run_dates_a_job_from_its_start_and_names_it(tmp_path: Path) -> None:
+def test_start_run_dates_a_job_from_its_start_and_names_it(tmp_path: Path, new_mlflow_store) -> None:
     """The pipeline creates a job's run after the plan and the lookup; its start time is the job's."""
     from autoquant_sweep.tracking.run_logging import start_run
 
+    new_mlflow_store(tmp_path / "m.db")
     client = connect(settings_from_cfg({"tracking": {"mode": "local",
                                                      "tracking_uri": f"sqlite:///{tmp_path}/m.db"}}))
     experiment = client.create_experiment("e", artifact_location=(tmp_path / "mlruns").as_uri())
