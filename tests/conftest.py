@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -97,6 +98,11 @@ def compose_cfg() -> Callable[..., object]:
 def study_name(overrides: Sequence[str] = (), space: Sequence[str] = ()) -> str:
     """The Optuna study name of ``-m hydra/sweeper=optuna *overrides *space`` (``space``: the sweep
     overrides, e.g. ``quant_pair=choice(a,b)``), resolved by the conf's own ``hydra.sweeper.study_name``."""
+    return _study_name(tuple(overrides), tuple(space))
+
+
+@functools.cache  # a compose costs ~0.3 s; the identity tests ask for the same baseline name many times
+def _study_name(overrides: tuple[str, ...], space: tuple[str, ...]) -> str:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf, open_dict
 
