@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from filelock import FileLock
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 SENSITIVITY_APP = REPO / "experiments" / "sensitivity.py"
+#: test deadlines are multiplied by ``AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE`` (e.g. 2 on a loaded machine)
+TIMEOUT_SCALE = float(os.environ.get("AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE", "1"))
 # Runs follow the working directory (paths.root_dir); tests run them in temporary folders, so the embedded
 # assets are pinned to the checkout's cache: built once, reused by every test and subprocess.
 os.environ.setdefault("AUTOQUANT_SWEEP_CACHE", str(REPO / ".cache" / "autoquant_sweep"))
@@ -116,6 +119,76 @@ def _study_name(overrides: tuple[str, ...], space: tuple[str, ...]) -> str:
     return str(OmegaConf.select(cfg, "hydra.sweeper.study_name"))
 
 
+def study_stores(folder: Path) -> list[str]:
+    """Overrides putting a sweep's Optuna study and MLflow store (with its artifacts) in ``folder``; the
+    sweep-end mix is off (it has its own test, test_mix_tracking)."""
+    return [
+        f"hydra.sweeper.storage=sqlite:///{folder}/optuna.db",
+        f"tracking.tracking_uri=sqlite:///{folder}/mlflow.db",
+        f"tracking.artifact_location={folder}/mlruns",
+        "autoquant.mix=false",
+    ]
+
+
+#: the reference study's grid: a pair refused on CPU, and a weight-only pair whose two activation
+#: granularities are no-ops of its ``default`` (one computed trial, two cache hits, three refused trials)
+REFERENCE_SPACE = ["quant_pair=choice(wint8_afp16,wfp4_afp16)",
+                   "quant_granularity=choice(a_per_token_dynamic,default,a_per_tensor_static)"]
+
+
+@pytest.fixture(scope="session")
+def reference_study(tmp_path_factory: pytest.TempPathFactory, embedded) -> dict[str, Path]:
+    """The session's reference studies, computed once and shared by every xdist worker. Read them; a test
+    that writes gets its own copy (:func:`copy_study`).
+
+    ``default``: the default study (``-m hydra/sweeper=optuna``, 5 trials), then its Pareto variant
+    (``-m search=pareto``, 4 trials) in the same stores, whose trials are cache hits of the first sweep's.
+    ``space``: a grid over :data:`REFERENCE_SPACE` (6 trials). Each sweep's stdout / stderr are kept in the
+    folder as ``<sweep>.stdout`` / ``<sweep>.stderr`` (:func:`sweep_output`).
+    """
+
+    def sweep(folder: Path, name: str, args: list[str]) -> None:
+        folder.mkdir(exist_ok=True)
+        result = run_app(["-m", *args, *study_stores(folder)], cwd=folder, timeout=900)
+        (folder / f"{name}.stdout").write_text(result.stdout)
+        (folder / f"{name}.stderr").write_text(result.stderr)
+        assert result.returncode == 0, f"reference sweep {name}: {result.stderr[-3000:]}"
+
+    def build(root: Path) -> None:
+        sweep(root / "default", "study", ["hydra/sweeper=optuna", "hydra.sweeper.n_trials=5"])
+        sweep(root / "default", "pareto", ["search=pareto", "hydra.sweeper.n_trials=4"])
+        sweep(root / "space", "study", ["hydra/sweeper=optuna", "hydra.sweeper.n_trials=7", *REFERENCE_SPACE])
+
+    root = shared_once(tmp_path_factory, "reference-study", build)
+    return {"default": root / "default", "space": root / "space"}
+
+
+def sweep_output(folder: Path, name: str = "study") -> subprocess.CompletedProcess:
+    """The kept result of the reference sweep ``name`` in ``folder`` (exit status 0: it was checked)."""
+    return subprocess.CompletedProcess([name], 0, (folder / f"{name}.stdout").read_text(),
+                                       (folder / f"{name}.stderr").read_text())
+
+
+def copy_study(source: Path, target: Path) -> Path:
+    """A copy of a study folder (SQLite stores, artifacts, sweep folders) that shares nothing with it: every
+    text cell of its stores that names ``source`` (MLflow's artifact locations, Optuna's attrs) names
+    ``target``, so what a test writes through the copy lands in the copy."""
+    import sqlite3
+
+    shutil.copytree(source, target)
+    for db in target.glob("*.db"):
+        with sqlite3.connect(db) as con:
+            tables = [row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            for table in tables:
+                columns = con.execute(f'PRAGMA table_info("{table}")').fetchall()
+                text = [name for _, name, kind, *_ in columns if kind.upper().startswith(("TEXT", "VARCHAR"))]
+                for column in text:
+                    con.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                                f'WHERE "{column}" LIKE ?', (str(source), str(target), f"%{source}%"))
+        con.close()
+    return target
+
+
 def run_app(
     args: Sequence[str],
     cwd: Path,
@@ -136,3 +209,97 @@ def run_app(
         timeout=timeout,
         check=False,
     )
+
+
+#: a one-trial Optuna sweep that computes (no cache hit): the signal tests stop it at one point or another
+ONE_TRIAL_SWEEP = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1", "quant_pair=choice(wint8_aint8)",
+                   "quant_granularity=choice(default)", "autoquant.cache=false"]
+
+
+def start_app(args: Sequence[str], cwd: Path, stdout: int = subprocess.PIPE) -> subprocess.Popen:
+    """Start ``experiments/sensitivity.py`` in a fresh interpreter as from a shell (no MLflow store or sweep
+    id inherited from this process), without waiting for it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AUTOQUANT_SWEEP_ID")}
+    return subprocess.Popen([sys.executable, str(SENSITIVITY_APP), *args], cwd=cwd,
+                            env={**env, "HYDRA_FULL_ERROR": "0"}, stdout=stdout, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def stop_when(proc: subprocess.Popen, ready: Callable[[], object], sig: int, what: str, *,
+              within: float = 300, after: float = 0.0, poll: float = 0.05) -> tuple[str | None, str]:
+    """Send ``sig`` to ``proc`` once ``ready()`` is true (polled every ``poll`` s for ``within`` s, scaled),
+    ``after`` s later; wait for the process to end and return its ``(stdout, stderr)``. A process that ends
+    before, or never gets ready, fails the test with its stderr; it is never left running."""
+    try:
+        deadline = time.monotonic() + within * TIMEOUT_SCALE
+        while not ready():
+            if proc.poll() is not None:
+                stderr = proc.communicate()[1] or ""
+                pytest.fail(f"{what}: ended before the signal ({proc.returncode}): {stderr[-3000:]}")
+            assert time.monotonic() < deadline, f"{what}: never got to the point to stop"
+            time.sleep(poll)
+        time.sleep(after)
+        proc.send_signal(sig)
+        return proc.communicate(timeout=120 * TIMEOUT_SCALE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+ERROR = "autoquant-sweep: error:"  # how every error the project finds starts, one line on stderr
+
+
+def one_error_line(case: dict) -> str:
+    """The one ``autoquant-sweep: error:`` line of a case of :func:`run_at_once` (after the prefix), checking
+    exit status 2 and no traceback."""
+    result = case["result"]
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith(ERROR)]
+    assert len(lines) == 1, result.stderr[-3000:]
+    return lines[0][len(ERROR):].strip()
+
+
+def run_at_once(commands: dict[str, tuple[list[str], Path, dict[str, str]]], timeout: float
+                ) -> dict[str, dict]:
+    """Start every ``name -> (command, folder, env)`` at once, each in its folder with the environment of a
+    shell (no MLflow store or sweep id inherited) plus its own, and wait for all:
+    ``name -> {result, cwd, seconds}``. None is left running."""
+    base = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AUTOQUANT_SWEEP_ID")}
+    procs = {name: (subprocess.Popen(cmd, cwd=cwd, env={**base, "HYDRA_FULL_ERROR": "0", **env},
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), cwd,
+                    time.monotonic())
+             for name, (cmd, cwd, env) in commands.items()}
+    results = {}
+    try:
+        for name, (proc, cwd, started) in procs.items():
+            out, err = proc.communicate(timeout=timeout)
+            results[name] = {"result": subprocess.CompletedProcess(proc.args, proc.returncode, out, err),
+                             "cwd": cwd, "seconds": time.monotonic() - started}
+    finally:
+        for proc, *_ in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    return results
+
+
+def damaged_sqlite(path: Path) -> str:
+    """A SQLite file whose pages after the header are overwritten (``database disk image is malformed``).
+
+    Returns the file's sha256, to prove nothing wrote to it afterwards.
+    """
+    import hashlib
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE runs (run_uuid TEXT PRIMARY KEY, name TEXT, status TEXT)")
+    con.executemany("INSERT INTO runs VALUES (?, ?, ?)",
+                    [(f"{i:032x}", "x" * 300, "FINISHED") for i in range(400)])
+    con.execute("CREATE INDEX runs_name ON runs (name)")
+    con.commit()
+    con.close()
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    data[2 * page:5 * page] = b"\x5a" * (3 * page)
+    path.write_bytes(bytes(data))
+    return hashlib.sha256(bytes(data)).hexdigest()

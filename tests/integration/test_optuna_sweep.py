@@ -1,4 +1,8 @@
-"""Optuna studies through hydra-optuna-sweeper on the tiny model: records, seeds, resume, refusals."""
+"""Optuna studies through hydra-optuna-sweeper on the tiny model: records, seeds, resume, refusals.
+
+The studies are the session's reference studies (conftest ``reference_study``: computed once, shared by
+every worker); the test that resumes one works on its own copy.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import pytest
 from autoquant_sweep.compute import MODEL_CACHE
 from autoquant_sweep.pipeline import run
 
-from ..conftest import run_app, study_name
+from ..conftest import REFERENCE_SPACE, copy_study, run_app, study_name, study_stores, sweep_output
 
 pytestmark = pytest.mark.integration
 
@@ -26,30 +30,24 @@ def store_client(folder):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _store_overrides(tmp_path) -> list[str]:
-    return [
-        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
-        f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-        f"tracking.artifact_location={tmp_path}/mlruns",
-        "autoquant.mix=false",  # the sweep-end mix has its own test (test_mix_tracking)
-    ]
-
-
 def _params(study: optuna.Study) -> list[tuple[str, str]]:
     return [(t.params["quant_pair"], t.params["quant_granularity"]) for t in study.trials]
 
 
+def _parent_and_children(client, study: str) -> tuple[object, list]:
+    """The parent run of the sweep of Optuna study ``study`` (one sweep each) and its child runs."""
+    experiment = client.get_experiment_by_name("sensitivity").experiment_id
+    runs = client.search_runs([experiment])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags
+                 and r.data.tags.get("optuna_study") == study]
+    return parent, [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+
 @pytest.fixture(scope="module")
-def default_study(tmp_path_factory, embedded):
-    """`-m hydra/sweeper=optuna` with only the stores moved to a temp dir and 5 trials."""
-    tmp_path = tmp_path_factory.mktemp("study")
-    result = run_app(
-        ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=5", *_store_overrides(tmp_path)],
-        cwd=tmp_path,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return tmp_path, result
+def default_study(reference_study):
+    """`-m hydra/sweeper=optuna` with only the stores moved to a temp dir and 5 trials (then its Pareto
+    variant in the same stores: a second parent run and a second study)."""
+    return reference_study["default"], sweep_output(reference_study["default"])
 
 
 def test_default_study_records_trials_in_optuna_and_mlflow(default_study):
@@ -75,11 +73,9 @@ def test_default_study_records_trials_in_optuna_and_mlflow(default_study):
     assert "Sampler: GridSampler" in result.stderr + result.stdout
     assert len(set(_params(study))) == 5  # every combination at most once
     client = store_client(tmp_path)
-    experiment = client.get_experiment_by_name("sensitivity")
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 5
+    parent, children = _parent_and_children(client, STUDY)
+    parents = [parent]
+    assert len(children) == 5
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     by_params = {(r.data.params["quant_pair"], r.data.params["quant_granularity"]): r for r in children}
     for trial in completed:
@@ -89,7 +85,8 @@ def test_default_study_records_trials_in_optuna_and_mlflow(default_study):
     expected = {"optuna/optimization_history.png", "optuna/param_importances.png", "optuna/trials.csv"}
     assert expected <= artifacts
     assert parents[0].data.tags["optuna_study"] == STUDY
-    results = list(tmp_path.glob("multirun/sensitivity/*/optimization_results.yaml"))
+    sweep_folder = parents[0].info.run_name.removeprefix("sweep-")
+    results = list(tmp_path.glob(f"multirun/sensitivity/{sweep_folder}/optimization_results.yaml"))
     assert len(results) == 1 and "best_params" in results[0].read_text()
 
 
@@ -108,9 +105,8 @@ def test_default_study_answer_is_the_lowest_recorded_recipe_never_a_noop(default
 
     tmp_path, result = default_study
     client = store_client(tmp_path)
-    runs = client.search_runs([client.get_experiment_by_name("sensitivity").experiment_id])
-    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    finished = [r for r in runs if "mlflow.parentRunId" in r.data.tags and r.info.status == "FINISHED"]
+    parent, children = _parent_and_children(client, STUDY)
+    finished = [r for r in children if r.info.status == "FINISHED"]
     satisfied = [r for r in finished if r.data.metrics.get("recipe_satisfied") == 1.0]
     lowest = min(r.data.metrics["constrained_score"] for r in satisfied)
     printed = re.search(r"best config: quant_pair=(\S+) quant_granularity=(\S+) constrained_score=(\S+) "
@@ -141,8 +137,8 @@ def test_default_study_answer_is_the_lowest_recorded_recipe_never_a_noop(default
     assert metrics["proxy_fidelity_n"] == len(computed)
 
 
-def test_same_seed_same_sequence_and_resume_grows_the_study(default_study, embedded):
-    tmp_path, _ = default_study
+def test_same_seed_same_sequence_and_resume_grows_the_study(default_study, embedded, tmp_path):
+    tmp_path = copy_study(default_study[0], tmp_path / "study")  # this test writes to the study
     storage = f"sqlite:///{tmp_path}/optuna.db"
     first = _params(optuna.load_study(study_name=STUDY, storage=storage))
     # a second study with the same seed, sharing the MLflow store: same proposals, all cache hits
@@ -169,7 +165,7 @@ def test_same_seed_same_sequence_and_resume_grows_the_study(default_study, embed
     assert "running AutoQuant" not in result.stderr + result.stdout  # (ModelOpt's bars are quiet anyway)
     # resume: the same command again adds trials to the same study
     again = run_app(
-        ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", *_store_overrides(tmp_path)],
+        ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", *study_stores(tmp_path)],
         cwd=tmp_path,
         timeout=600,
     )
@@ -179,52 +175,31 @@ def test_same_seed_same_sequence_and_resume_grows_the_study(default_study, embed
     assert _params(resumed)[:5] == first
 
 
-REFUSED_SPACE = ["quant_pair=choice(wint8_aint8,wfp4_afp16)", "quant_granularity=choice(default)"]
-
-
-def test_refused_combination_is_a_failed_trial_and_the_sweep_completes(tmp_path, embedded):
-    result = run_app(
-        [
-            "-m",
-            "hydra/sweeper=optuna",
-            "hydra/sweeper/sampler=grid",
-            "hydra.sweeper.n_trials=2",
-            *REFUSED_SPACE,
-            *_store_overrides(tmp_path),
-        ],
-        cwd=tmp_path,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    study = optuna.load_study(study_name=study_name(space=REFUSED_SPACE), storage=f"sqlite:///{tmp_path}/optuna.db")
-    states = {t.params["quant_pair"]: t.state for t in study.trials}
+def test_refused_combination_is_a_failed_trial_and_the_sweep_completes(reference_study):
+    """The reference grid's refused pair: three FAILED trials and runs saying why; the sweep completed."""
+    folder = reference_study["space"]
+    study = optuna.load_study(study_name=study_name(space=REFERENCE_SPACE), storage=f"sqlite:///{folder}/optuna.db")
+    states = {(t.params["quant_pair"], t.params["quant_granularity"]): t.state for t in study.trials}
+    granularities = ("a_per_token_dynamic", "default", "a_per_tensor_static")
     assert states == {
-        "wint8_aint8": optuna.trial.TrialState.COMPLETE,
-        "wfp4_afp16": optuna.trial.TrialState.FAIL,
+        **{("wint8_afp16", g): optuna.trial.TrialState.COMPLETE for g in granularities},
+        **{("wfp4_afp16", g): optuna.trial.TrialState.FAIL for g in granularities},
     }
-    assert study.best_trial.params["quant_pair"] == "wint8_aint8"
+    assert study.best_trial.params["quant_pair"] == "wint8_afp16"
 
-    client = store_client(tmp_path)
+    client = store_client(folder)
     runs = client.search_runs([client.get_experiment_by_name("sensitivity").experiment_id])
     failed = [r for r in runs if r.info.status == "FAILED"]
-    assert len(failed) == 1 and "CUDA" in failed[0].data.tags["failure_reason"]
+    assert len(failed) == 3 and all("CUDA" in r.data.tags["failure_reason"] for r in failed)
 
 
-def test_pareto_preset_returns_a_pareto_set(tmp_path, embedded):
-    result = run_app(
-        ["-m", "search=pareto", "hydra.sweeper.n_trials=4", *_store_overrides(tmp_path)],
-        cwd=tmp_path,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    study = optuna.load_study(
-        study_name=study_name(["search=pareto"]), storage=f"sqlite:///{tmp_path}/optuna.db"
-    )
-    assert len(study.directions) == 2
+def test_pareto_preset_returns_a_pareto_set(reference_study):
+    folder = reference_study["default"]
+    study = optuna.load_study(study_name=study_name(["search=pareto"]), storage=f"sqlite:///{folder}/optuna.db")
+    assert len(study.directions) == 2 and len(study.trials) == 4
 
-    client = store_client(tmp_path)
-    runs = client.search_runs([client.get_experiment_by_name("sensitivity").experiment_id])
-    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    client = store_client(folder)
+    parent, _ = _parent_and_children(client, study.study_name)
     assert "optuna/pareto_front.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}
     front = study.best_trials
     assert front and all(len(t.values) == 2 for t in front)
@@ -255,23 +230,19 @@ def test_trial_scores_equal_a_fresh_process_after_other_formats(compose_cfg, tmp
     ]
 
 
-def test_no_op_granularities_cost_a_cache_hit_and_the_space_is_covered_once(tmp_path, embedded):
+def test_no_op_granularities_cost_a_cache_hit_and_the_space_is_covered_once(reference_study):
     """Activation overlays on a weight-only pair are the pair's own config: one computed trial, two cache
     hits, every combination once (n_trials > combinations), and the answer is named `default`."""
-    space = ["quant_pair=choice(wint8_afp16)",
-             "quant_granularity=choice(a_per_token_dynamic,default,a_per_tensor_static)"]
-
-    result = run_app(
-        ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=5", *space, *_store_overrides(tmp_path)],
-        cwd=tmp_path,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    study = optuna.load_study(study_name=study_name(space=space), storage=f"sqlite:///{tmp_path}/optuna.db")
-    assert sorted(g for _, g in _params(study)) == ["a_per_tensor_static", "a_per_token_dynamic", "default"]
-    client = store_client(tmp_path)
+    folder = reference_study["space"]
+    result = sweep_output(folder)
+    study = optuna.load_study(study_name=study_name(space=REFERENCE_SPACE), storage=f"sqlite:///{folder}/optuna.db")
+    granularities = ("a_per_tensor_static", "a_per_token_dynamic", "default")
+    grid = [(pair, g) for pair in ("wint8_afp16", "wfp4_afp16") for g in granularities]
+    assert sorted(_params(study)) == sorted(grid)
+    client = store_client(folder)
     runs = client.search_runs([client.get_experiment_by_name("sensitivity").experiment_id])
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") and r.info.status == "FINISHED"]
+    assert {r.data.params["quant_pair"] for r in children} == {"wint8_afp16"}
     assert sorted(r.data.tags["cache_hit"] for r in children) == ["false", "true", "true"]
     assert {r.data.tags["canonical_granularity"] for r in children} == {"default"}
     (computed,) = [r for r in children if r.data.tags["cache_hit"] == "false"]
