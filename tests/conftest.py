@@ -1,4 +1,11 @@
-"""Shared fixtures: the repo's conf tree, in-process Hydra composition, the embedded assets, the CLI."""
+"""Shared fixtures: the repo's conf tree, in-process Hydra composition, the embedded assets, the CLI.
+
+Built once per session and shared by the xdist workers (:func:`shared_once`): the reference studies that
+the tests reading a study's results use (``reference_study``; a test that writes copies it first) and a
+migrated empty MLflow store (``new_mlflow_store``). Helpers for the fresh-interpreter tests: signal
+timing (:func:`start_app`, :func:`stop_when`) and one-line error cases (:func:`run_at_once`,
+:func:`one_error_line`); every deadline scales with ``AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE``.
+"""
 
 from __future__ import annotations
 

@@ -11,15 +11,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import stop_when
+
 # signal timing: run apart from the loaded main phase of the test command (README, .ci/run)
 pytestmark = [pytest.mark.integration, pytest.mark.signals]
 
-SCALE = float(os.environ.get("AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE", "1"))
 CLI = [sys.executable, "-m", "autoquant_sweep.cli"]
 NAME = "autoquant-qwen3_tiny-constrained_score"
 
@@ -45,16 +45,6 @@ def _registered_int8_version(tmp: Path) -> str:
     return uri
 
 
-def _stop_when(proc: subprocess.Popen, ready, sig: signal.Signals, after: float, what: str) -> None:
-    deadline = time.monotonic() + 120 * SCALE
-    while not ready():
-        assert proc.poll() is None, f"{what}: ended before the signal ({proc.returncode})"
-        assert time.monotonic() < deadline, f"{what}: never got to the point to stop"
-        time.sleep(0.05)
-    time.sleep(after)
-    proc.send_signal(sig)
-
-
 def _one_stop_line(stderr: str, command: str, reason: str) -> None:
     assert "Traceback" not in stderr, stderr[-3000:]
     lines = [line for line in stderr.splitlines() if line.startswith("autoquant-sweep:")]
@@ -70,13 +60,10 @@ def test_ctrl_c_during_apply_is_one_line_and_leaves_no_checkpoint(tmp_path, embe
     with log.open("w") as stdout:
         proc = subprocess.Popen([*CLI, "apply", NAME, "--uniform", "--out", str(out), "--tracking-uri", uri],
                                 cwd=tmp_path, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
-        try:
-            # the staging folder exists once the checkpoint is being written (ModelOpt import, quantize)
-            _stop_when(proc, lambda: any(tmp_path.glob(".quantized.staging-*")), signal.SIGINT, 1.0, "apply")
-            _, stderr = proc.communicate(timeout=120 * SCALE)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        def writing_checkpoint() -> bool:  # its staging folder exists (after the ModelOpt import, quantize)
+            return any(tmp_path.glob(".quantized.staging-*"))
+
+        _, stderr = stop_when(proc, writing_checkpoint, signal.SIGINT, "apply", within=120, after=1.0)
     assert proc.returncode == 130, (proc.returncode, stderr[-3000:])
     _one_stop_line(stderr, "apply", "interrupted by SIGINT (Ctrl-C)")
     left = sorted(p.name for p in tmp_path.iterdir())
@@ -87,13 +74,8 @@ def test_sigterm_during_generate_removes_its_build_folder(tmp_path):
     cache = tmp_path / "cache"
     proc = subprocess.Popen([*CLI, "generate", "--cache", str(cache)], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        _stop_when(proc, lambda: any(cache.glob(".embedded-v1-seed0.tmp-*/captions")), signal.SIGTERM, 1.0,
-                   "generate")
-        _, stderr = proc.communicate(timeout=120 * SCALE)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _, stderr = stop_when(proc, lambda: any(cache.glob(".embedded-v1-seed0.tmp-*/captions")), signal.SIGTERM,
+                          "generate", within=120, after=1.0)
     assert proc.returncode == 143, (proc.returncode, stderr[-3000:])
     _one_stop_line(stderr, "generate", "killed by SIGTERM")
     assert sorted(p.name for p in cache.iterdir()) == ["embedded-v1-seed0.lock"]  # no build folder, no tree

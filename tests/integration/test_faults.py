@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import SENSITIVITY_APP, run_app, study_name
+from tests.conftest import SENSITIVITY_APP, TIMEOUT_SCALE, run_app, study_name
 
 pytestmark = pytest.mark.integration
 
@@ -47,14 +47,14 @@ def _start_and_kill(tmp: Path, n_trials: int, kill_at: int, sig: signal.Signals)
         proc = subprocess.Popen([sys.executable, str(SENSITIVITY_APP), *_args(tmp, n_trials)], cwd=tmp,
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 120 * TIMEOUT_SCALE  # a loaded machine: scale it
             while log_path.read_text().count(STARTED) < kill_at:
                 assert proc.poll() is None, log_path.read_text()[-3000:]
                 assert time.monotonic() < deadline, "the sweep never reached the trial to kill"
                 time.sleep(0.1)
             time.sleep(0.5)  # inside ModelOpt's calibration / scoring
             proc.send_signal(sig)
-            returncode = proc.wait(timeout=60)
+            returncode = proc.wait(timeout=60 * TIMEOUT_SCALE)
         finally:
             if proc.poll() is None:
                 proc.kill()

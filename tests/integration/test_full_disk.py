@@ -5,7 +5,6 @@ item 9). The same mechanisms with the error injected at the write functions: ``u
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -14,12 +13,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import run_app, study_name
+from tests.conftest import TIMEOUT_SCALE, run_app, study_name
 
 pytestmark = pytest.mark.integration
 
 ERROR = "autoquant-sweep: error:"
-SCALE = float(os.environ.get("AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE", "1"))
 STUDY = study_name(["autoquant.cache=false"], ["quant_pair=choice(wint8_aint8,wint4_aint8,wint8_afp16)",
                                                     "quant_granularity=choice(default)"])
 
@@ -57,7 +55,7 @@ def test_a_new_store_on_a_full_disk_is_never_left_half_made(tiny_disk, tmp_path,
     disk = tiny_disk("150k")  # the MLflow schema does not fit
     for _ in range(2):  # was: a half-built mlflow.db, then "table ... already exists" for good
         result = run_app([f"tracking.tracking_uri=sqlite:///{disk}/mlflow.db"], cwd=tmp_path,
-                         timeout=int(300 * SCALE))
+                         timeout=int(300 * TIMEOUT_SCALE))
         assert _one_line(result) == (
             "tracking.tracking_uri: no space left on device while creating the SQLite store "
             f"'{disk}/mlflow.db' (nothing was left behind); free space in '{disk}' or choose another store, "
@@ -69,7 +67,7 @@ def test_a_new_store_on_a_full_disk_is_never_left_half_made(tiny_disk, tmp_path,
 def test_a_report_on_a_full_disk_is_one_line(tiny_disk, tmp_path, embedded):
     disk = tiny_disk("64k")  # a report is ~150 kB
     result = run_app(["tracking=off", "output_layout=publish", f"output_layout.publish_root={disk}"],
-                     cwd=tmp_path, timeout=int(300 * SCALE))
+                     cwd=tmp_path, timeout=int(300 * TIMEOUT_SCALE))
     message = _one_line(result)
     assert message.startswith(f"output directory '{disk}/sensitivity/weight-int8-act-int8/default': no "
                               "space left on device while writing 'qwen3_tiny_wint8_aint8_small' (nothing "
@@ -83,7 +81,7 @@ def test_a_sweep_that_fills_the_disk_stops_with_one_line_and_nothing_running(tin
     result = run_app(["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "autoquant.cache=false",
                       "quant_pair=choice(wint8_aint8,wint4_aint8,wint8_afp16)",
                       "quant_granularity=choice(default)"],
-                     cwd=disk, timeout=int(600 * SCALE))
+                     cwd=disk, timeout=int(600 * TIMEOUT_SCALE))
     assert "no space left on device" in _one_line(result)
     assert len(result.stderr.splitlines()) < 40  # was: 1028 lines of tracebacks
     trials = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{disk}/optuna.db").trials

@@ -9,14 +9,10 @@ working folder or outside it.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
-import sqlite3
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,28 +20,15 @@ import pytest
 from autoquant_sweep.errors import CapabilityRefusedError, UserInputError
 from autoquant_sweep.plan import plan_run
 
-from ..conftest import SENSITIVITY_APP
+from ..conftest import SENSITIVITY_APP, TIMEOUT_SCALE, damaged_sqlite, one_error_line, run_at_once
 
 pytestmark = pytest.mark.integration
 
-ERROR = "autoquant-sweep: error:"
 CLI = [sys.executable, "-m", "autoquant_sweep.cli"]
 APP = [sys.executable, str(SENSITIVITY_APP)]
 HEAVY = ("torch", "transformers", "mlflow", "modelopt", "matplotlib")
 NOT_UTF8 = b"a cat\xff on a mat .\n"
-TIMEOUT = 240 * float(os.environ.get("AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE", "1"))
-
-
-def _damaged_sqlite(path: Path) -> None:
-    con = sqlite3.connect(path)
-    con.execute("CREATE TABLE runs (run_uuid TEXT PRIMARY KEY, name TEXT, status TEXT)")
-    con.executemany("INSERT INTO runs VALUES (?, ?, ?)", [(f"{i:032x}", "x" * 300, "F") for i in range(400)])
-    con.commit()
-    con.close()
-    data = bytearray(path.read_bytes())
-    page = int.from_bytes(data[16:18], "big")
-    data[2 * page:5 * page] = b"\x5a" * (3 * page)
-    path.write_bytes(bytes(data))
+TIMEOUT = 240 * TIMEOUT_SCALE
 
 
 @pytest.fixture(scope="module")
@@ -120,36 +103,12 @@ def cases(tmp_path_factory, embedded, listening_port) -> dict[str, dict]:
          lambda cwd: ["tracking=server", f"tracking.tracking_uri=http://127.0.0.1:{closed}"])
 
     def damaged_store(cwd: Path) -> list[str]:
-        _damaged_sqlite(cwd / "mlflow.db")
+        damaged_sqlite(cwd / "mlflow.db")
         return [f"tracking.tracking_uri=sqlite:///{cwd}/mlflow.db"]
 
     case("damaged-store-run", importtime, damaged_store)
 
-    base = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AUTOQUANT_SWEEP_ID")}
-    procs = {name: (subprocess.Popen(cmd, cwd=cwd, env={**base, "HYDRA_FULL_ERROR": "0", **env},
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), cwd,
-                    time.monotonic())
-             for name, (cmd, cwd, env) in prepared.items()}
-    results = {}
-    try:
-        for name, (proc, cwd, t0) in procs.items():
-            out, err = proc.communicate(timeout=TIMEOUT)
-            results[name] = {"result": subprocess.CompletedProcess(proc.args, proc.returncode, out, err),
-                             "cwd": cwd, "seconds": time.monotonic() - t0}
-    finally:
-        for proc, *_ in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-    return results
-
-
-def _one_line(case: dict) -> str:
-    result = case["result"]
-    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
-    assert "Traceback" not in result.stderr + result.stdout, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith(ERROR)]
-    assert len(lines) == 1, result.stderr[-3000:]
-    return lines[0][len(ERROR):].strip()
+    return run_at_once(prepared, TIMEOUT)
 
 
 KEEP = {"a-file", "ckpt", "mlflow.db"}  # what the tests put there
@@ -181,7 +140,7 @@ KEEP = {"a-file", "ckpt", "mlflow.db"}  # what the tests put there
 ])
 def test_bad_path_or_name_is_one_line_and_creates_nothing(cases, name, pattern):
     case = cases[name]
-    message = _one_line(case)
+    message = one_error_line(case)
     assert re.search(pattern, message), message
     cwd = case["cwd"]
     assert sorted(p.name for p in cwd.iterdir() if p.name not in KEEP) == [], sorted(cwd.iterdir())

@@ -4,24 +4,20 @@ that ended, owner tag or not. Real MLflow (SQLite, temp dir)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from autoquant_sweep import faults
 from autoquant_sweep.tracking.run_logging import start_run
-from tests.conftest import SENSITIVITY_APP
+from tests.conftest import ONE_TRIAL_SWEEP, start_app, stop_when
 
 # signal timing: run apart from the loaded main phase of the test command (README, .ci/run)
 pytestmark = [pytest.mark.integration, pytest.mark.signals]
 
-SCALE = float(os.environ.get("AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE", "1"))
 CFG = {"quant_pair": {"name": "wint8_aint8"}, "quant_granularity": {"name": "default"},
        "dataset": {"size": "small"}}
 
@@ -61,30 +57,19 @@ CHILD_ROWS = ("SELECT count(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uui
               "AND t.key = 'mlflow.parentRunId'")
 
 
-def test_ctrl_c_the_moment_the_childs_row_appears_leaves_one_killed_run(tmp_path, embedded):
-    db = tmp_path / "mlflow.db"
-    args = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1", "quant_pair=choice(wint8_aint8)",
-            "quant_granularity=choice(default)", "autoquant.cache=false"]
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AUTOQUANT_SWEEP_ID")}
-    proc = subprocess.Popen([sys.executable, str(SENSITIVITY_APP), *args], cwd=tmp_path,
-                            env={**env, "HYDRA_FULL_ERROR": "0"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+def _child_row_appeared(db: Path) -> bool:
     try:
-        deadline = time.monotonic() + 300 * SCALE
-        while True:
-            try:
-                if db.exists() and sqlite3.connect(f"file:{db}?mode=ro", uri=True).execute(
-                        CHILD_ROWS).fetchone()[0]:
-                    break
-            except sqlite3.OperationalError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "no child run appeared"
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120 * SCALE)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        return db.exists() and bool(
+            sqlite3.connect(f"file:{db}?mode=ro", uri=True).execute(CHILD_ROWS).fetchone()[0])
+    except sqlite3.OperationalError:  # the schema is still being created
+        return False
+
+
+def test_ctrl_c_the_moment_the_childs_row_appears_leaves_one_killed_run(tmp_path, embedded):
+    proc = start_app(ONE_TRIAL_SWEEP, tmp_path, stdout=subprocess.DEVNULL)
+    # polled every 2 ms: the signal must land while the run is being created
+    _, stderr = stop_when(proc, lambda: _child_row_appeared(tmp_path / "mlflow.db"), signal.SIGINT,
+                          "no child run appeared", poll=0.002)
     assert proc.returncode == 130, (proc.returncode, stderr[-3000:])
     assert "Traceback" not in stderr, stderr[-3000:]
     client = _client(tmp_path)

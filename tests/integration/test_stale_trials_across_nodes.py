@@ -5,18 +5,16 @@ SQLite study (heartbeat 1 s, grace 3 s through the environment)."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import optuna
 import pytest
 
 from autoquant_sweep import faults
-from tests.conftest import run_app, study_name
+from tests.conftest import TIMEOUT_SCALE, run_app, study_name
 
 pytestmark = pytest.mark.integration
 
-SCALE = float(os.environ.get("AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE", "1"))
 STUDY = study_name([], ["quant_pair=choice(wint8_aint8)", "quant_granularity=choice(default)"])
 OTHER = "node-b.cluster:4242"  # a host this machine is not: its pid cannot be checked from here
 HEARTBEAT = {"AUTOQUANT_SWEEP_HEARTBEAT_S": "1", "AUTOQUANT_SWEEP_HEARTBEAT_GRACE_S": "3"}
@@ -47,7 +45,7 @@ def test_a_trial_of_a_lost_node_is_failed_by_heartbeat_and_its_runs_killed(tmp_p
                       "quant_pair=choice(wint8_aint8)", "quant_granularity=choice(default)",
                       f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
                       f"tracking.tracking_uri={uri}"],
-                     cwd=tmp_path, env=HEARTBEAT, timeout=int(300 * SCALE))
+                     cwd=tmp_path, env=HEARTBEAT, timeout=int(300 * TIMEOUT_SCALE))
     assert result.returncode == 0, result.stderr[-3000:]
     trials = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/optuna.db").trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]

@@ -10,40 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sqlite3
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from ..conftest import SENSITIVITY_APP
+from ..conftest import SENSITIVITY_APP, TIMEOUT_SCALE, damaged_sqlite, one_error_line, run_at_once
 
 pytestmark = pytest.mark.integration
 
-ERROR = "autoquant-sweep: error:"
 SPACE = ["quant_pair=choice(wint8_aint8,wint4_aint8)", "quant_granularity=choice(default,w_group128)"]
-
-
-def _damaged_sqlite(path: Path) -> str:
-    """A SQLite file whose pages after the header are overwritten (``database disk image is malformed``).
-
-    Returns the file's sha256, to prove nothing wrote to it afterwards.
-    """
-    con = sqlite3.connect(path)
-    con.execute("CREATE TABLE runs (run_uuid TEXT PRIMARY KEY, name TEXT, status TEXT)")
-    con.executemany("INSERT INTO runs VALUES (?, ?, ?)",
-                    [(f"{i:032x}", "x" * 300, "FINISHED") for i in range(400)])
-    con.execute("CREATE INDEX runs_name ON runs (name)")
-    con.commit()
-    con.close()
-    data = bytearray(path.read_bytes())
-    page = int.from_bytes(data[16:18], "big")
-    data[2 * page:5 * page] = b"\x5a" * (3 * page)
-    path.write_bytes(bytes(data))
-    return hashlib.sha256(bytes(data)).hexdigest()
 
 
 def _stores(cwd: Path) -> list[str]:
@@ -71,7 +47,7 @@ def cases(tmp_path_factory) -> dict[str, dict]:
 
     def damaged(cwd: Path, hashes: dict[str, str], name: str) -> Path:
         path = cwd / name
-        hashes[name] = _damaged_sqlite(path)
+        hashes[name] = damaged_sqlite(path)
         return path
 
     case("storage-in-missing-folder",
@@ -110,30 +86,11 @@ def cases(tmp_path_factory) -> dict[str, dict]:
     case("apply-out-is-a-file", apply_to_file, cli)
     case("apply-out-not-empty", apply_to_non_empty, cli)
 
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    procs = {name: (subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True), cwd, hashes, time.monotonic())
-             for name, (cmd, cwd, hashes) in prepared.items()}
-    results = {}
-    try:
-        for name, (proc, cwd, hashes, t0) in procs.items():
-            out, err = proc.communicate(timeout=240)
-            results[name] = {"result": subprocess.CompletedProcess(proc.args, proc.returncode, out, err),
-                             "cwd": cwd, "hashes": hashes, "seconds": time.monotonic() - t0}
-    finally:
-        for proc, *_ in procs.values():
-            if proc.poll() is None:
-                proc.kill()
+    commands = {name: (cmd, cwd, {}) for name, (cmd, cwd, _) in prepared.items()}
+    results = run_at_once(commands, 240 * TIMEOUT_SCALE)
+    for name, (_, _, hashes) in prepared.items():
+        results[name]["hashes"] = hashes
     return results
-
-
-def _one_line(case: dict) -> str:
-    result = case["result"]
-    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
-    assert "Traceback" not in result.stderr + result.stdout, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith(ERROR)]
-    assert len(lines) == 1, result.stderr[-3000:]
-    return lines[0][len(ERROR):].strip()
 
 
 def _created(cwd: Path, keep: set[str]) -> list[str]:
@@ -172,7 +129,7 @@ def test_unusable_store_or_output_is_one_line_before_anything_is_created(cases, 
     import re
 
     case = cases[name]
-    message = _one_line(case)
+    message = one_error_line(case)
     assert re.search(pattern, message), message
     # nothing created: no sweep / run folder, no store file, no MLflow artifacts, no parent run
     assert _created(case["cwd"], keep) == [], (name, _created(case["cwd"], keep))

@@ -8,22 +8,17 @@ lands somewhere in the sweep's end; deadlines scale with ``AUTOQUANT_SWEEP_TEST_
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SENSITIVITY_APP
+from tests.conftest import ONE_TRIAL_SWEEP, start_app, stop_when
 
 # signal timing: run apart from the loaded main phase of the test command (README, .ci/run)
 pytestmark = [pytest.mark.integration, pytest.mark.signals]
 
-SCALE = float(os.environ.get("AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE", "1"))
 NAME = "autoquant-qwen3_tiny-constrained_score"
 FINISHED_CHILDREN = ("SELECT count(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
                      "AND t.key = 'mlflow.parentRunId' WHERE r.status = 'FINISHED'")
@@ -45,23 +40,9 @@ def _finished_children(db: Path) -> int:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
 def test_a_stop_during_the_sweeps_end_is_killed_with_its_line_and_registers_nothing(tmp_path, embedded, sig):
     db = tmp_path / "mlflow.db"
-    args = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1", "quant_pair=choice(wint8_aint8)",
-            "quant_granularity=choice(default)", "autoquant.cache=false"]
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AUTOQUANT_SWEEP_ID")}
-    proc = subprocess.Popen([sys.executable, str(SENSITIVITY_APP), *args], cwd=tmp_path,
-                            env={**env, "HYDRA_FULL_ERROR": "0"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300 * SCALE
-        while _finished_children(db) < 1:
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "the trial never finished"
-            time.sleep(0.02)
-        proc.send_signal(sig)
-        stdout, stderr = proc.communicate(timeout=120 * SCALE)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = start_app(ONE_TRIAL_SWEEP, tmp_path)
+    stdout, stderr = stop_when(proc, lambda: _finished_children(db) >= 1, sig, "the trial never finished",
+                               poll=0.02)
     assert proc.returncode == 128 + sig, (proc.returncode, stderr[-3000:])
     assert "Traceback" not in stderr, stderr[-3000:]
     reason = "killed by SIGTERM" if sig == signal.SIGTERM else "interrupted by SIGINT (Ctrl-C)"
