@@ -24,13 +24,13 @@ CLI = [sys.executable, "-m", "autoquant_sweep.cli"]
 NAME = "autoquant-qwen3_tiny-constrained_score"
 
 
-def _registered_int8_version(tmp: Path, new_mlflow_store) -> str:
+def _registered_int8_version(tmp: Path) -> str:
     """A registry version whose run holds the uniform INT8 config (what ``apply --uniform`` reads)."""
     from mlflow import MlflowClient
 
     from autoquant_sweep.quant.formats import resolve_format
 
-    uri = new_mlflow_store(tmp / "mlflow.db")
+    uri = f"sqlite:///{tmp}/mlflow.db"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.create_experiment("sensitivity", artifact_location=(tmp / "mlruns").as_uri())
     run = client.create_run(experiment)
@@ -52,8 +52,8 @@ def _one_stop_line(stderr: str, command: str, reason: str) -> None:
                      "(rerun the same command)"], stderr[-3000:]
 
 
-def test_ctrl_c_during_apply_is_one_line_and_leaves_no_checkpoint(tmp_path, embedded, new_mlflow_store):
-    uri = _registered_int8_version(tmp_path, new_mlflow_store)
+def test_ctrl_c_during_apply_is_one_line_and_leaves_no_checkpoint(tmp_path, embedded):
+    uri = _registered_int8_version(tmp_path)
     out = tmp_path / "quantized"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "apply.out"

@@ -74,11 +74,10 @@ def _run(client, experiment_id: str, value: float, pair: str) -> str:
     return run_id
 
 
-def test_two_sweeps_registering_at_once_leave_best_on_the_better_version(tmp_path: Path,
-                                                                         new_mlflow_store) -> None:
+def test_two_sweeps_registering_at_once_leave_best_on_the_better_version(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    uri = new_mlflow_store(tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment_id = client.create_experiment("sensitivity")
     better = _run(client, experiment_id, 1.0e-7, "wint8_aint8")

@@ -29,8 +29,7 @@ def _client(tmp: Path):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def test_a_run_is_created_with_its_owner_in_one_write(tmp_path, new_mlflow_store):
-    new_mlflow_store(tmp_path / "mlflow.db")
+def test_a_run_is_created_with_its_owner_in_one_write(tmp_path):
     client = _client(tmp_path)
     experiment = client.create_experiment("sensitivity", artifact_location=(tmp_path / "mlruns").as_uri())
     run = start_run(client, experiment, CFG, None, owner="node-a:123")
@@ -38,8 +37,7 @@ def test_a_run_is_created_with_its_owner_in_one_write(tmp_path, new_mlflow_store
     assert client.get_run(run.info.run_id).data.tags[faults.OWNER_TAG] == "node-a:123"
 
 
-def test_ownerless_running_children_of_an_ended_sweep_are_killed(tmp_path, new_mlflow_store):
-    new_mlflow_store(tmp_path / "mlflow.db")
+def test_ownerless_running_children_of_an_ended_sweep_are_killed(tmp_path):
     client = _client(tmp_path)
     experiment = client.create_experiment("sensitivity", artifact_location=(tmp_path / "mlruns").as_uri())
     ended = client.create_run(experiment, tags={faults.OWNER_TAG: "elsewhere:1", "sweep": "true"})

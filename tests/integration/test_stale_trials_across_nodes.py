@@ -20,8 +20,7 @@ OTHER = "node-b.cluster:4242"  # a host this machine is not: its pid cannot be c
 HEARTBEAT = {"AUTOQUANT_SWEEP_HEARTBEAT_S": "1", "AUTOQUANT_SWEEP_HEARTBEAT_GRACE_S": "3"}
 
 
-def test_a_trial_of_a_lost_node_is_failed_by_heartbeat_and_its_runs_killed(tmp_path, embedded, monkeypatch,
-                                                                          new_mlflow_store):
+def test_a_trial_of_a_lost_node_is_failed_by_heartbeat_and_its_runs_killed(tmp_path, embedded, monkeypatch):
     from mlflow import MlflowClient
 
     for key, value in HEARTBEAT.items():
@@ -34,7 +33,7 @@ def test_a_trial_of_a_lost_node_is_failed_by_heartbeat_and_its_runs_killed(tmp_p
     trial.set_user_attr(faults.OWNER_ATTR, OTHER)
     study_id = storage.get_study_id_from_name(STUDY)
     storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
-    uri = new_mlflow_store(tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.create_experiment("sensitivity", artifact_location=(tmp_path / "mlruns").as_uri())
     parent = client.create_run(experiment, tags={faults.OWNER_TAG: OTHER, "sweep": "true"})
