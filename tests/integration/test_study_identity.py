@@ -51,8 +51,9 @@ def _project_lines(result) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory, embedded):
+def root(tmp_path_factory, embedded, new_mlflow_store):
     folder = tmp_path_factory.mktemp("study-identity")
+    new_mlflow_store(folder / "mlflow.db")  # migrated: the sweeps skip MLflow's schema creation
     result = run_app(_args(folder, *SPACE), cwd=folder, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name=study_name(space=SPACE), storage=f"sqlite:///{folder}/optuna.db")
