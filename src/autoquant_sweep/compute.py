@@ -22,7 +22,7 @@ from typing import Any
 from autoquant_sweep import data as data_mod
 from autoquant_sweep.modeling import LoadedModel, load_model_and_tokenizer
 from autoquant_sweep.plan import RunPlan
-from autoquant_sweep.quant.overlay import summarize_format
+from autoquant_sweep.quant.summary import summarize_format
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from autoquant_sweep import data as data_mod
 from autoquant_sweep.errors import CapabilityRefusedError, UserInputError
-from autoquant_sweep.fingerprints import package_versions, run_fingerprint, scoring_fingerprint
+from autoquant_sweep.fingerprints import (
+    canonical_json,
+    config_fingerprint,
+    package_versions,
+    run_fingerprint,
+    scoring_fingerprint,
+)
 from autoquant_sweep.layout import check_name, publish_dir, tmp_report_dir
 from autoquant_sweep.modeling import (
     NO_CUDA_DEVICE,
@@ -40,7 +46,8 @@ from autoquant_sweep.modeling import (
     read_checkpoint_config,
     resolve_device,
 )
-from autoquant_sweep.quant.overlay import apply_overlay, canonical_json, config_fingerprint, summarize_format
+from autoquant_sweep.quant.overlay import apply_overlay
+from autoquant_sweep.quant.summary import summarize_format
 
 log = logging.getLogger(__name__)
 

@@ -239,6 +239,6 @@ def recipe_json(quant_cfg: Mapping[str, Any]) -> dict[str, Any]:
     :func:`autoquant_sweep.tracking.registry.quantize_config_from_json` turns it back into a config
     that ``mtq.quantize`` takes unchanged.
     """
-    from autoquant_sweep.quant.overlay import canonical_json
+    from autoquant_sweep.fingerprints import canonical_json
 
     return json.loads(canonical_json(quant_cfg))

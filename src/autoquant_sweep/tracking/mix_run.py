@@ -158,7 +158,7 @@ def _register(client: Any, run_id: str, point: MixPoint, measured: Mapping[str, 
     """A registry version for the mix; ``best`` / band alias move only when satisfied and strictly better."""
     from mlflow.exceptions import MlflowException
 
-    from autoquant_sweep.quant.overlay import config_fingerprint
+    from autoquant_sweep.fingerprints import config_fingerprint
     from autoquant_sweep.recipe import recipe_json
     from autoquant_sweep.tracking.recommendation import band_alias
     from autoquant_sweep.tracking.registry import (

@@ -443,7 +443,7 @@ def config_artifacts(manifest: Mapping[str, Any], base_format: Any, hydra_yaml: 
     The JSON is the project's canonical form (:func:`~autoquant_sweep.report.dump_json`: sorted keys,
     trailing newline), the bytes ``autoquant-sweep lookup --uniform`` hands out.
     """
-    from autoquant_sweep.quant.overlay import canonical_json
+    from autoquant_sweep.fingerprints import canonical_json
 
     q = manifest["quantization"]
     texts = {EFFECTIVE_CFG_FILE: dump_json(q["effective_quant_cfg"])}
