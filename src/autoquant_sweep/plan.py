@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,6 @@ from autoquant_sweep.fingerprints import (
 )
 from autoquant_sweep.layout import check_name, publish_dir, tmp_report_dir
 from autoquant_sweep.modeling import (
-    NO_CUDA_DEVICE,
     check_checkpoint_dir,
     checkpoint_identity,
     read_checkpoint_config,
@@ -125,28 +123,6 @@ def _embedded_checkpoint(name: str) -> tuple[Path, Path]:
             f"model.embedded: unknown embedded model '{name}'; choose qwen3_tiny or qwen3_vl_tiny"
         )
     return getattr(assets, attr), assets.captions_dir
-
-
-def _gpu_driver_present() -> bool:
-    """Whether this machine shows a GPU driver's device files (NVIDIA, WSL's ``/dev/dxg``, ROCm's
-    ``/dev/kfd``). Off Linux the files say nothing, so the answer is yes (torch decides)."""
-    if not sys.platform.startswith("linux"):
-        return True
-    dev = Path("/dev")
-    return any(dev.glob("nvidia*")) or (dev / "dxg").exists() or (dev / "kfd").exists()
-
-
-def plan_device(requested: str) -> str:
-    """:func:`~autoquant_sweep.modeling.resolve_device` that answers without torch where it can.
-
-    torch sees no CUDA device on a machine without a GPU driver's device files; saying so without
-    importing torch (~2 s) keeps a refused run on a CPU machine under a second.
-    """
-    if requested in ("auto", "cuda") and not _gpu_driver_present():
-        if requested == "cuda":  # what modeling.resolve_device says after importing torch
-            raise UserInputError(NO_CUDA_DEVICE)
-        return "cpu"
-    return resolve_device(requested)
 
 
 _WEIGHT_AXES = " (0 = per output channel, 1 = per input channel)"
@@ -331,7 +307,7 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
         check_name(key, value)
     settings = settings_from_cfg(c)  # tracking=server without a URI
     # 2. device
-    device = plan_device(aq["device"])
+    device = resolve_device(aq["device"])
     # 3. effective format and capability rules
     context = f"quant_granularity={gran['name']} on quant_pair={pair['name']}"
     try:

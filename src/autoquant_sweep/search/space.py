@@ -26,7 +26,8 @@ def searchable_pairs(device: str) -> list[str]:
         >>> searchable_pairs("cpu")
         ['wint8_aint8', 'wint8_afp16', 'wint4_afp16', 'wint4_aint8', 'wint4_afp8', 'wfp8_afp8', 'wfp8_afp16']
     """
-    from autoquant_sweep.quant.capability import check_combination, device_view
+    from autoquant_sweep.devices import device_view
+    from autoquant_sweep.quant.capability import check_combination
     from autoquant_sweep.quant.formats import resolve_format
 
     device = device_view(device)
