@@ -7,7 +7,7 @@ So ``validate``, the search space and a refused plan on a CPU machine stay well 
 
 **GPU slots** (``hydra/launcher=joblib``):
 
-Each worker process claims the lowest free GPU *slot* with an exclusive ``flock`` on
+Each worker process claims the lowest free GPU *slot* with an exclusive ``filelock`` (``flock``) on
 ``<lock dir>/gpu<N>.lock``, held for the life of the process (the kernel releases it when the process
 dies, even on SIGKILL), then calls ``torch.cuda.set_device(N)``. Two workers of one node never share a
 slot while both live; a replacement worker takes the slot its dead predecessor freed. When every slot
@@ -19,7 +19,6 @@ each task already sees only its own GPUs (``gpus_per_task``), so it keeps ``cuda
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import logging
 import os
@@ -29,10 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 log = logging.getLogger(__name__)
 
 LOCK_DIR_ENV = "AUTOQUANT_SWEEP_GPU_LOCK_DIR"
-_claimed: tuple[int, Any] | None = None  # (slot, open lock file) for the life of the process
+_claimed: tuple[int, FileLock | None] | None = None  # (slot, its held lock) for the life of the process
 
 
 def _torch_has_gpu_backend() -> bool:
@@ -114,20 +115,20 @@ def claim_slot(n_devices: int, lock_dir: Path, job_num: int = 0) -> int:
     if _claimed is not None:
         return _claimed[0]
     lock_dir.mkdir(parents=True, exist_ok=True)
-    handles: dict[int, Any] = {}
+    # a soft lock (a marker file) would outlive a killed worker and keep its slot taken: flock only
+    locks = {slot: FileLock(lock_dir / f"gpu{slot}.lock", blocking=False, fallback_to_soft=False)
+             for slot in range(n_devices)}
 
     def try_claim(slot: int) -> bool:
-        handle = open(lock_dir / f"gpu{slot}.lock", "a+")  # kept open while the process lives
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
+            locks[slot].acquire()
+        except Timeout:
             return False
-        handles[slot] = handle
         return True
 
     slot, exclusive = pick_slot(n_devices, try_claim, job_num)
-    _claimed = (slot, handles.get(slot))  # a shared fallback slot is kept too: one device per process
+    # a shared fallback slot is kept too: one device per process
+    _claimed = (slot, locks[slot] if exclusive else None)
     if not exclusive:
         log.warning("all %d GPU slots are taken; sharing cuda:%d (job %d)", n_devices, slot, job_num)
     return slot

@@ -165,11 +165,11 @@ def _open_storage(url: Any) -> Any:
     interval, grace = heartbeat_settings()
     kwargs.update(heartbeat_interval=interval, grace_period=grace)
     if url.startswith("sqlite"):
-        from autoquant_sweep.tracking.store import create_sqlite_aside, folder_lock, sqlite_path
+        from autoquant_sweep.tracking.store import create_sqlite_aside, sqlite_path, store_lock
 
         db = sqlite_path(url)
         if db is not None and db.parent.is_dir():
-            with folder_lock(db.parent):  # sweeps started together must not create the schema twice
+            with store_lock(db):  # sweeps started together must not create the schema twice
                 if not db.exists():  # built aside, moved into place whole (a full disk leaves no half store)
                     create_sqlite_aside(db, lambda aside: _close(StudyStorage(aside, **kwargs)),
                                         "hydra.sweeper.storage")
