@@ -1,4 +1,4 @@
-"""``store_lock``: the SQLite store creation lock is a hidden sibling of the database, exclusive while held."""
+"""``store_lock``: a SQLite store's creation lock is a hidden sibling of the database, held exclusively."""
 
 from __future__ import annotations
 

@@ -110,11 +110,10 @@ class Heartbeat:
         if self.study is None:
             return
         me = faults.owner()
-        study_id = self.storage.get_study_id_from_name(self.study.study_name)
         for trial in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             if faults.trial_owner(trial) == me:
-                self.storage.record_heartbeat(
-                    self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
+                self.storage.record_heartbeat(faults.storage_trial_id(self.storage, self.study.study_name,
+                                                                      trial.number))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
