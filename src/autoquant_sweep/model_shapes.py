@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from typing import Any
 
-from autoquant_sweep.quant.overlay import axis_key
+from autoquant_sweep.quant.overlay import BLOCK_SIZE_SPECIAL_KEYS, axis_key
 
 __all__ = [
     "KNOWN_MODEL_TYPES",
@@ -50,8 +50,6 @@ __all__ = [
 ]
 
 KNOWN_MODEL_TYPES: tuple[str, ...] = ("qwen3", "qwen3_vl")
-#: Special (non-axis) keys of a ModelOpt ``block_sizes`` mapping (facts 23).
-BLOCK_SIZE_SPECIAL_KEYS: tuple[str, ...] = ("type", "scale_bits", "scale_block_sizes", "four_over_six")
 
 
 class ShapeUnknown(ValueError):

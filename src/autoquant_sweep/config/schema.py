@@ -62,6 +62,8 @@ class QuantPairConfig:
     """A (weight dtype, activation dtype) pair and the ModelOpt format that realises it."""
 
     name: str = MISSING
+    # place among the pairs in tables, the search space and the validate matrix (none: after them, by name)
+    order: int | None = None
     weight: str = MISSING
     activation: str = MISSING
     format_name: str = MISSING
@@ -73,6 +75,11 @@ class GranularityConfig:
     """A named overlay of quantizer attributes (axis / block_sizes / type) keyed by quantizer pattern."""
 
     name: str = MISSING
+    # place among the granularities in tables, the search space and the validate matrix (none: after them,
+    # by name)
+    order: int | None = None
+    # the name in MLflow run names, distinct from the others' within the first few characters (none: name)
+    short: str | None = None
     description: str = ""
     quant_cfg_overrides: dict[str, Any] = field(default_factory=dict)
     # what the name promises ModelOpt instantiates, per role (weight / input) the overlay changes, in the

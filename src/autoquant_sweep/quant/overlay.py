@@ -70,7 +70,8 @@ INPUT = "*input_quantizer"
 DEFAULT_KEY = "default"
 STANDARD_PATTERNS: tuple[str, ...] = (WEIGHT, INPUT)
 ALLOWED_ATTRS: tuple[str, ...] = ("axis", "block_sizes", "type")
-# the non-axis block_sizes keys ModelOpt 0.47 knows (for reading formats; ModelOpt validates them)
+# the special (non-axis) block_sizes keys ModelOpt 0.47 knows (facts 23; for reading formats, e.g. the
+# shape checks of model_shapes; ModelOpt validates them)
 BLOCK_SIZE_SPECIAL_KEYS: tuple[str, ...] = ("type", "scale_bits", "scale_block_sizes", "four_over_six")
 TYPE_VALUES: tuple[str, ...] = ("static", "dynamic")
 

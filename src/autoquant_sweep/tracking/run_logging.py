@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from autoquant_sweep.config.groups import short_granularity
 from autoquant_sweep.report import RECIPE_DIR, REPORT_FILES, dump_json
 
 log = logging.getLogger(__name__)
@@ -37,18 +38,6 @@ FAILURE_ARTIFACT_DIR = "failure"
 # gets ``log10_<name>`` (-6.61), which sorts the same way and reads at a glance
 # (not eval_loss_delta: it can be <= 0; ppl_increase_pct is its readable form)
 LOG10_METRICS = ("total_sensitivity", "constrained_score", LAYER_SCORE_METRIC)
-# short granularity names for run names: distinct within the first few characters
-SHORT_GRANULARITY = {
-    "default": "default",
-    "recipe_match_channel_token": "recipe-ch-tok",
-    "w_per_tensor": "w-tensor",
-    "w_per_out_channel": "w-outch",
-    "w_per_in_channel": "w-inch",
-    "w_group64": "w-g64",
-    "w_group128": "w-g128",
-    "a_per_token_dynamic": "a-token-dyn",
-    "a_per_tensor_static": "a-tensor-st",
-}
 SECONDS_KEYS = ("calibration", "scoring", "autoquant", "load_and_tokenize", "budget_curve", "evaluation",
                 "realized_check")
 VERSION_TAGS = {
@@ -224,11 +213,6 @@ def base_tags(c: Mapping[str, Any], versions: Mapping[str, str] | None = None) -
         }
     )
     return tags
-
-
-def short_granularity(name: str) -> str:
-    """``w_group64`` -> ``w-g64`` (names of the project's options; other names as they are)."""
-    return SHORT_GRANULARITY.get(name, name)
 
 
 def run_name(c: Mapping[str, Any], status: str | None = None) -> str:
