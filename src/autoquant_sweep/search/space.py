@@ -20,7 +20,7 @@ _UNSAFE_STUDY_CHARS = re.compile(r"[^A-Za-z0-9_.+-]+")
 
 
 def searchable_pairs(device: str) -> list[str]:
-    """Pairs whose base format runs on ``device`` (``auto``: what torch sees), in vocabulary order.
+    """Pairs whose base format runs on ``device`` (``auto``: what torch sees), in their conf ``order``.
 
     Example:
         >>> searchable_pairs("cpu")

@@ -432,11 +432,11 @@ def store_lock(db: Path) -> FileLock:
     """An exclusive lock for creating or migrating the SQLite store ``db``: ``filelock`` on the hidden
     sibling ``.<db name>.lock`` (released when the process dies).
 
-    Beside the database, inside its folder: that folder is usually the working directory
-    (``<root>/mlflow.db``, ``<root>/optuna.db``), whose parent may not be writable; MLflow and Optuna open
-    only their database file, so the sibling is part of neither store, and on the same filesystem it locks
-    for every host that shares the store. Not the database file itself: closing any descriptor of it would
-    drop SQLite's own POSIX locks.
+    Beside the database, inside its folder, not beside the folder: that folder is usually the working
+    directory (``<root>/mlflow.db``, ``<root>/optuna.db``), whose parent may be neither the user's nor
+    writable. MLflow and Optuna open only their database file (and MLflow its artifact folder), so the
+    hidden sibling is part of neither store; one lock per database, since each file has its own schema.
+    Not the database file itself: closing any descriptor of it would drop SQLite's own POSIX locks.
     """
     return FileLock(db.with_name(f".{db.name}.lock"))
 
