@@ -1,9 +1,9 @@
 """Quantization formats, granularity overlays and capability rules.
 
-``overlay`` and ``capability`` are pure (no torch, no modelopt) and imported eagerly; ``formats``
-is imported lazily on first attribute access. It resolves the presets the project uses from stored
-data (``presets``, ``preset_data``) and imports ModelOpt only for other preset names and for
-``check_with_modelopt``, the plan's last gate.
+``overlay``, ``summary``, ``compositions`` and ``capability`` are pure (no torch, no modelopt) and
+imported eagerly; ``formats`` is imported lazily on first attribute access. It resolves the presets the
+project uses from stored data (``presets``, ``preset_data``) and imports ModelOpt only for other preset
+names and for ``check_with_modelopt``, the plan's last gate.
 """
 
 from __future__ import annotations
