@@ -13,9 +13,10 @@ The sweep itself is the plugin's, unchanged, driven through its public construct
 * an empty search space is a one-line error instead of a sweep that never asks a trial;
 * a storage that cannot be opened is a one-line error (:func:`check_storage` runs it before the sweep
   creates anything; the sweep callback calls it);
-* SQLite study files are opened with a 60 s lock timeout and created under a folder lock, and the
-  plugin's ``Storage: ...`` log line shows the (masked) URL: the sweeper hands the plugin a
-  :class:`StudyStorage` object, created when Hydra instantiates the sweeper (after the start checks).
+* SQLite study files are opened with a 60 s lock timeout and created under a store lock
+  (:func:`~autoquant_sweep.tracking.store.store_lock`), and the plugin's ``Storage: ...`` log line shows
+  the (masked) URL: the sweeper hands the plugin a :class:`StudyStorage` object, created when Hydra
+  instantiates the sweeper (after the start checks).
 """
 
 from __future__ import annotations
