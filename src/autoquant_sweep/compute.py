@@ -152,6 +152,7 @@ def _run_autoquant(plan: RunPlan, cache: ModelCache, batches: list[dict]) -> Any
         num_calib_steps=plan.batch_plan.num_calib_steps,
         num_score_steps=plan.batch_plan.num_score_steps,
         disabled_layers=c["model"]["disabled_layers"],
+        cost_excluded_modules=c["model"].get("cost_excluded_modules") or (),
         device=plan.device,
         verbose=bool(aq.get("verbose", False)),
     )

@@ -160,10 +160,14 @@ def run_autoquant(
     num_calib_steps: int,
     num_score_steps: int,
     disabled_layers: Sequence[str] = ("*lm_head*",),
+    cost_excluded_modules: Sequence[str] = (),
     device: str = "cpu",
     verbose: bool = False,
 ) -> SensitivityResult:
     """Score every searchable layer group of ``model`` under ``quant_format`` (modifies ``model``).
+
+    ``cost_excluded_modules``: module-name patterns whose groups ModelOpt leaves out of the effective-bits
+    cost (``constraints["cost"]["excluded_module_name_patterns"]``), e.g. a VL model's vision tower.
 
     Raises :class:`SensitivityResultError` when every score is zero (nothing was quantized) or any
     score is non-finite, and :class:`UserInputError` for an infeasible ``effective_bits`` budget
@@ -188,6 +192,10 @@ def run_autoquant(
     def loss_func(output: Any, batch: dict) -> Any:
         return output.loss
 
+    constraints: dict[str, Any] = {"effective_bits": float(effective_bits)}
+    if cost_excluded_modules:
+        constraints["cost"] = {"excluded_module_name_patterns": list(cost_excluded_modules)}
+
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -195,7 +203,7 @@ def run_autoquant(
         with contextlib.nullcontext() if verbose else quiet_modelopt():
             quantized_model, state = mtq.auto_quantize(
                 model,
-                constraints={"effective_bits": float(effective_bits)},
+                constraints=constraints,
                 quantization_formats=[quant_format],
                 data_loader=clock,
                 forward_step=forward,
