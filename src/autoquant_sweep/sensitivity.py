@@ -10,7 +10,6 @@ import contextlib
 import io
 import logging
 import math
-import resource
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -52,8 +51,9 @@ class SensitivityResult:
     num_calib_steps: int
     num_score_steps: int
     seconds: dict[str, float | None] = field(default_factory=dict)
+    # the trial's own peak, measured around the whole trial by compute (trial_memory.TrialMemory)
     peak_memory_mb: float = 0.0
-    memory_kind: str = "cpu_max_rss"
+    memory_kind: str = "not_measured"
 
     def objectives(self) -> dict[str, float]:
         """The values a sweep can optimise (see design: Objectives)."""
@@ -179,7 +179,6 @@ def run_autoquant(
         >>> result.total_sensitivity  # doctest: +SKIP
     """
     import modelopt.torch.quantization as mtq
-    import torch
     from modelopt.torch.quantization.algorithms import QuantRecipe
 
     if method not in METHODS:
@@ -196,8 +195,6 @@ def run_autoquant(
     if cost_excluded_modules:
         constraints["cost"] = {"excluded_module_name_patterns": list(cost_excluded_modules)}
 
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     try:
         with contextlib.nullcontext() if verbose else quiet_modelopt():
@@ -223,10 +220,6 @@ def run_autoquant(
             raise UserInputError(f"autoquant.effective_bits: {exc}") from exc
         raise
     end = time.perf_counter()
-    if device == "cuda":
-        peak_mb, memory_kind = torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
-    else:
-        peak_mb, memory_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
 
     no_quant = QuantRecipe(quant_cfg=None)
     best_recipe = state["best"].get("recipe", {})
@@ -273,8 +266,6 @@ def run_autoquant(
             "calibration": calibration_seconds,
             "scoring": scoring_seconds,
         },
-        peak_memory_mb=peak_mb,
-        memory_kind=memory_kind,
     )
     # Not dataclass fields (never serialised): the search state re-solves recipes at other budgets
     # (recipe.solve_recipe) and the returned model is quantized + calibrated with the best recipe.

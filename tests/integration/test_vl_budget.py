@@ -88,6 +88,11 @@ def test_vl_and_text_model_reach_the_same_effective_bits_for_the_same_recipe(tmp
     client = MlflowClient(tracking_uri=uri)
     assert client.get_run(vl.run_id).data.params["model_cost_excluded_modules"] == ", ".join(VISION_PATTERNS)
     assert client.get_run(text.run_id).data.params["model_cost_excluded_modules"] == "none"
+    # each trial's peak memory is its own (item 4): on CPU the resident-set growth during the trial
+    for outcome in (text, vl):
+        assert outcome.manifest["memory_kind"] == "cpu_trial_peak_rss_delta"
+        metric = client.get_run(outcome.run_id).data.metrics["peak_memory_mb"]
+        assert metric == pytest.approx(outcome.manifest["peak_memory_mb"]) and metric >= 0.0
 
 
 def test_patterns_that_exclude_every_module_are_refused_in_the_plan(compose_cfg, embedded):
