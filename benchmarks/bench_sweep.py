@@ -114,7 +114,9 @@ def compose(overrides: list[str]) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+    from autoquant_sweep.paths import conf_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         return hydra_compose("sensitivity", overrides=overrides)
 
 

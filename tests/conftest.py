@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "src" / "autoquant_sweep" / "conf"
 SENSITIVITY_APP = REPO / "experiments" / "sensitivity.py"
 # Runs follow the working directory (paths.root_dir); tests run them in temporary folders, so the embedded
 # assets are pinned to the checkout's cache: built once, reused by every test and subprocess.

@@ -1,4 +1,4 @@
-"""``autoquant-sweep``: sub-commands around the Hydra apps in ``experiments/``.
+"""``autoquant-sweep``: sub-commands around the Hydra app (``autoquant-sweep-run``, the experiments/ entry).
 
 autoquant-sweep generate            # build (or find) the embedded tiny checkpoints and captions
 autoquant-sweep validate            # every quant_pair x quant_granularity: ok / no-op / refused, why

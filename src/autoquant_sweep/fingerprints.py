@@ -22,8 +22,9 @@ from typing import Any
 
 #: bump when a run's manifest gains results a cached run would lack (2: recipe, budget curve, evaluation;
 #: 3: the realized granularity, checked against the declared one; per-token inputs in the quantizer-level
-#: ``type: dynamic`` form, so no result of the static docstring form is ever reused)
-RESULT_SCHEMA = 3
+#: ``type: dynamic`` form, so no result of the static docstring form is ever reused; 4: a VL model's vision
+#: tower out of the effective-bits cost, ``model.cost_excluded_modules``)
+RESULT_SCHEMA = 4
 
 #: the packages a result depends on (manifest ``versions``, MLflow ``version.*`` tags, run fingerprint)
 VERSIONED_PACKAGES = (
@@ -154,6 +155,7 @@ def _scoring_source(c: Mapping[str, Any], *, checkpoint_identity: str, captions:
         "model_kind": model_cfg["kind"],
         "dtype": model_cfg["dtype"],
         "disabled_layers": model_cfg["disabled_layers"],
+        "cost_excluded_modules": list(model_cfg.get("cost_excluded_modules") or []),
         "captions_sha256": captions_sha256(captions),
         "seq_len": data_cfg["seq_len"],
         "batch_plan": [batch_plan.batch_size, batch_plan.num_calib_steps, batch_plan.num_score_steps],

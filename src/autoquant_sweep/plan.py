@@ -211,8 +211,10 @@ def _check_against_checkpoint(
     from autoquant_sweep.model_shapes import (
         KNOWN_MODEL_TYPES,
         ShapeUnknown,
+        cost_excluded_groups,
         max_position_embeddings,
         min_effective_bits,
+        quant_group,
         quantizable_modules,
         searchable_modules,
     )
@@ -247,13 +249,24 @@ def _check_against_checkpoint(
         searchable_modules(modules, disabled), fmt, overrides, context, pair["format_name"]
     )
     bits = format_bits(fmt)
-    minimum = min_effective_bits(modules, disabled, bits)
+    cost_excluded = list(model_cfg.get("cost_excluded_modules") or [])
+    if len(cost_excluded_groups(modules, cost_excluded)) == len({quant_group(m.name) for m in modules}):
+        raise UserInputError(
+            f"model.cost_excluded_modules: {cost_excluded} takes every quantizable module of "
+            f"'{config_file}' out of the effective-bits cost; nothing would be left to count the budget on"
+        )
+    minimum = min_effective_bits(modules, disabled, bits, cost_excluded)
     budget = float(c["autoquant"]["effective_bits"])
     if budget < minimum - 1e-9:
-        frozen = sum(m.numel for m in modules) - sum(m.numel for m in searchable_modules(modules, disabled))
+        excluded_groups = cost_excluded_groups(modules, cost_excluded)
+        counted = [m for m in modules if quant_group(m.name) not in excluded_groups]
+        frozen = sum(m.numel for m in counted) - sum(m.numel for m in searchable_modules(counted, disabled))
         at16 = (
             f"the {frozen:,} weights of model.disabled_layers at 16 bits" if frozen else "no disabled layers"
         )
+        if excluded_groups:
+            uncounted = sum(m.numel for m in modules) - sum(m.numel for m in counted)
+            at16 += f", the {uncounted:,} weights of model.cost_excluded_modules not counted"
         raise UserInputError(
             f"autoquant.effective_bits: {budget:g} is below the minimum achievable effective bits "
             f"{minimum:.4f} of {model_cfg['name']} with quant_pair={pair['name']} ({pair['format_name']}, "

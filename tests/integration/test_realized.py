@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -26,10 +25,10 @@ from autoquant_sweep.quant.realized import (
     declared_kinds,
     realize,
 )
+from tests.conftest import CONF
 
 pytestmark = pytest.mark.integration
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 PAIRS = load_group("quant_pair", CONF)
 GRANULARITIES = load_group("quant_granularity", CONF)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +12,7 @@ from autoquant_sweep.pipeline import run
 from autoquant_sweep.plan import plan_run
 from autoquant_sweep.report import RECIPE_FILES, REPORT_FILES
 from autoquant_sweep.scoring import SCORING_FILE
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
+from tests.conftest import CONF
 
 pytestmark = pytest.mark.integration
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from omegaconf import OmegaConf
 
 from autoquant_sweep.config.groups import load_group, short_granularity
+from autoquant_sweep.paths import conf_dir
 from autoquant_sweep.quant.overlay import apply_overlay, validate_overrides
 
-ROOT = Path(__file__).resolve().parents[2]
-GRANULARITIES = sorted((ROOT / "conf" / "quant_granularity").glob("*.yaml"))
-PAIRS = sorted((ROOT / "conf" / "quant_pair").glob("*.yaml"))
+GRANULARITIES = sorted((conf_dir() / "quant_granularity").glob("*.yaml"))
+PAIRS = sorted((conf_dir() / "quant_pair").glob("*.yaml"))
 WEIGHTS = {"fp4", "fp8", "int4", "int8"}
 ACTIVATIONS = {"fp16", "fp8", "int8", "int4", "fp4"}
 
@@ -75,7 +73,7 @@ def test_pair_file_resolves(path):
 
 
 def test_recipe_match_mapping():
-    conf = OmegaConf.load(ROOT / "conf" / "quant_granularity" / "recipe_match_channel_token.yaml")
+    conf = OmegaConf.load(conf_dir() / "quant_granularity" / "recipe_match_channel_token.yaml")
     assert validate_overrides(conf.quant_cfg_overrides) == {
         "*weight_quantizer": {"axis": 0},
         "*input_quantizer": {"type": "dynamic", "axis": None, "block_sizes": {-1: None}},

@@ -37,6 +37,10 @@ class ModelConfig:
     trust_remote_code: bool = False
     # Never quantized nor scored (fnmatch patterns on module names), e.g. lm_head and the vision tower.
     disabled_layers: list[str] = field(default_factory=lambda: ["*lm_head*"])
+    # Left out of the effective-bits cost (fnmatch patterns; a decision group whose every module matches
+    # weighs 0), e.g. a VL model's vision tower, so the budget is the language model's: ModelOpt's
+    # constraints["cost"]["excluded_module_name_patterns"] of mtq.auto_quantize.
+    cost_excluded_modules: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -25,12 +25,13 @@ from typing import Any
 from tabulate import tabulate
 
 from autoquant_sweep.config.groups import load_group
+from autoquant_sweep.paths import conf_dir
 from autoquant_sweep.quant.capability import CAPABILITY_RULES, validation_matrix
 from autoquant_sweep.quant.cost import cost_doc_lines
 from autoquant_sweep.quant.overlay import INPUT, WEIGHT, validate_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-CONF_DIR = REPO_ROOT / "conf"
+CONF_DIR = conf_dir()
 DOC_PATH = REPO_ROOT / "docs" / "granularity.md"
 REALIZED_PATH = REPO_ROOT / "docs" / "realized-cpu.json"
 

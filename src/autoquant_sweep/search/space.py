@@ -70,7 +70,7 @@ def study_name(*parts: str) -> str:
 #: what a trial's objective value depends on besides the pair x granularity it is asked for: trials of
 #: one study must be comparable, so each of these is part of the study's identity
 _IDENTITY_KEYS = {
-    "model": ("name", "embedded", "path", "kind", "dtype", "disabled_layers"),
+    "model": ("name", "embedded", "path", "kind", "dtype", "disabled_layers", "cost_excluded_modules"),
     "dataset": ("name", "root", "size", "path", "max_samples", "seq_len"),  # the scoring data
     "autoquant": ("objective", "method", "effective_bits", "batch_size", "num_calib_samples",
                   "num_score_samples", "seed"),  # steps = ceil(samples / batch_size), capped by the data

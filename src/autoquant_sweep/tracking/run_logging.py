@@ -150,6 +150,7 @@ def run_params(c: Mapping[str, Any], batch_plan: Any | None = None, *, effect: A
         "model": c["model"]["name"],
         "model_kind": c["model"]["kind"],
         "model_dtype": c["model"]["dtype"],
+        "model_cost_excluded_modules": ", ".join(c["model"].get("cost_excluded_modules") or []) or "none",
         "dataset": data["name"],
         "dataset_size": data["size"],
         "seq_len": data["seq_len"],
