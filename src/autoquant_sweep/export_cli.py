@@ -78,14 +78,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from autoquant_sweep.errors import UserInputError
     from autoquant_sweep.export import ExportFaithfulnessError, export_checkpoint, log_export
     from autoquant_sweep.export_labels import checkpoint_label, group_labels
-    from autoquant_sweep.tracking.cli import _summary, _tracking_uri, check_out_dir
-    from autoquant_sweep.tracking.registry import _client, get_version, quantize_config_from_json
+    from autoquant_sweep.layout import check_out_dir
+    from autoquant_sweep.recipe import quantize_config_from_json
+    from autoquant_sweep.tracking.registry import _client, get_version
+    from autoquant_sweep.tracking.registry_args import tracking_uri, version_line
 
     out = Path(args.out)
     check_out_dir(out, force=args.force)  # before any lookup or model load
-    uri = _tracking_uri(args)
+    uri = tracking_uri(args)
     mv, data = get_version(args.name, args.alias, args.version, uri)
-    print(_summary(mv))
+    print(version_line(mv))
     quant_cfg = quantize_config_from_json(data)
     labels = group_labels(quant_cfg)  # refused here, before any model loads
     print(f"exports as {checkpoint_label(labels)} ({len(labels)} quantized linears)")
@@ -117,11 +119,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_export_command(sub: Any) -> None:
     """Register ``export`` on the ``autoquant-sweep`` sub-parsers."""
-    from autoquant_sweep.tracking.cli import _add_version_args
+    from autoquant_sweep.tracking.registry_args import add_version_args
 
     p = sub.add_parser("export", help="export a registered recipe as ModelOpt's unified Hugging Face "
                                       "checkpoint (labels checked first, faithfulness checked after)")
-    _add_version_args(p)
+    add_version_args(p)
     p.add_argument("--out", required=True, help="folder for the checkpoint (new or empty)")
     p.add_argument("--force", action="store_true",
                    help="replace a non-empty --out folder as a whole (written aside, then swapped in)")

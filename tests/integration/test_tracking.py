@@ -277,7 +277,8 @@ def test_apply_quantizes_with_the_registered_recipe(store: dict, client, tmp_pat
     import modelopt.torch.opt as mto
     from transformers import AutoModelForCausalLM
 
-    from autoquant_sweep.tracking.registry import lookup_best_config, version_recipe
+    from autoquant_sweep.tracking.cli import version_recipe
+    from autoquant_sweep.tracking.registry import lookup_best_config
 
     out = tmp_path / "quantized"
     result = subprocess.run(

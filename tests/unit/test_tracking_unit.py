@@ -10,7 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from autoquant_sweep.errors import UserInputError
-from autoquant_sweep.tracking.registry import qualifying, quantize_config_from_json, registered_name
+from autoquant_sweep.recipe import quantize_config_from_json
+from autoquant_sweep.tracking.registry import qualifying, registered_name
 from autoquant_sweep.tracking.run_logging import flatten_overrides, quantizer_key
 from autoquant_sweep.tracking.store import PARENT_RUN_ENV, connect, settings_from_cfg
 
@@ -197,16 +198,16 @@ def test_sub_commands_find_the_store_a_run_in_the_same_folder_uses(tmp_path: Pat
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
 
-    from autoquant_sweep.tracking.cli import _tracking_uri
+    from autoquant_sweep.tracking.registry_args import tracking_uri
 
     for name in ("AUTOQUANT_SWEEP_ROOT", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     run_store = _compose_in(tmp_path).tracking.local_store_uri
-    assert _tracking_uri(argparse.Namespace(tracking_uri=None)) == run_store == f"sqlite:///{tmp_path}/mlflow.db"
+    assert tracking_uri(argparse.Namespace(tracking_uri=None)) == run_store == f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert _tracking_uri(argparse.Namespace(tracking_uri=None)) == "http://127.0.0.1:5000"
-    assert _tracking_uri(argparse.Namespace(tracking_uri="sqlite:///x.db")) == "sqlite:///x.db"
+    assert tracking_uri(argparse.Namespace(tracking_uri=None)) == "http://127.0.0.1:5000"
+    assert tracking_uri(argparse.Namespace(tracking_uri="sqlite:///x.db")) == "sqlite:///x.db"
 
 
 def test_summary_rows_from_mlflow_search_runs_frame_equal_rows_from_runs(tmp_path: Path) -> None:

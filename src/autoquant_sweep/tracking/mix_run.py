@@ -160,12 +160,11 @@ def _register(client: Any, run_id: str, point: MixPoint, measured: Mapping[str, 
 
     from autoquant_sweep.quant.overlay import config_fingerprint
     from autoquant_sweep.recipe import recipe_json
-    from autoquant_sweep.tracking.recommendation import band_alias
     from autoquant_sweep.tracking.registry import (
         BEST_ALIAS,
         _alias_version,
         registered_name,
-        settle_alias,
+        settle_aliases,
         version_description,
     )
 
@@ -205,13 +204,8 @@ def _register(client: Any, run_id: str, point: MixPoint, measured: Mapping[str, 
     previous = _alias_version(client, name, BEST_ALIAS)
     # the aliases go to the best satisfied version of all (registry.settle_alias): the mix takes them only
     # when it is strictly better (ties stay with the older version), whatever other sweeps do meanwhile
-    holder = settle_alias(client, name, BEST_ALIAS, tags)
-    moved = holder is not None and holder.version == version.version
-    band = band_alias(float(tags["budget"])) if tags["budget"] else None
-    band_holder = settle_alias(client, name, band, tags) if band else None
-    band_moved = band_holder is not None and band_holder.version == version.version
-    return {"name": name, "version": version.version, "value": value, "alias_moved": moved,
-            "band_alias": band, "band_moved": band_moved, "run_id": run_id,
+    aliases = settle_aliases(client, name, version.version, tags)
+    return {"name": name, "version": version.version, "value": value, **aliases, "run_id": run_id,
             "previous_best": previous.version if previous is not None else None}
 
 
@@ -392,10 +386,10 @@ def dump(result: Mapping[str, Any]) -> str:
 def cmd_mix(args: Any) -> int:
     """``autoquant-sweep mix``: mix the trials of a sweep's parent run, an Optuna study or an experiment,
     log the mix run and register it; print the answer."""
-    from autoquant_sweep.tracking.cli import _tracking_uri
     from autoquant_sweep.tracking.registry import _client
+    from autoquant_sweep.tracking.registry_args import tracking_uri
 
-    client = _client(_tracking_uri(args))
+    client = _client(tracking_uri(args))
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
         raise UserInputError(f"--experiment: no MLflow experiment '{args.experiment}' in "
@@ -419,7 +413,7 @@ def cmd_mix(args: Any) -> int:
 
 def add_mix_command(sub: Any) -> None:
     """Register ``autoquant-sweep mix``."""
-    from autoquant_sweep.tracking.cli import _add_store_args
+    from autoquant_sweep.tracking.registry_args import add_store_args
 
     p = sub.add_parser("mix", help="the per-layer mix over every format a sweep / study / experiment "
                                    "scored: logged as a run 'mix ...' and registered")
@@ -432,5 +426,5 @@ def add_mix_command(sub: Any) -> None:
     p.add_argument("--no-measure", action="store_true", help="do not quantize and evaluate the mixed recipe")
     p.add_argument("--no-register", action="store_true", help="do not register the mix")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    _add_store_args(p)
+    add_store_args(p)
     p.set_defaults(func=cmd_mix)

@@ -467,7 +467,7 @@ def set_parent_description(client: Any, parent_run_id: str, container: Mapping[s
     try:
         from mlflow.entities import Metric, Param, RunTag
 
-        from autoquant_sweep.tracking.callbacks import primary_metric
+        from autoquant_sweep.objectives import primary_metric
 
         objective = primary_metric(container["autoquant"]["objective"])
         parent = client.get_run(parent_run_id)
