@@ -32,6 +32,20 @@ def dump_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
 
 
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str]) -> list[str]:
+    """A Markdown (pipe) table as lines, columns padded to their width; ``align``: ``left`` / ``right`` /
+    ``center`` per column. Cells are taken as given (no number parsing: ``1.0`` stays ``1.0``).
+
+    Example:
+        >>> markdown_table(["rank", "group"], [["1", "mlp"]], ["right", "left"])
+        ['|   rank | group   |', '|-------:|:--------|', '|      1 | mlp     |']
+    """
+    from tabulate import tabulate
+
+    text = tabulate(rows, headers=header, tablefmt="pipe", colalign=align, disable_numparse=True)
+    return text.splitlines()
+
+
 def ranked_layers(layers: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Layers from most to least sensitive, with a 1-based ``rank``."""
     ordered = sorted(layers, key=lambda layer: (-layer["score"], layer["group"]))
@@ -55,15 +69,15 @@ def render_markdown(manifest: Mapping[str, Any]) -> str:
         f"- total_sensitivity: {obj['total_sensitivity']:.6e}",
         *_recipe_lines(manifest),
         "",
-        "| rank | layer group | modules | score | cost | bits | kept quantized in budget |",
-        "|---:|---|---|---:|---:|---:|:---:|",
     ]
-    for layer in ranked_layers(manifest["per_layer"]):
-        modules = ", ".join(m.rsplit(".", 1)[-1] for m in layer["modules"])
-        lines.append(
-            f"| {layer['rank']} | `{layer['group']}` | {modules} | {layer['score']:.6e} | "
-            f"{layer['cost']:.0f} | {layer['bits']:g} | {'yes' if layer['chosen_in_budget'] else 'no'} |"
-        )
+    rows = [[str(layer["rank"]), f"`{layer['group']}`",
+             ", ".join(m.rsplit(".", 1)[-1] for m in layer["modules"]), f"{layer['score']:.6e}",
+             f"{layer['cost']:.0f}", f"{layer['bits']:g}",
+             "yes" if layer["chosen_in_budget"] else "no"]
+            for layer in ranked_layers(manifest["per_layer"])]
+    lines += markdown_table(
+        ["rank", "layer group", "modules", "score", "cost", "bits", "kept quantized in budget"], rows,
+        ["right", "left", "left", "right", "right", "right", "center"])
     return "\n".join(lines) + "\n"
 
 

@@ -8,15 +8,14 @@ import pytest
 
 from autoquant_sweep.objectives import OBJECTIVES, objective_result
 from autoquant_sweep.recipe import budget_step, default_budget_grid, resolve_budget_grid
-from autoquant_sweep.tracking.recommendation import (
-    band_alias,
+from autoquant_sweep.tracking.recommendation_analysis import (
     best_per_budget,
     computed_rows,
     pareto_front,
     proxy_fidelity,
-    table_lines,
 )
-from autoquant_sweep.tracking.registry import qualifying
+from autoquant_sweep.tracking.recommendation_text import table_lines
+from autoquant_sweep.tracking.registry import band_alias, qualifying
 
 
 def _point(pair, budget, score, bits, evaluated=False, delta=math.nan):

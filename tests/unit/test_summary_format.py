@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -21,11 +20,12 @@ from autoquant_sweep.tracking.run_logging import (
 from autoquant_sweep.tracking.summary import (
     NOT_TRIED,
     REFUSED,
+    csv_text,
     format_value,
     heatmap_cells,
+    markdown_text,
     outcome,
     parent_description,
-    write_summary,
 )
 
 NAN = math.nan
@@ -74,27 +74,29 @@ ROWS = [
 ]
 
 
-def test_summary_table_is_sorted_by_the_objective_and_formatted_per_column(tmp_path: Path) -> None:
-    paths = write_summary(tmp_path, ROWS, "total_sensitivity", "t")
-    md = paths[1].read_text()
-    header = next(line for line in md.splitlines() if line.startswith("| #"))
-    assert "| quant_granularity |" in header and "| granularity |" not in header
-    body = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert [line.split(" | ")[2] for line in body] == [
+def test_summary_table_is_sorted_by_the_objective_and_formatted_per_column() -> None:
+    md = markdown_text(ROWS, "total_sensitivity", "t")
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("|") and line.strip("| ").startswith("#"))
+    assert "| quant_granularity " in header and "| granularity " not in header
+    assert lines[lines.index(header) + 1].startswith("|--")  # the alignment row follows the header
+    body = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines
+            if line.startswith("|") and line.strip("| ")[:1].isdigit()]
+    assert [cells[2] for cells in body] == [
         "w_group64",
         "w_group64",
         "a_per_token_dynamic",
         "default",
         "w_per_out_channel",
     ]  # best first
-    assert "| 2.47e-07 | 1.0 |" in body[0] and "| 10.00 |" in body[0] and "e+01" not in md
-    assert "| 35.3 |" in body[3]  # 8.73e-6 is 35x the best
+    assert body[0][4:7] == ["2.47e-07", "1.0", "2.47e-07"] and "10.00" in body[0] and "e+01" not in md
+    assert body[3][5] == "35.3"  # 8.73e-6 is 35x the best
     assert "no-op (= default)" in body[2] and "cache hit" in body[1] and "refused" in body[4]
-    assert "fp4 \\| no axis" in body[4]
-    csv_lines = paths[0].read_text().splitlines()
+    assert "fp4 \\| no axis" in body[4][-1]
+    csv_lines = csv_text(ROWS, "total_sensitivity").splitlines()
     assert csv_lines[0].startswith("run_id,quant_pair,quant_granularity,")
     assert csv_lines[1].startswith("bbbbbbbb,") and "2.473e-07" in csv_lines[1]
-    assert paths[2].read_bytes()[:4] == b"\x89PNG"
+    assert len({len(line) for line in lines if line.startswith("|")}) == 1  # columns padded to one width
 
 
 def test_number_formats() -> None:

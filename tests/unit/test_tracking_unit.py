@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from pathlib import Path
@@ -175,8 +176,9 @@ def test_callback_does_nothing_when_tracking_off(monkeypatch: pytest.MonkeyPatch
     assert callback.client is None and PARENT_RUN_ENV not in __import__("os").environ
 
 
-def test_summary_files_with_failed_cells(tmp_path: Path) -> None:
-    from autoquant_sweep.tracking.summary import write_summary
+def test_summary_texts_and_heatmap_with_failed_cells() -> None:
+    from autoquant_sweep.tracking.figures import FIGURE_SAVE
+    from autoquant_sweep.tracking.summary import heatmap_figure, markdown_text
 
     rows = [
         {"run_id": "a", "quant_pair": "wint8_aint8", "granularity": "default", "dataset_size": "small",
@@ -187,11 +189,10 @@ def test_summary_files_with_failed_cells(tmp_path: Path) -> None:
          "total_sensitivity": math.nan, "constrained_score": math.nan, "effective_bits": math.nan,
          "status": "FAILED", "cache_hit": "false", "failure_reason": "refused | because"},
     ]
-    paths = write_summary(tmp_path, rows, "total_sensitivity", "t")
-    names = ["sweep_summary.csv", "sweep_summary.md", "heatmap_total_sensitivity.png"]
-    assert [p.name for p in paths] == names
-    assert "refused \\| because" in paths[1].read_text()
-    assert paths[2].read_bytes()[:4] == b"\x89PNG"
+    assert "refused \\| because" in markdown_text(rows, "total_sensitivity", "t")
+    png = io.BytesIO()
+    heatmap_figure(rows, "total_sensitivity", "t").savefig(png, **FIGURE_SAVE)
+    assert png.getvalue()[:4] == b"\x89PNG"
 
 
 def test_sub_commands_find_the_store_a_run_in_the_same_folder_uses(tmp_path: Path,
@@ -233,9 +234,11 @@ def test_summary_rows_from_mlflow_search_runs_frame_equal_rows_from_runs(tmp_pat
     assert first["constrained_score"] == 2.5e-7 and first["outcome"] == "cache hit"
 
 
-def test_summary_logged_by_the_mlflow_client_is_byte_identical_to_the_written_files(tmp_path: Path) -> None:
-    from autoquant_sweep.tracking.recommendation import best_per_budget, log_artifacts, write_artifacts
-    from autoquant_sweep.tracking.summary import log_summary, write_summary
+def test_summary_and_recommendation_logged_by_the_mlflow_client_are_their_texts(tmp_path: Path) -> None:
+    from autoquant_sweep.tracking.recommendation import log_artifacts
+    from autoquant_sweep.tracking.recommendation_analysis import best_per_budget
+    from autoquant_sweep.tracking.recommendation_text import artifact_texts
+    from autoquant_sweep.tracking.summary import csv_text, heatmap_name, log_summary, markdown_text
 
     from .test_summary_format import ROWS
 
@@ -249,16 +252,19 @@ def test_summary_logged_by_the_mlflow_client_is_byte_identical_to_the_written_fi
               for b in (6.0, 10.0)]
     fidelity = {"objective": "constrained_score", "spearman": math.nan, "n": 0, "points": []}
     log_summary(client, parent, ROWS, "total_sensitivity", "t")
-    log_artifacts(client, parent, best_per_budget(points), points, fidelity, 10.0, "t")
-    (tmp_path / "files").mkdir()
-    written = write_summary(tmp_path / "files", ROWS, "total_sensitivity", "t")
-    written += write_artifacts(tmp_path / "files", best_per_budget(points), points, fidelity, 10.0, "t")
+    table = best_per_budget(points)
+    log_artifacts(client, parent, table, points, fidelity, 10.0, "t")
     logged = Path(client.download_artifacts(parent, "", str(tmp_path / "logged")))
-    assert sorted(p.relative_to(logged).as_posix() for p in logged.rglob("*.*")) == sorted(
-        [f"summary/{p.name}" for p in written[:3]] + [f"recommendation/{p.name}" for p in written[3:]])
-    for path in written:
-        folder = "summary" if path in written[:3] else "recommendation"
-        assert (logged / folder / path.name).read_bytes() == path.read_bytes(), path.name
+    texts = {"summary/sweep_summary.csv": csv_text(ROWS, "total_sensitivity"),
+             "summary/sweep_summary.md": markdown_text(ROWS, "total_sensitivity", "t"),
+             **{f"recommendation/{name}": text
+                for name, text in artifact_texts(table, points, fidelity, 10.0, "t").items()}}
+    pngs = [f"summary/{heatmap_name('total_sensitivity')}", "recommendation/pareto_curves.png"]
+    assert sorted(p.relative_to(logged).as_posix() for p in logged.rglob("*.*")) == sorted([*texts, *pngs])
+    for name, text in texts.items():
+        assert (logged / name).read_text() == text, name
+    for name in pngs:
+        assert (logged / name).read_bytes()[:4] == b"\x89PNG", name
 
 
 def test_start_run_dates_a_job_from_its_start_and_names_it(tmp_path: Path) -> None:

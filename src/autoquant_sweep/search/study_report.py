@@ -6,8 +6,7 @@
 * ``trials.csv``: Optuna's trial table plus ``run_id`` / ``run_name`` / ``parent_run_id``, the MLflow child
   run of each trial (see :func:`link_trials_to_runs`).
 
-PNG only by default: Optuna's plotly HTML embeds the whole plotly.js (4.6 MB per plot).
-``write_study_artifacts(..., html=True)`` adds HTML plots that share one ``plotly.min.js`` in the folder.
+PNG only (Optuna's matplotlib backend): its plotly HTML would embed the whole plotly.js (4.6 MB per plot).
 """
 
 from __future__ import annotations
@@ -191,8 +190,7 @@ def trials_frame(study: Any, runs_by_trial: Mapping[int, Any]) -> Any:
     return frame
 
 
-def write_study_artifacts(study: Any, folder: Path, *, runs: Sequence[Any] | None = None,
-                          html: bool = False) -> list[Path]:
+def write_study_artifacts(study: Any, folder: Path, *, runs: Sequence[Any] | None = None) -> list[Path]:
     """Write history, parameter importances and (two objectives) the Pareto front, plus trials.csv.
 
     ``runs``: the MLflow runs to link trials to (default: runs of the current MLflow store that started
@@ -206,7 +204,6 @@ def write_study_artifacts(study: Any, folder: Path, *, runs: Sequence[Any] | Non
     import matplotlib
 
     matplotlib.use("Agg")
-    import optuna.visualization as vis
     import optuna.visualization.matplotlib as vis_mpl
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -222,31 +219,19 @@ def write_study_artifacts(study: Any, folder: Path, *, runs: Sequence[Any] | Non
         written.append(folder / "optimization_history.png")
     except (ValueError, RuntimeError) as exc:
         log.info("optuna plot optimization_history skipped: %s", exc)
-    plots: list[tuple[str, Callable[..., Any], Callable[..., Any], dict[str, Any]]] = [
-        ("param_importances", vis_mpl.plot_param_importances, vis.plot_param_importances, target),
+    plots: list[tuple[str, Callable[..., Any], dict[str, Any]]] = [
+        ("param_importances", vis_mpl.plot_param_importances, target),
     ]
     if multi:
-        plots.append(("pareto_front", vis_mpl.plot_pareto_front, vis.plot_pareto_front,
-                      {"target_names": names[:2]}))
-    if html:
-        plots.insert(0, ("optimization_history", None, vis.plot_optimization_history, target))  # type: ignore
-    for name, mpl_plot, plotly_plot, kwargs in plots:
-        if mpl_plot is not None:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
-                    _save_png(mpl_plot(study, **kwargs), folder / f"{name}.png")
-                written.append(folder / f"{name}.png")
-            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-                log.info("optuna plot %s skipped: %s", name, exc)
-                continue
-        if html:
-            try:
-                # "directory": one plotly.min.js next to the pages instead of 4.6 MB inside each
-                plotly_plot(study, **kwargs).write_html(folder / f"{name}.html", include_plotlyjs="directory")
-                written.append(folder / f"{name}.html")
-            except (ImportError, ValueError, RuntimeError) as exc:
-                log.info("%s.html skipped: %s", name, exc)
+        plots.append(("pareto_front", vis_mpl.plot_pareto_front, {"target_names": names[:2]}))
+    for name, plot, kwargs in plots:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
+                _save_png(plot(study, **kwargs), folder / f"{name}.png")
+            written.append(folder / f"{name}.png")
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            log.info("optuna plot %s skipped: %s", name, exc)
     trials_frame(study, linked).to_csv(folder / "trials.csv", index=False)
     written.append(folder / "trials.csv")
     return written

@@ -380,7 +380,7 @@ class MlflowSweepCallback(Callback):
     def _print_outcome(self) -> None:
         """The last lines of a sweep: best recipe (canonical names), budget, achieved bits, predicted score,
         measured loss / perplexity increase, registry entry, best-per-budget table, proxy fidelity."""
-        from autoquant_sweep.tracking.recommendation import outcome_lines
+        from autoquant_sweep.tracking.recommendation_text import outcome_lines
 
         print(f"\nsweep parent run: {self.parent_run_id} (experiment '{self.settings.experiment_name}')")
         mix = getattr(self, "_mix", None)

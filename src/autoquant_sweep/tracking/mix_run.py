@@ -115,9 +115,9 @@ def trial_plan(client: Any, run_id: str) -> Any:
 
 
 def _plot_curves(curve: Sequence[MixPoint], singles: Mapping[str, Sequence[MixPoint]], title: str) -> Any:
-    from autoquant_sweep.tracking.recommendation import _figure
+    from autoquant_sweep.tracking.figures import new_figure
 
-    fig = _figure()
+    fig = new_figure()
     fig.subplots_adjust(left=0.13, right=0.70, top=0.9, bottom=0.12)
     ax = fig.add_subplot()
     for label, points in sorted(singles.items()):
@@ -136,11 +136,11 @@ def _plot_curves(curve: Sequence[MixPoint], singles: Mapping[str, Sequence[MixPo
 
 
 def _plot_map(point: MixPoint, labels: Sequence[str], title: str) -> Any:
-    from autoquant_sweep.tracking.recommendation import _figure
+    from autoquant_sweep.tracking.figures import new_figure
 
     columns = [*labels, KEEP_16]
     groups = list(point.choice)
-    fig = _figure(width=2.5 + 0.9 * len(columns), height=1.2 + 0.22 * len(groups))
+    fig = new_figure(width=2.5 + 0.9 * len(columns), height=1.2 + 0.22 * len(groups))
     height = fig.get_figheight()
     fig.subplots_adjust(left=0.45, right=0.97, top=1 - 0.5 / height, bottom=0.9 / height)
     ax = fig.add_subplot()
