@@ -267,6 +267,41 @@ def test_summary_and_recommendation_logged_by_the_mlflow_client_are_their_texts(
         assert (logged / name).read_bytes()[:4] == b"\x89PNG", name
 
 
+def test_one_log_batch_call_logs_more_than_one_request_holds(tmp_path: Path) -> None:
+    """MLflow 3.17's ``MlflowClient.log_batch`` splits into its per-request limits (100 params, 100 tags,
+    1000 values) itself, so a run's values go in one call (run_logging._log_batch)."""
+    from autoquant_sweep.tracking.run_logging import _log_batch
+
+    client = connect(settings_from_cfg({"tracking": {"mode": "local",
+                                                     "tracking_uri": f"sqlite:///{tmp_path}/m.db"}}))
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    params = {f"p{i}": str(i) for i in range(150)}
+    tags = {f"t{i}": str(i) for i in range(120)}
+    _log_batch(client, run_id, params, [("m", float(i), i) for i in range(1500)], tags)
+    data = client.get_run(run_id).data
+    assert data.params == params and {k: v for k, v in data.tags.items() if k.startswith("t")} == tags
+    assert [h.value for h in client.get_metric_history(run_id, "m")] == [float(i) for i in range(1500)]
+
+
+def test_creation_tags_carry_the_git_commit_of_the_checkout_that_runs(monkeypatch: pytest.MonkeyPatch):
+    """MLflow 3.17's run context (``resolve_tags``) reads the commit of the script's repository."""
+    import subprocess
+    import sys
+
+    from autoquant_sweep.paths import project_root
+    from autoquant_sweep.tracking.run_logging import creation_tags
+
+    root = project_root()
+    if root is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    monkeypatch.setattr(sys, "argv", [str(root / "experiments" / "sensitivity.py")])
+    tags = creation_tags({"mlflow.runName": "mine", "mlflow.user": "someone"})
+    assert tags["mlflow.source.git.commit"] == head and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.runName"] == "mine" and tags["mlflow.user"] == "someone"  # given tags win
+
+
 def test_start_run_dates_a_job_from_its_start_and_names_it(tmp_path: Path) -> None:
     """The pipeline creates a job's run after the plan and the lookup; its start time is the job's."""
     from autoquant_sweep.tracking.run_logging import start_run

@@ -203,6 +203,7 @@ class MlflowSweepCallback(Callback):
             _exit_one_line(f"tracking: cannot open the sweep's MLflow parent run: {_first_line(exc)}")
 
     def _open_parent(self, config: DictConfig) -> None:
+        from autoquant_sweep.tracking.run_logging import RUN_NAME_TAG, creation_tags
         from autoquant_sweep.tracking.store import PARENT_RUN_ENV, ensure_experiment
 
         self.experiment_id = ensure_experiment(self.client, self.settings)
@@ -212,13 +213,13 @@ class MlflowSweepCallback(Callback):
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
-            tags={
-                "mlflow.runName": name,
+            tags=creation_tags({
+                RUN_NAME_TAG: name,
                 "sweep": "true",
                 "sweep_dir": str(OmegaConf.select(config, "hydra.sweep.dir", default="")),
                 "sweeper": str(OmegaConf.select(config, "hydra.sweeper._target_", default="")),
                 "launcher": str(OmegaConf.select(config, "hydra.launcher._target_", default="")),
-            },
+            }),
         )
         self.parent_run_id = run.info.run_id
         self._after_parent_start(config)

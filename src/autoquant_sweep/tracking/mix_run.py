@@ -226,7 +226,7 @@ def run_mix(client: Any, experiment_id: str, runs: Sequence[Any], *, parent_run_
     )
     from autoquant_sweep.recipe import budget_step, recipe_json
     from autoquant_sweep.report import dump_json
-    from autoquant_sweep.tracking.run_logging import NOTE_TAG, RUN_NAME_TAG
+    from autoquant_sweep.tracking.run_logging import NOTE_TAG, RUN_NAME_TAG, creation_tags
 
     t0 = time.perf_counter()
     trials, excluded = collect_trials(client, runs)
@@ -257,7 +257,7 @@ def run_mix(client: Any, experiment_id: str, runs: Sequence[Any], *, parent_run_
     tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
     tags.update({KIND_TAG: "mix", RUN_NAME_TAG: name, "scoring_fingerprint": key, "model": model,
                  "quant_pair": "mix", "quant_granularity": "mix"})
-    run = client.create_run(experiment_id, tags=tags, run_name=name)
+    run = client.create_run(experiment_id, tags=creation_tags(tags), run_name=name)
     run_id = run.info.run_id
     description = mix_description(point, excluded, mixed)
     if measured:

@@ -17,6 +17,7 @@ from typing import Any
 
 from autoquant_sweep.objectives import finite
 from autoquant_sweep.tracking.figures import FIGURE_SAVE, new_figure
+from autoquant_sweep.tracking.run_logging import NOTE_TAG
 
 OBJECTIVE_COLUMNS = ("total_sensitivity", "constrained_score", "effective_bits")
 # metrics other helpers log when they are measured (shown only when at least one row has them)
@@ -27,7 +28,6 @@ COLUMNS = (
 )
 SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_MD = "sweep_summary.md"
-NOTE_TAG = "mlflow.note.content"
 SCIENTIFIC = {"total_sensitivity", "constrained_score", "eval_loss_delta", "format_bits"}
 PERCENT = {"ppl_increase_pct"}
 # cell states of the heatmap besides a value
