@@ -15,7 +15,8 @@ from autoquant_sweep.run_settings import RunSettings, default_settings, settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_export_command", "add_run_setting_args", "cmd_export", "version_settings"]
+__all__ = ["add_checkpoint_command_args", "add_export_command", "add_run_setting_args", "cmd_export",
+           "version_settings"]
 
 
 def add_run_setting_args(p: argparse.ArgumentParser) -> None:
@@ -117,16 +118,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_export_command(sub: Any) -> None:
-    """Register ``export`` on the ``autoquant-sweep`` sub-parsers."""
+def add_checkpoint_command_args(p: argparse.ArgumentParser, out_help: str) -> None:
+    """The flags of a command that writes a checkpoint from a registered version (``apply``, ``export``):
+    the version and its store, ``--out`` / ``--force`` and the run settings."""
     from autoquant_sweep.tracking.registry_args import add_version_args
 
-    p = sub.add_parser("export", help="export a registered recipe as ModelOpt's unified Hugging Face "
-                                      "checkpoint (labels checked first, faithfulness checked after)")
     add_version_args(p)
-    p.add_argument("--out", required=True, help="folder for the checkpoint (new or empty)")
+    p.add_argument("--out", required=True, help=out_help)
     p.add_argument("--force", action="store_true",
                    help="replace a non-empty --out folder as a whole (written aside, then swapped in)")
-    p.add_argument("--no-log", action="store_true", help="do not log the export to MLflow")
     add_run_setting_args(p)
+
+
+def add_export_command(sub: Any) -> None:
+    """Register ``export`` on the ``autoquant-sweep`` sub-parsers."""
+    p = sub.add_parser("export", help="export a registered recipe as ModelOpt's unified Hugging Face "
+                                      "checkpoint (labels checked first, faithfulness checked after)")
+    add_checkpoint_command_args(p, "folder for the checkpoint (new or empty)")
+    p.add_argument("--no-log", action="store_true", help="do not log the export to MLflow")
     p.set_defaults(func=cmd_export)

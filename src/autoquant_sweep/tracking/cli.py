@@ -352,17 +352,13 @@ def add_tracking_commands(sub: Any) -> None:
                    help="the uniform pair x granularity config instead of the per-layer recipe")
     p.set_defaults(func=cmd_lookup)
 
+    from autoquant_sweep.export_cli import add_checkpoint_command_args
+
     p = sub.add_parser("apply", help="quantize a checkpoint with a registered config and save it")
-    add_version_args(p)
-    p.add_argument("--out", required=True, help="folder for the quantized checkpoint (new or empty)")
-    p.add_argument("--force", action="store_true",
-                   help="replace a non-empty --out folder as a whole (written aside, then swapped in)")
+    add_checkpoint_command_args(p, "folder for the quantized checkpoint (new or empty)")
     p.add_argument("--size", default=None, choices=("small", "medium", "large"),
                    help="calibrate on the embedded captions subset of this size "
                         "(default: the run's captions)")
-    from autoquant_sweep.export_cli import add_run_setting_args
-
-    add_run_setting_args(p)
     p.add_argument("--uniform", action="store_true",
                    help="apply the uniform pair x granularity config instead of the per-layer recipe")
     p.set_defaults(func=cmd_apply)
