@@ -35,19 +35,9 @@ def add_run_setting_args(p: argparse.ArgumentParser) -> None:
 
 def version_manifest(mv: Any, tracking_uri: str) -> dict[str, Any] | None:
     """The manifest of the run that computed a version (``None``: a run without a logged report)."""
-    import mlflow.artifacts
+    from autoquant_sweep.tracking.registry import run_manifest, store_client
 
-    from autoquant_sweep.report import MANIFEST
-    from autoquant_sweep.tracking.registry import _client
-    from autoquant_sweep.tracking.run_logging import REPORT_ARTIFACT_DIR
-
-    if not mv.run_id:
-        return None
-    try:
-        uri = f"{_client(tracking_uri).get_run(mv.run_id).info.artifact_uri}/{REPORT_ARTIFACT_DIR}/{MANIFEST}"
-        return mlflow.artifacts.load_dict(uri)
-    except Exception:  # a version from before reports were logged: the old defaults
-        return None
+    return run_manifest(store_client(tracking_uri), mv.run_id) if mv.run_id else None
 
 
 def version_settings(mv: Any, tracking_uri: str, args: argparse.Namespace) -> RunSettings:
@@ -81,7 +71,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from autoquant_sweep.export_labels import checkpoint_label, group_labels
     from autoquant_sweep.layout import check_out_dir
     from autoquant_sweep.recipe import quantize_config_from_json
-    from autoquant_sweep.tracking.registry import _client, get_version
+    from autoquant_sweep.tracking.registry import get_version, store_client
     from autoquant_sweep.tracking.registry_args import tracking_uri, version_line
 
     out = Path(args.out)
@@ -112,7 +102,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"unified checkpoint ({report['quant_algo']}, {report['bytes']['total'] / 2**20:.2f} MiB, export "
           f"{report['seconds']['export_hf_checkpoint']:.2f} s) -> {out}")
     if not args.no_log:
-        where = log_export(_client(uri), mv, out, report)
+        where = log_export(store_client(uri), mv, out, report)
         print(f"logged to MLflow: logged model {where['model_id']} at {where['artifact_location']} "
               f"(version tag export.{where['quant_algo']})")
     return 0

@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from autoquant_sweep.figures import FIGURE_SAVE
+
 MANIFEST = "manifest.json"
 PER_LAYER_JSON = "per_layer.json"
 PER_LAYER_MD = "per_layer.md"
@@ -23,7 +25,6 @@ REPORT_FILES = (MANIFEST, PER_LAYER_JSON, PER_LAYER_MD, PER_LAYER_CSV, PER_LAYER
 RECIPE_FILES = (RECIPE_CFG, RECIPE_CURVE_JSON, RECIPE_CURVE_PNG)
 #: the report's images, relative to the report folder (``write_report(..., plots=False)`` leaves them out)
 PLOT_FILES = (PER_LAYER_PNG, f"{RECIPE_DIR}/{RECIPE_CURVE_PNG}")
-PNG_DPI = 100
 CSV_COLUMNS = ("rank", "group", "modules", "score", "cost", "uncompressed_cost", "bits", "chosen_in_budget")
 
 
@@ -128,7 +129,7 @@ def _figure(width: float, height: float) -> Any:
 
 def _save_png(fig: Any, path: Path) -> None:
     # No Software metadata: the PNG bytes do not depend on the matplotlib build.
-    fig.savefig(path, dpi=PNG_DPI, metadata={"Software": None})
+    fig.savefig(path, **FIGURE_SAVE)
 
 
 def plot_sensitivity(path: Path, manifest: Mapping[str, Any]) -> None:

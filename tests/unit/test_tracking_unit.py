@@ -177,7 +177,7 @@ def test_callback_does_nothing_when_tracking_off(monkeypatch: pytest.MonkeyPatch
 
 
 def test_summary_texts_and_heatmap_with_failed_cells() -> None:
-    from autoquant_sweep.tracking.figures import FIGURE_SAVE
+    from autoquant_sweep.figures import FIGURE_SAVE
     from autoquant_sweep.tracking.summary import heatmap_figure, markdown_text
 
     rows = [

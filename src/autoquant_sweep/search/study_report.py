@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from autoquant_sweep.figures import FIGURE_SAVE
+
 log = logging.getLogger(__name__)
 
 KNOWN_OBJECTIVES = ("total_sensitivity", "constrained_score")
@@ -52,7 +54,7 @@ def _save_png(axes_or_fig: Any, path: Path) -> None:
         fig = axes_or_fig.flat[0].figure
     fig.set_size_inches(9, 5.5)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
+    fig.savefig(path, **FIGURE_SAVE)
     plt.close(fig)
 
 
@@ -172,7 +174,7 @@ def plot_history(study: Any, path: Path, objective: str) -> None:
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="quant_pair", title_fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
+    fig.savefig(path, **FIGURE_SAVE)
     plt.close(fig)
 
 

@@ -49,13 +49,13 @@ def version_recipe(mv: Any, store_uri: str | None = None) -> dict[str, Any]:
     computing run, ``{}`` for versions registered before recipes existed."""
     if not mv.run_id or not mv.tags.get("artifact"):
         return {}
-    from autoquant_sweep.tracking.registry import _client, run_recipe_summary
+    from autoquant_sweep.tracking.registry import run_recipe_summary, store_client
 
     if mv.tags.get("artifact", "").startswith("mix/"):  # a mix version: its run has no report
         from autoquant_sweep.tracking.mix_run import mix_recipe_summary
 
-        return mix_recipe_summary(_client(store_uri), mv.run_id)
-    return run_recipe_summary(_client(store_uri), mv.run_id)
+        return mix_recipe_summary(store_client(store_uri), mv.run_id)
+    return run_recipe_summary(store_client(store_uri), mv.run_id)
 
 
 def check_out_file(out: Path, key: str = "--out") -> None:

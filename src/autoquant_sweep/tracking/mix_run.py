@@ -115,7 +115,7 @@ def trial_plan(client: Any, run_id: str) -> Any:
 
 
 def _plot_curves(curve: Sequence[MixPoint], singles: Mapping[str, Sequence[MixPoint]], title: str) -> Any:
-    from autoquant_sweep.tracking.figures import new_figure
+    from autoquant_sweep.figures import new_figure
 
     fig = new_figure()
     fig.subplots_adjust(left=0.13, right=0.70, top=0.9, bottom=0.12)
@@ -136,7 +136,7 @@ def _plot_curves(curve: Sequence[MixPoint], singles: Mapping[str, Sequence[MixPo
 
 
 def _plot_map(point: MixPoint, labels: Sequence[str], title: str) -> Any:
-    from autoquant_sweep.tracking.figures import new_figure
+    from autoquant_sweep.figures import new_figure
 
     columns = [*labels, KEEP_16]
     groups = list(point.choice)
@@ -162,7 +162,7 @@ def _register(client: Any, run_id: str, point: MixPoint, measured: Mapping[str, 
     from autoquant_sweep.recipe import recipe_json
     from autoquant_sweep.tracking.registry import (
         BEST_ALIAS,
-        _alias_version,
+        alias_version,
         registered_name,
         settle_aliases,
         version_description,
@@ -201,7 +201,7 @@ def _register(client: Any, run_id: str, point: MixPoint, measured: Mapping[str, 
     version = client.create_model_version(name, source=f"{run.info.artifact_uri}/{MIX_DIR}", run_id=run_id,
                                           tags=tags, description=version_description(tags))
     value = float(value)
-    previous = _alias_version(client, name, BEST_ALIAS)
+    previous = alias_version(client, name, BEST_ALIAS)
     # the aliases go to the best satisfied version of all (registry.settle_alias): the mix takes them only
     # when it is strictly better (ties stay with the older version), whatever other sweeps do meanwhile
     aliases = settle_aliases(client, name, version.version, tags)
@@ -386,10 +386,10 @@ def dump(result: Mapping[str, Any]) -> str:
 def cmd_mix(args: Any) -> int:
     """``autoquant-sweep mix``: mix the trials of a sweep's parent run, an Optuna study or an experiment,
     log the mix run and register it; print the answer."""
-    from autoquant_sweep.tracking.registry import _client
+    from autoquant_sweep.tracking.registry import store_client
     from autoquant_sweep.tracking.registry_args import tracking_uri
 
-    client = _client(tracking_uri(args))
+    client = store_client(tracking_uri(args))
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
         raise UserInputError(f"--experiment: no MLflow experiment '{args.experiment}' in "

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from autoquant_sweep.figures import FIGURE_SAVE
 from autoquant_sweep.objectives import finite
-from autoquant_sweep.tracking.figures import FIGURE_SAVE
 from autoquant_sweep.tracking.recommendation_analysis import (
     best_per_budget,
     curve_points,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from autoquant_sweep.figures import new_figure
 from autoquant_sweep.objectives import finite
-from autoquant_sweep.tracking.figures import new_figure
 from autoquant_sweep.tracking.recommendation_analysis import pareto_front
 
 PARETO_PNG = "pareto_curves.png"

@@ -75,7 +75,7 @@ def band_alias(budget: float) -> str:
     return f"best-b{text}"
 
 
-def _alias_version(client: Any, name: str, alias: str) -> Any | None:
+def alias_version(client: Any, name: str, alias: str) -> Any | None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -149,7 +149,7 @@ def settle_alias(client: Any, name: str, alias: str, study_tags: Mapping[str, st
     and the end state does not depend on timing. A holder measured on another study keeps the alias.
     """
     for _ in range(attempts):
-        current = _alias_version(client, name, alias)
+        current = alias_version(client, name, alias)
         if current is not None and not _same_study(current.tags, study_tags):
             log.warning("registry: %s@%s (v%s) was measured on another dataset/objective/budget; alias kept",
                         name, alias, current.version)
@@ -158,7 +158,7 @@ def settle_alias(client: Any, name: str, alias: str, study_tags: Mapping[str, st
         if best is None or (current is not None and current.version == best.version):
             return current
         client.set_registered_model_alias(name, alias, best.version)
-    return _alias_version(client, name, alias)
+    return alias_version(client, name, alias)
 
 
 def register_best(client: Any, rows: Sequence[Mapping[str, Any]], objective: str) -> dict[str, Any] | None:
@@ -244,8 +244,9 @@ def settle_aliases(client: Any, name: str, version: str, version_tags: Mapping[s
             "band_moved": band_holder is not None and band_holder.version == version}
 
 
-def run_recipe_summary(client: Any, run_id: str) -> dict[str, Any]:
-    """The ``recipe`` section of a run's manifest (empty when it has none)."""
+def run_manifest(client: Any, run_id: str) -> dict[str, Any] | None:
+    """The manifest a run logged with its report (``None``: a run without one, e.g. from before reports
+    were logged)."""
     import mlflow.artifacts
 
     from autoquant_sweep.report import MANIFEST
@@ -253,12 +254,17 @@ def run_recipe_summary(client: Any, run_id: str) -> dict[str, Any]:
 
     try:
         uri = f"{client.get_run(run_id).info.artifact_uri}/{REPORT_ARTIFACT_DIR}/{MANIFEST}"
-        return mlflow.artifacts.load_dict(uri).get("recipe") or {}
-    except Exception:  # a run without a report: counts stay "?"-free zeros
-        return {}
+        return mlflow.artifacts.load_dict(uri)
+    except Exception:  # no report, or no such run: the caller's defaults apply
+        return None
 
 
-def _client(tracking_uri: str | None) -> Any:
+def run_recipe_summary(client: Any, run_id: str) -> dict[str, Any]:
+    """The ``recipe`` section of a run's manifest (empty when it has none)."""
+    return (run_manifest(client, run_id) or {}).get("recipe") or {}
+
+
+def store_client(tracking_uri: str | None) -> Any:
     """A client of ``tracking_uri``, else of the store a run would use (``$MLFLOW_TRACKING_URI``, else
     ``<root>/mlflow.db``: :func:`~autoquant_sweep.tracking.store.resolve_tracking_uri`)."""
     from autoquant_sweep.tracking.store import TrackingSettings, connect, resolve_tracking_uri
@@ -285,7 +291,7 @@ def get_version(name: str, alias: str | None = BEST_ALIAS, version: int | str | 
     (``recipe/quant_cfg.json``; with ``uniform`` the uniform ``config/effective_quant_cfg.json``)."""
     from mlflow.exceptions import MlflowException
 
-    client = _client(tracking_uri)
+    client = store_client(tracking_uri)
     try:
         mv = (client.get_model_version(name, str(version)) if version is not None
               else client.get_model_version_by_alias(name, alias or BEST_ALIAS))

@@ -15,8 +15,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from autoquant_sweep.figures import FIGURE_SAVE, new_figure
 from autoquant_sweep.objectives import finite
-from autoquant_sweep.tracking.figures import FIGURE_SAVE, new_figure
 from autoquant_sweep.tracking.run_logging import NOTE_TAG
 
 OBJECTIVE_COLUMNS = ("total_sensitivity", "constrained_score", "effective_bits")

@@ -1,11 +1,12 @@
-"""The one way the tracking side draws: a matplotlib ``Figure`` without pyplot state, saved with fixed
-settings so that the same data gives the same PNG bytes."""
+"""How the project's PNGs are saved (fixed settings: the same data gives the same bytes) and the
+pyplot-free ``Figure`` the tracking side draws on."""
 
 from __future__ import annotations
 
 from typing import Any
 
-FIGURE_SAVE = {"dpi": 100, "metadata": {"Software": None}}  # reproducible PNG bytes
+PNG_DPI = 100
+FIGURE_SAVE = {"dpi": PNG_DPI, "metadata": {"Software": None}}  # no version stamp: reproducible PNG bytes
 
 
 def new_figure(width: float = 7.0, height: float = 4.5) -> Any:
