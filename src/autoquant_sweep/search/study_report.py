@@ -4,7 +4,7 @@
   ``quant_pair`` and labelled with its granularity, the best-so-far line, failed / refused trials marked;
 * ``param_importances.png`` and, for two objectives, ``pareto_front.png`` (Optuna's matplotlib plots);
 * ``trials.csv``: Optuna's trial table plus ``run_id`` / ``run_name`` / ``parent_run_id``, the MLflow child
-  run of each trial (see :func:`link_trials_to_runs`).
+  run of each trial (see :func:`link_trials_to_runs`, :func:`stamp_trial_job`).
 
 PNG only (Optuna's matplotlib backend): its plotly HTML would embed the whole plotly.js (4.6 MB per plot).
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,7 +24,10 @@ from autoquant_sweep.figures import FIGURE_SAVE
 log = logging.getLogger(__name__)
 
 KNOWN_OBJECTIVES = ("total_sensitivity", "constrained_score")
-LINK_SLACK_MS = 2000  # a trial's run starts within its trial's time window, give or take this
+#: Optuna trial user attrs naming the job a trial ran as: the sweep's MLflow parent run and the Hydra job
+#: number (the job's run has the same parent and the tag ``run_logging.JOB_NUM_TAG``)
+TRIAL_PARENT_ATTR = "aqs_parent_run_id"
+TRIAL_JOB_ATTR = "aqs_job_num"
 
 
 def load_study(storage: str, study_name: str) -> Any:
@@ -62,45 +66,44 @@ def _ms(value: Any) -> float | None:
     return value.timestamp() * 1000.0 if value is not None else None
 
 
-def link_trials_to_runs(trials: Sequence[Any], runs: Sequence[Any]) -> dict[int, Any]:
-    """Trial number -> the MLflow run that computed it.
+def stamp_trial_job(trial: Any) -> None:
+    """Stamp a just-asked trial with the sweep's parent run and the Hydra job number it will run as.
 
-    The Hydra job of a trial does not know its trial number, so the link is made from what both sides
-    record: the trial's params equal the run's params (``quant_pair``, ``quant_granularity``, ...) and
-    the run started inside the trial's time window (``datetime_start`` .. ``datetime_complete``, give or
-    take :data:`LINK_SLACK_MS`). When several runs fit, the one that started closest to the trial wins;
-    each run is used once.
+    The Optuna plugin launches a sweep's trials as jobs 0, 1, 2, ... in the order it asks for them, so the
+    job number is the count of this sweep's trials asked before this one. Nothing is stamped outside a
+    tracked sweep (no parent run).
     """
-    used: set[str] = set()
+    from autoquant_sweep.tracking.store import PARENT_RUN_ENV
+
+    parent = os.environ.get(PARENT_RUN_ENV)
+    if not parent:
+        return
+    asked = trial.study.get_trials(deepcopy=False)
+    job = sum(1 for t in asked if t.user_attrs.get(TRIAL_PARENT_ATTR) == parent)
+    trial.set_user_attr(TRIAL_PARENT_ATTR, parent)
+    trial.set_user_attr(TRIAL_JOB_ATTR, job)
+
+
+def link_trials_to_runs(trials: Sequence[Any], runs: Sequence[Any]) -> dict[int, Any]:
+    """Trial number -> the MLflow run of its job: the run under the trial's parent run
+    (:data:`TRIAL_PARENT_ATTR`) whose Hydra job number (tag ``JOB_NUM_TAG``) is the trial's
+    (:data:`TRIAL_JOB_ATTR`, :func:`stamp_trial_job`). Trials of untracked sweeps link to nothing."""
+    from autoquant_sweep.tracking.run_logging import JOB_NUM_TAG
+
+    by_job = {(r.data.tags.get("mlflow.parentRunId"), r.data.tags.get(JOB_NUM_TAG)): r for r in runs}
     out: dict[int, Any] = {}
-    for trial in sorted(trials, key=lambda t: t.number):
-        start = _ms(trial.datetime_start)
-        if start is None:
-            continue
-        end = _ms(trial.datetime_complete) or float("inf")
-        best, best_gap = None, float("inf")
-        for run in runs:
-            rid, params = run.info.run_id, run.data.params
-            if rid in used or run.info.start_time is None:
-                continue
-            if any(str(params.get(k)) != str(v) for k, v in trial.params.items()):
-                continue
-            t = float(run.info.start_time)
-            if not start - LINK_SLACK_MS <= t <= end + LINK_SLACK_MS:
-                continue
-            gap = abs(t - start)
-            if gap < best_gap:
-                best, best_gap = run, gap
-        if best is not None:
-            used.add(best.info.run_id)
-            out[trial.number] = best
+    for trial in trials:
+        key = (trial.user_attrs.get(TRIAL_PARENT_ATTR), str(trial.user_attrs.get(TRIAL_JOB_ATTR)))
+        if key in by_job:
+            out[trial.number] = by_job[key]
     return out
 
 
 def mlflow_runs_for(study: Any, client: Any = None) -> list[Any]:
-    """Child runs (any experiment) that started after the study's first trial, from the current store."""
-    starts = [_ms(t.datetime_start) for t in study.trials if t.datetime_start is not None]
-    if not starts:
+    """The child runs of every sweep parent the study's trials name (:data:`TRIAL_PARENT_ATTR`), from the
+    current store (any experiment)."""
+    parents = sorted({p for t in study.trials if (p := t.user_attrs.get(TRIAL_PARENT_ATTR))})
+    if not parents:
         return []
     try:
         if client is None:
@@ -110,8 +113,8 @@ def mlflow_runs_for(study: Any, client: Any = None) -> list[Any]:
         experiments = [e.experiment_id for e in client.search_experiments()]
         if not experiments:
             return []
-        since = int(min(starts) - LINK_SLACK_MS)
-        return list(client.search_runs(experiments, f"attributes.start_time >= {since}", max_results=5000))
+        return [run for parent in parents for run in client.search_runs(
+            experiments, f"tags.mlflow.parentRunId = '{parent}'", max_results=5000)]
     except Exception as exc:  # the table is still useful without run ids
         log.info("trials.csv: no MLflow runs to link (%s)", exc)
         return []
@@ -195,9 +198,9 @@ def trials_frame(study: Any, runs_by_trial: Mapping[int, Any]) -> Any:
 def write_study_artifacts(study: Any, folder: Path, *, runs: Sequence[Any] | None = None) -> list[Path]:
     """Write history, parameter importances and (two objectives) the Pareto front, plus trials.csv.
 
-    ``runs``: the MLflow runs to link trials to (default: runs of the current MLflow store that started
-    after the study's first trial). A plot that cannot be drawn for this study (e.g. importances with a
-    single completed trial) is skipped with a log line rather than failing the sweep.
+    ``runs``: the MLflow runs to link trials to (default: the children of the sweeps that ran the study's
+    trials, from the current MLflow store). A plot that cannot be drawn for this study (e.g. importances
+    with a single completed trial) is skipped with a log line rather than failing the sweep.
 
     Example:
         >>> study = load_study("sqlite:///optuna.db", "my-study")  # doctest: +SKIP

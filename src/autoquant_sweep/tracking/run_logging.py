@@ -31,6 +31,7 @@ TABLE_FILE = "per_layer_table.json"
 LAYER_SCORE_METRIC = "layer_score"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (Markdown)
 RUN_NAME_TAG = "mlflow.runName"  # set in a log_batch, MLflow also renames the run
+JOB_NUM_TAG = "hydra_job_num"  # a sweep job's number; its Optuna trial has it too (study_report)
 FAILURE_ARTIFACT_DIR = "failure"
 # metrics too small to read in MLflow's table and charts (2.47e-7 shows as "2.47300962..."): each also
 # gets ``log10_<name>`` (-6.61), which sorts the same way and reads at a glance
@@ -235,6 +236,17 @@ def run_name(c: Mapping[str, Any], status: str | None = None) -> str:
     return f"{name} [{status}]" if status else name
 
 
+def _hydra_job_num() -> str | None:
+    """The number Hydra launched this job as in a multirun (``hydra.job.num``), None outside one."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return None
+    num = OmegaConf.select(HydraConfig.get(), "job.num", default=None, throw_on_missing=False)
+    return None if num is None else str(num)
+
+
 def start_run(client: Any, experiment_id: str, c: Mapping[str, Any], parent_run_id: str | None,
               start_time: int | None = None, owner: str | None = None) -> Any:
     """Create the MLflow run of one job (a child of ``parent_run_id`` when in a sweep).
@@ -248,6 +260,9 @@ def start_run(client: Any, experiment_id: str, c: Mapping[str, Any], parent_run_
     tags = {RUN_NAME_TAG: run_name(c)}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
+        job_num = _hydra_job_num()
+        if job_num is not None:
+            tags[JOB_NUM_TAG] = job_num
     if owner:
         tags[OWNER_TAG] = owner
     return client.create_run(experiment_id, start_time=start_time, tags=creation_tags(tags),
