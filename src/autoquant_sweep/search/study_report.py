@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from autoquant_sweep.figures import FIGURE_SAVE
+from autoquant_sweep.objectives import OBJECTIVES
 
 log = logging.getLogger(__name__)
 
-KNOWN_OBJECTIVES = ("total_sensitivity", "constrained_score")
 #: Optuna trial user attrs naming the job a trial ran as: the sweep's MLflow parent run and the Hydra job
 #: number (the job's run has the same parent and the tag ``run_logging.JOB_NUM_TAG``)
 TRIAL_PARENT_ATTR = "aqs_parent_run_id"
@@ -47,7 +47,7 @@ def objective_names(study: Any) -> list[str]:
     if len(study.directions) > 1:
         return ["total_sensitivity", "format_bits"]
     tail = str(getattr(study, "study_name", "")).rsplit("-", 1)[-1]
-    return [tail if tail in KNOWN_OBJECTIVES else "objective"]
+    return [tail if tail in OBJECTIVES else "objective"]
 
 
 def _save_png(axes_or_fig: Any, path: Path) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from autoquant_sweep.errors import UserInputError
+from autoquant_sweep.objectives import finite
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,10 @@ def qualifying(rows: Sequence[Mapping[str, Any]], objective: str) -> list[Mappin
     out = []
     for row in rows:
         value = row.get(objective, math.nan)
-        finite = isinstance(value, float) and math.isfinite(value)
-        positive = objective not in POSITIVE_OBJECTIVES or (finite and value > 0)
+        counts = finite(value)
+        positive = objective not in POSITIVE_OBJECTIVES or (counts and value > 0)
         satisfied = row.get("recipe_satisfied", 1.0) == 1.0
-        if row.get("status") == "FINISHED" and finite and positive and satisfied:
+        if row.get("status") == "FINISHED" and counts and positive and satisfied:
             out.append(row)
     return out
 

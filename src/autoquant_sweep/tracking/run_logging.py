@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from autoquant_sweep.objectives import finite
 from autoquant_sweep.report import RECIPE_DIR, REPORT_FILES, dump_json
 
 log = logging.getLogger(__name__)
@@ -360,7 +361,7 @@ def child_description(c: Mapping[str, Any], manifest: Mapping[str, Any], *, cach
     objective = str(c.get("autoquant", {}).get("objective", ""))
     numbers = []
     for key in sorted(("total_sensitivity", "constrained_score"), key=lambda k: k != objective):
-        if key in obj and isinstance(obj[key], (int, float)) and math.isfinite(obj[key]):
+        if key in obj and finite(obj[key]):
             log10 = f" (log10 {math.log10(obj[key]):.2f})" if obj[key] > 0 else ""
             numbers.append(f"{key} {_fmt_metric(obj[key])}{log10}")
     if "effective_bits" in obj:

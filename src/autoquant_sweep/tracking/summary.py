@@ -70,8 +70,8 @@ def outcome(row: Mapping[str, Any]) -> str:
 def _sort_key(objective: str) -> Any:
     def key(r: Mapping[str, Any]) -> tuple:
         v = r.get(objective, math.nan)
-        finite = isinstance(v, float) and math.isfinite(v)
-        return (not finite, v if finite else 0.0, r.get("quant_pair", ""), _granularity(r),
+        counts = finite(v)
+        return (not counts, v if counts else 0.0, r.get("quant_pair", ""), _granularity(r),
                 r.get("dataset_size", ""), r.get("run_id", ""))
     return key
 
