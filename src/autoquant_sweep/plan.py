@@ -46,6 +46,7 @@ from autoquant_sweep.modeling import (
 )
 from autoquant_sweep.quant.overlay import apply_overlay
 from autoquant_sweep.quant.summary import summarize_format
+from autoquant_sweep.user_data import eval_split
 
 log = logging.getLogger(__name__)
 
@@ -275,16 +276,6 @@ def _check_against_checkpoint(
             f"quant_pair"
         )
     return minimum
-
-
-def eval_split(c: dict[str, Any]) -> tuple[str, list[str]] | None:
-    """``(source, captions)`` of the held-out split a run evaluates on, None when nothing is evaluated."""
-    if not c["autoquant"].get("evaluate", True):
-        return None
-    d = c["dataset"]
-    return data_mod.resolve_eval_captions(
-        d.get("root"), d.get("path"), d.get("eval_path"), d.get("eval_samples")
-    )
 
 
 def plan_run(cfg: DictConfig | dict) -> RunPlan:

@@ -128,7 +128,7 @@ def read_record(text: str | bytes, where: str) -> dict[str, Any]:
 
 def format_from_json(fmt: Mapping[str, Any]) -> dict[str, Any]:
     """A record's ``format`` back into the dict ModelOpt took (int ``block_sizes`` keys, rule list)."""
-    from autoquant_sweep.tracking.registry import quantize_config_from_json
+    from autoquant_sweep.recipe import quantize_config_from_json
 
     return quantize_config_from_json(json.dumps(fmt))
 

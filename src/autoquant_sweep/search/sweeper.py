@@ -136,13 +136,17 @@ OWNER_HOOK = f"{__name__}.record_trial_owner"
 
 
 def record_trial_owner(cfg: DictConfig, trial: optuna.trial.Trial) -> None:
-    """The plugin's ``custom_search_space`` hook: stamp ``trial`` with its owner process, then run the
-    user's own hook (``hydra.sweeper.custom_search_space``), if one is configured.
+    """The plugin's ``custom_search_space`` hook: stamp ``trial`` with its owner process and the job it
+    runs as (:func:`~autoquant_sweep.search.study_report.stamp_trial_job`), then run the user's own hook
+    (``hydra.sweeper.custom_search_space``), if one is configured.
 
     The plugin calls it right after ``study.ask()``, before the trial's job is launched. The user's hook
     is instantiated the way the plugin instantiates its own (Hydra's execution whitelist applies).
     """
+    from autoquant_sweep.search.study_report import stamp_trial_job
+
     trial.set_user_attr(faults.OWNER_ATTR, faults.owner())
+    stamp_trial_job(trial)
     user_hook = OmegaConf.select(cfg, "hydra.sweeper.custom_search_space", default=None)
     if user_hook and user_hook != OWNER_HOOK:
         instantiate({"_target_": user_hook, "_partial_": True})(cfg, trial)
