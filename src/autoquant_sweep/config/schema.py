@@ -4,8 +4,11 @@ The primary config ``conf/sensitivity.yaml`` extends :class:`SensitivityConfig`,
 each group option against these dataclasses while composing: an unknown key or a value of the wrong
 type stops the run before anything is loaded, with Hydra's message naming the key.
 
+They are registered with Hydra by :func:`autoquant_sweep.config.registration.register_configs`.
+
 Example:
     >>> from hydra import compose, initialize_config_dir
+    >>> from autoquant_sweep.config import register_configs
     >>> register_configs()  # doctest: +SKIP
     >>> with initialize_config_dir(config_dir="/path/to/conf", version_base="1.3"):  # doctest: +SKIP
     ...     cfg = compose("sensitivity", overrides=["quant_pair=wint4_afp16"])
@@ -16,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
@@ -163,12 +165,3 @@ class SensitivityConfig:
     autoquant: AutoQuantConfig = field(default_factory=AutoQuantConfig)
     output_layout: OutputLayoutConfig = field(default_factory=OutputLayoutConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-
-
-def register_configs() -> None:
-    """Register the schemas with Hydra's ConfigStore (idempotent)."""
-    from autoquant_sweep.search.space import register_resolvers
-
-    register_resolvers()
-    cs = ConfigStore.instance()
-    cs.store(name="sensitivity_schema", node=SensitivityConfig, replace=True)
