@@ -18,14 +18,13 @@ comparison, and the mix's whole cost over one trial's.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
 import sys
 import time
-import warnings
-from pathlib import Path
+
+from bench_common import parse_repeat_args, plan_for, write_json
 
 CONFIGS = (("wint4_afp16", "default"), ("wint4_afp16", "w_group64"), ("wint8_afp16", "default"),
            ("wfp8_afp16", "default"))
@@ -34,17 +33,9 @@ SCORE_BUDGET = 10.0  # each trial's auto_quantize budget (every format reaches i
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-
-    from hydra import compose, initialize_config_dir
+    args = parse_repeat_args(__doc__)
 
     from autoquant_sweep.compute import MODEL_CACHE
-    from autoquant_sweep.config import register_configs
     from autoquant_sweep.mix import (
         MixTrial,
         gain_lines,
@@ -55,20 +46,13 @@ def main() -> int:
         mix_quant_cfg,
         single_curves,
     )
-    from autoquant_sweep.paths import conf_dir
-    from autoquant_sweep.plan import plan_run
     from autoquant_sweep.recipe import default_budget_grid
     from autoquant_sweep.scoring import scoring_record
     from autoquant_sweep.sensitivity import run_autoquant
 
-    register_configs()
     trials, trial_s, plan = [], [], None
     for pair, gran in CONFIGS:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            cfg = compose("sensitivity", overrides=["tracking=off", f"quant_pair={pair}",
-                                                    f"quant_granularity={gran}",
-                                                    f"autoquant.effective_bits={SCORE_BUDGET}"])
-        plan = plan_run(cfg)
+        plan = plan_for(pair, gran, f"autoquant.effective_bits={SCORE_BUDGET}")
         loaded, model = MODEL_CACHE.model(plan)
         t0 = time.perf_counter()
         result = run_autoquant(model, MODEL_CACHE.batches(plan, loaded), copy.deepcopy(plan.effective_format),
@@ -114,8 +98,7 @@ def main() -> int:
     }
     print("\n".join(gain_lines(rows, BUDGET)))
     print(json.dumps({k: v for k, v in summary.items() if k != "gain_table"}, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    write_json(args.json, summary)
     return 0
 
 

@@ -47,6 +47,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from bench_common import run_app, write_json
+
 REPO = Path(__file__).resolve().parents[1]
 # pair x granularity grid of the sweep: 10 combinations that all run on CPU, each with its own effective
 # format (no no-op overlay, so no trial is a cache hit of another), in the grid sampler's seeded order
@@ -227,8 +229,7 @@ def _sweep(work: Path, trials: int, extra: list[str]) -> list[dict[str, Any]]:
     Interleave.rows = []
     store = work / f"sweep-{len(list(work.iterdir()))}"  # its own MLflow store: no cache hit across sweeps
     store.mkdir()
-    argv = sys.argv
-    sys.argv = [
+    argv = [
         "sensitivity.py", "-m", "hydra/sweeper=optuna", "hydra/sweeper/sampler=grid",
         f"quant_pair=choice({','.join(PAIRS)})", f"quant_granularity=choice({','.join(GRANULARITIES)})",
         f"hydra.sweeper.n_trials={trials}", f"hydra.sweeper.storage=sqlite:///{store}/optuna.db",
@@ -239,13 +240,7 @@ def _sweep(work: Path, trials: int, extra: list[str]) -> list[dict[str, Any]]:
         "+hydra.callbacks.bench_interleave._target_=__main__.Interleave",
         *extra,
     ]
-    try:
-        app()
-    except SystemExit as exc:
-        if exc.code not in (0, None):
-            raise
-    finally:
-        sys.argv = argv
+    run_app(app, argv)
     return list(Interleave.rows)
 
 
@@ -331,8 +326,7 @@ def main() -> int:
               f"{summary['framework_evaluation_s_median']}, "
               + ", ".join(f"{k[6:-2]} {summary[k + '_median']}" for k in STAGES))
     print(json.dumps(results, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    write_json(args.json, results)
     return 0
 
 

@@ -13,43 +13,29 @@ of the AutoQuant call.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
 import sys
 import time
-import warnings
-from pathlib import Path
+
+from bench_common import parse_repeat_args, plan_for, write_json
 
 CONFIGS = (("wint8_aint8", "a_per_token_dynamic"), ("wint4_aint8", "recipe_match_channel_token"),
            ("wint4_afp16", "w_group64"), ("wint4_afp8", "default"))
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
+    args = parse_repeat_args(__doc__)
 
     import modelopt.torch.quantization as mtq
-    from hydra import compose, initialize_config_dir
 
     from autoquant_sweep.compute import MODEL_CACHE
-    from autoquant_sweep.config import register_configs
-    from autoquant_sweep.paths import conf_dir
-    from autoquant_sweep.plan import plan_run
     from autoquant_sweep.quant.realized import check_realized, realize
 
-    register_configs()
     rows = []
     for pair, gran in CONFIGS:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            cfg = compose("sensitivity", overrides=["tracking=off", f"quant_pair={pair}",
-                                                    f"quant_granularity={gran}"])
-        plan = plan_run(cfg)
+        plan = plan_for(pair, gran)
         loaded = MODEL_CACHE.loaded(plan)
         batches = MODEL_CACHE.batches(plan, loaded)
         times: dict[str, list[float]] = {"autoquant": [], "check": [], "probe_and_check": []}
@@ -81,8 +67,7 @@ def main() -> int:
                      **{f"{k}_s": round(v, 5) for k, v in med.items()},
                      "check_share_of_autoquant": round(med["check"] / med["autoquant"], 6)})
         print(json.dumps(rows[-1]), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    write_json(args.json, rows)
     return 0
 
 

@@ -17,46 +17,31 @@ one recipe.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
 import sys
 import time
-import warnings
-from pathlib import Path
+
+from bench_common import parse_repeat_args, plan_for, write_json
 
 CONFIGS = (("wint8_aint8", "default"), ("wint4_aint8", "default"), ("wint4_afp16", "w_group64"))
 BUDGET = 9.0
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-
-    from hydra import compose, initialize_config_dir
+    args = parse_repeat_args(__doc__)
 
     from autoquant_sweep.compute import MODEL_CACHE
-    from autoquant_sweep.config import register_configs
     from autoquant_sweep.evaluation import eval_loss
-    from autoquant_sweep.paths import conf_dir
-    from autoquant_sweep.plan import eval_split, plan_run
+    from autoquant_sweep.plan import eval_split
     from autoquant_sweep.recipe import budget_curve, default_budget_grid, solve_recipe
     from autoquant_sweep.sensitivity import run_autoquant
 
-    register_configs()
     rows = []
     unquantized_s = None
     for pair, gran in CONFIGS:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            cfg = compose("sensitivity", overrides=["tracking=off", f"quant_pair={pair}",
-                                                    f"quant_granularity={gran}",
-                                                    f"autoquant.effective_bits={BUDGET}"])
-        plan = plan_run(cfg)
+        plan = plan_for(pair, gran, f"autoquant.effective_bits={BUDGET}")
         loaded = MODEL_CACHE.loaded(plan)
         batches = MODEL_CACHE.batches(plan, loaded)
         _, captions = eval_split(plan.cfg)
@@ -97,8 +82,7 @@ def main() -> int:
         print(json.dumps(rows[-1]), flush=True)
     summary = {"unquantized_eval_s_once_per_process": round(unquantized_s or 0.0, 4), "rows": rows}
     print(json.dumps(summary, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(args.json, summary)
     return 0
 
 

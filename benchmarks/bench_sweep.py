@@ -28,6 +28,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from bench_common import run_app
+
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = ("wint8_aint8", "wint4_aint8")
 GRANULARITIES = ("default", "w_group64", "a_per_token_dynamic")
@@ -112,7 +114,9 @@ def compose(overrides: list[str]) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+    from autoquant_sweep.paths import conf_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         return hydra_compose("sensitivity", overrides=overrides)
 
 
@@ -170,8 +174,7 @@ def framework_sweep(base_overrides: list[str], study: str) -> list[float]:
     import sensitivity  # the Hydra app
 
     TRIAL_SECONDS.clear()
-    argv = sys.argv
-    sys.argv = [
+    argv = [
         "sensitivity.py",
         "-m",
         "hydra/sweeper=optuna",
@@ -184,13 +187,7 @@ def framework_sweep(base_overrides: list[str], study: str) -> list[float]:
         "+hydra.callbacks.bench_timer._target_=__main__.TrialTimer",
         *base_overrides,
     ]
-    try:
-        sensitivity.main()
-    except SystemExit as exc:
-        if exc.code not in (0, None):
-            raise
-    finally:
-        sys.argv = argv
+    run_app(sensitivity.main, argv)
     return list(TRIAL_SECONDS)
 
 

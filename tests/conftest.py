@@ -22,7 +22,7 @@ import pytest
 from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "src" / "autoquant_sweep" / "conf"
 SENSITIVITY_APP = REPO / "experiments" / "sensitivity.py"
 #: test deadlines are multiplied by ``AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE`` (e.g. 2 on a loaded machine)
 TIMEOUT_SCALE = float(os.environ.get("AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE", "1"))

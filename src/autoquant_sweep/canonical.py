@@ -53,8 +53,8 @@ def _fingerprints(format_name: str) -> dict[str, str]:
 def _costless_fingerprint(fmt: Mapping[str, Any]) -> str:
     """Fingerprint of a format with its memory cost normalised (``quant.cost``: the cost model's
     ``effective_bits`` say what a format costs, not which granularity it is)."""
+    from autoquant_sweep.fingerprints import config_fingerprint
     from autoquant_sweep.quant.cost import with_cost_model
-    from autoquant_sweep.quant.overlay import config_fingerprint
 
     return config_fingerprint(with_cost_model(fmt, "storage"))
 

@@ -1,4 +1,4 @@
-"""``autoquant-sweep``: sub-commands around the Hydra apps in ``experiments/``.
+"""``autoquant-sweep``: sub-commands around the Hydra app (``autoquant-sweep-run``, the experiments/ entry).
 
 autoquant-sweep generate            # build (or find) the embedded tiny checkpoints and captions
 autoquant-sweep validate            # every quant_pair x quant_granularity: ok / no-op / refused, why
@@ -36,8 +36,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def validation_rows(device: str) -> list[dict]:
     """Every conf/quant_pair x conf/quant_granularity combination with its verdict on ``device``."""
     from autoquant_sweep.config.groups import load_group
+    from autoquant_sweep.devices import device_view
     from autoquant_sweep.export_labels import exports_as
-    from autoquant_sweep.quant.capability import device_view, validation_matrix
+    from autoquant_sweep.quant.capability import validation_matrix
     from autoquant_sweep.quant.formats import resolve_format
 
     device = device_view(device)

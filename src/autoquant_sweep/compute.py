@@ -1,8 +1,9 @@
 """Compute: the model-side stage of a run (docs/architecture.md), from a :class:`~autoquant_sweep.plan.
 RunPlan` to a :class:`Computed` result. Nothing here writes a file or talks to MLflow.
 
-load the checkpoint and tokenise the captions (once per process: :data:`MODEL_CACHE`) ->
-``mtq.auto_quantize`` with the one effective format on a fresh copy of the pristine model ->
+load the checkpoint and tokenise the captions (once per process: :data:`MODEL_CACHE`; the pristine model
+stays on the CPU, :mod:`autoquant_sweep.trial_memory`) ->
+``mtq.auto_quantize`` with the one effective format on a fresh copy of it on the run device ->
 realized-granularity check (the instantiated quantizers are what the format declares) -> per-layer
 table (guards: all-zero / non-finite) -> recipe at the budget and the budget curve
 (``mtq.get_auto_quantize_config`` re-solves) -> held-out loss of the returned, quantized model against
@@ -22,7 +23,8 @@ from typing import Any
 from autoquant_sweep import data as data_mod
 from autoquant_sweep.modeling import LoadedModel, load_model_and_tokenizer
 from autoquant_sweep.plan import RunPlan
-from autoquant_sweep.quant.overlay import summarize_format
+from autoquant_sweep.quant.summary import summarize_format
+from autoquant_sweep.trial_memory import TrialMemory, device_copy, pristine_device
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,9 @@ def eval_captions_used(captions: list[str], batch_size: int) -> list[str]:
 class ModelCache:
     """Pristine models and tokenised batches, kept for the life of a process (one sweep).
 
-    Each run gets a deep copy of the pristine model, so scores never depend on what ran before.
+    The pristine model lives on :func:`~autoquant_sweep.trial_memory.pristine_device` (the CPU); each run
+    gets a deep copy of it on the run device, so scores never depend on what ran before and the GPU holds
+    one model's worth at a time.
     """
 
     def __init__(self) -> None:
@@ -49,12 +53,12 @@ class ModelCache:
         self._unquantized_loss: dict[tuple, float] = {}
 
     def model(self, plan: RunPlan) -> tuple[LoadedModel, Any]:
-        """The pristine model and a deep copy of it for one run."""
+        """The pristine model and a deep copy of it on the run device for one run."""
         loaded = self.loaded(plan)
-        return loaded, copy.deepcopy(loaded.model)
+        return loaded, device_copy(loaded.model, plan.device)
 
     def loaded(self, plan: RunPlan) -> LoadedModel:
-        """The pristine model (loaded once per checkpoint and process); never modify it."""
+        """The pristine model (loaded once per checkpoint and process, on the CPU); never modify it."""
         m = plan.cfg["model"]
         key = (str(plan.checkpoint), plan.checkpoint_identity, m["kind"], m["dtype"], plan.device)
         if key not in self._models:
@@ -65,7 +69,7 @@ class ModelCache:
                 plan.checkpoint,
                 kind=m["kind"],
                 dtype=m["dtype"],
-                device=plan.device,
+                device=pristine_device(plan.device),
                 trust_remote_code=bool(m["trust_remote_code"]),
             )
         return self._models[key]
@@ -103,7 +107,10 @@ class ModelCache:
         key = (loaded.identity, tuple(captions), seq_len, size, plan.device)
         if key not in self._unquantized_loss:
             batches = self.eval_batches(plan, loaded, captions, size)
-            self._unquantized_loss[key] = eval_loss(loaded.model, batches, plan.device)
+            # on the run device, as the quantized copy is evaluated (a CPU pristine model is evaluated as is)
+            model = device_copy(loaded.model, plan.device) if loaded.device != plan.device else loaded.model
+            self._unquantized_loss[key] = eval_loss(model, batches, plan.device)
+            del model
         return self._unquantized_loss[key]
 
 
@@ -152,6 +159,7 @@ def _run_autoquant(plan: RunPlan, cache: ModelCache, batches: list[dict]) -> Any
         num_calib_steps=plan.batch_plan.num_calib_steps,
         num_score_steps=plan.batch_plan.num_score_steps,
         disabled_layers=c["model"]["disabled_layers"],
+        cost_excluded_modules=c["model"].get("cost_excluded_modules") or (),
         device=plan.device,
         verbose=bool(aq.get("verbose", False)),
     )
@@ -174,7 +182,7 @@ def _check_realized(plan: RunPlan, loaded: LoadedModel, quantized: Any,
     if not quantizers:
         import modelopt.torch.quantization as mtq
 
-        probe = copy.deepcopy(loaded.model)
+        probe = device_copy(loaded.model, plan.device)
         first = {k: v.to(plan.device) for k, v in batches[0].items()}
         from autoquant_sweep.sensitivity import quiet_modelopt
 
@@ -191,6 +199,28 @@ def _check_realized(plan: RunPlan, loaded: LoadedModel, quantized: Any,
     return summary
 
 
+def _eval_size(captions: list[str], preferred: int, calib_batch_size: int) -> int:
+    """Captions per held-out batch: ``preferred`` unless the split is shorter than one such batch, then
+    the calibration batch size (a short held-out file: whole calibration-size batches)."""
+    return preferred if eval_captions_used(captions, preferred) else calib_batch_size
+
+
+def _reference_before_the_trial(plan: RunPlan, cache: ModelCache, loaded: LoadedModel) -> None:
+    """Off the pristine model's device (CUDA), the unquantized reference loss needs a copy of the model on
+    the run device: compute it (once per process) before the trial's own copy exists, so the GPU never
+    holds two. Computed for the batch size every trial uses unless a static per-token quantizer pins the
+    calibration batch size (``evaluation.eval_batch_size``); that case computes its own later."""
+    from autoquant_sweep.evaluation import MAX_EVAL_BATCH
+
+    if plan.eval_split is None or loaded.device == plan.device:
+        return
+    captions = plan.eval_split[1]
+    batch = plan.batch_plan.batch_size
+    size = _eval_size(captions, max(batch, MAX_EVAL_BATCH), batch)
+    if eval_captions_used(captions, size):
+        cache.unquantized_loss(plan, loaded, captions, size)
+
+
 def _evaluate(plan: RunPlan, cache: ModelCache, loaded: LoadedModel, quantized: Any,
               split: tuple[str, list[str]] | None) -> dict[str, Any] | None:
     """Held-out loss of the quantized model against the unquantized one (None: nothing evaluated)."""
@@ -199,9 +229,8 @@ def _evaluate(plan: RunPlan, cache: ModelCache, loaded: LoadedModel, quantized: 
     if split is None:
         return None
     source, captions = split
-    size = eval_batch_size(quantized, plan.batch_plan.batch_size)
-    if not eval_captions_used(captions, size):
-        size = plan.batch_plan.batch_size  # a short held-out file: whole calibration-size batches
+    size = _eval_size(captions, eval_batch_size(quantized, plan.batch_plan.batch_size),
+                      plan.batch_plan.batch_size)
     if not eval_captions_used(captions, size):
         log.warning("held-out split %s has fewer captions than one batch (%d): nothing evaluated",
                     source, size)
@@ -213,7 +242,8 @@ def _evaluate(plan: RunPlan, cache: ModelCache, loaded: LoadedModel, quantized: 
                           len(eval_captions_used(captions, size)), plan.device)
     evaluation["batch_size"] = size
     evaluation["source"] = source
-    evaluation["unquantized_seconds"] = unq_seconds  # 0 after the first run of a process
+    # 0 after the first run of a process, and on CUDA (computed before the trial's copy existed)
+    evaluation["unquantized_seconds"] = unq_seconds
     return evaluation
 
 
@@ -245,6 +275,9 @@ def compute(plan: RunPlan, cache: ModelCache = MODEL_CACHE) -> Computed:
     loaded = cache.loaded(plan)
     batches = cache.batches(plan, loaded)
     load_seconds = time.perf_counter() - t0
+    _reference_before_the_trial(plan, cache, loaded)
+    memory = TrialMemory(plan.device)
+    memory.start()  # before the trial's copy exists: its peak is the trial's own
     result = _run_autoquant(plan, cache, batches)
     realized = _check_realized(plan, loaded, result.model, batches)
     budget = float(aq["effective_bits"])
@@ -261,6 +294,7 @@ def compute(plan: RunPlan, cache: ModelCache = MODEL_CACHE) -> Computed:
                              quant_pair=pair, quant_granularity=gran,
                              scoring_fingerprint=plan.scoring_fingerprint, run_fingerprint=plan.fingerprint)
     evaluation = _evaluate(plan, cache, loaded, result.model, plan.eval_split)
+    result.peak_memory_mb, result.memory_kind = memory.peak_mb()
     result.model = None  # release the trial's quantized copy before the next trial starts
     result.search_state = None
     if plan.device == "cuda":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +13,49 @@ from autoquant_sweep.errors import UserInputError
 
 __all__ = [
     "CAPTION_SUBSET_SIZES",
+    "JSONL_FIELD",
     "BatchPlan",
+    "parse_samples",
     "plan_batches",
     "read_captions",
     "resolve_caption_path",
     "resolve_eval_captions",
     "tokenize_batches",
 ]
+
+#: the field of a ``.jsonl`` line that holds its sample
+JSONL_FIELD = "text"
+
+
+def parse_samples(text: str, path: Path, *, key: str = "dataset.path") -> list[str]:
+    """The non-empty samples of a file's text: lines, or for ``.jsonl`` each line's ``text`` field.
+
+    Example:
+        >>> parse_samples('{"text": "a cat ."}\\n\\n{"text": "a dog ."}\\n', Path("d.jsonl"))
+        ['a cat .', 'a dog .']
+        >>> parse_samples('{"txt": 1}', Path("d.jsonl"))
+        Traceback (most recent call last):
+        ...
+        autoquant_sweep.errors.UserInputError: dataset.path: 'd.jsonl' line 1 has no string field "text"; write one JSON object per line with a "text" field
+    """  # noqa: E501
+    if path.suffix.lower() != ".jsonl":
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    samples = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserInputError(f"{key}: '{path}' line {number} is not JSON ({exc.msg}); write one JSON "
+                                 f"object per line with a \"{JSONL_FIELD}\" field") from exc
+        value = record.get(JSONL_FIELD) if isinstance(record, dict) else None
+        if not isinstance(value, str):
+            raise UserInputError(f"{key}: '{path}' line {number} has no string field \"{JSONL_FIELD}\"; "
+                                 f"write one JSON object per line with a \"{JSONL_FIELD}\" field")
+        if value.strip():
+            samples.append(value.strip())
+    return samples
 
 
 def read_captions(path: Path, required: int, *, keep_all: bool = False, key: str = "dataset.path",
@@ -48,8 +85,6 @@ def read_captions(path: Path, required: int, *, keep_all: bool = False, key: str
             f"{key}: {what} '{path}' is not valid UTF-8 (byte {exc.start}): "
             "re-encode it as UTF-8"
         ) from exc
-    from autoquant_sweep.user_data import parse_samples
-
     lines = parse_samples(text, path)  # one sample per line; a .jsonl file: each line's "text" field
     if not lines:
         raise UserInputError(f"{key}: {what} '{path}' is empty")

@@ -1,6 +1,13 @@
-"""One GPU per launcher worker on a multi-GPU node (``hydra/launcher=joblib``).
+"""Which device torch sees, and one GPU per launcher worker on a multi-GPU node.
 
-Each worker process claims the lowest free GPU *slot* with an exclusive ``flock`` on
+The **GPU probe** (:func:`cuda_available`, :func:`device_view`) is the one place the project asks
+whether a GPU is there. It first answers without importing torch (about 2 s): a CPU build of torch,
+or a Linux machine without a GPU driver's device files, never sees a GPU; only otherwise torch decides.
+So ``validate``, the search space and a refused plan on a CPU machine stay well under a second.
+
+**GPU slots** (``hydra/launcher=joblib``):
+
+Each worker process claims the lowest free GPU *slot* with an exclusive ``filelock`` (``flock``) on
 ``<lock dir>/gpu<N>.lock``, held for the life of the process (the kernel releases it when the process
 dies, even on SIGKILL), then calls ``torch.cuda.set_device(N)``. Two workers of one node never share a
 slot while both live; a replacement worker takes the slot its dead predecessor freed. When every slot
@@ -12,18 +19,68 @@ each task already sees only its own GPUs (``gpus_per_task``), so it keeps ``cuda
 
 from __future__ import annotations
 
-import fcntl
+import importlib.util
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 log = logging.getLogger(__name__)
 
 LOCK_DIR_ENV = "AUTOQUANT_SWEEP_GPU_LOCK_DIR"
-_claimed: tuple[int, Any] | None = None  # (slot, open lock file) for the life of the process
+_claimed: tuple[int, FileLock | None] | None = None  # (slot, its held lock) for the life of the process
+
+
+def _torch_has_gpu_backend() -> bool:
+    """Whether the installed torch is a CUDA (or ROCm) build, from its library files (no import)."""
+    spec = importlib.util.find_spec("torch")  # a top-level package: found, not imported
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    lib = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    return any(any(lib.glob(pattern)) for pattern in ("*torch_cuda*", "*torch_hip*"))
+
+
+def _gpu_driver_present() -> bool:
+    """Whether this machine shows a GPU driver's device files (NVIDIA, WSL's ``/dev/dxg``, ROCm's
+    ``/dev/kfd``). Off Linux the files say nothing, so the answer is yes (torch decides)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    dev = Path("/dev")
+    return any(dev.glob("nvidia*")) or (dev / "dxg").exists() or (dev / "kfd").exists()
+
+
+def torch_could_see_a_gpu() -> bool:
+    """False when torch certainly sees no GPU (a CPU build, or no GPU driver); answered without torch."""
+    return _torch_has_gpu_backend() and _gpu_driver_present()
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device; imports torch only when :func:`torch_could_see_a_gpu`."""
+    if not torch_could_see_a_gpu():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def device_view(requested: str) -> str:
+    """The device a capability view is judged for: ``auto`` -> what torch sees, else as asked.
+
+    Unlike :func:`autoquant_sweep.modeling.resolve_device` this does not require the device to exist
+    (``validate --device cuda`` shows the CUDA view on a CPU machine).
+
+    Example:
+        >>> device_view("cuda")
+        'cuda'
+    """
+    if requested != "auto":
+        return requested
+    return "cuda" if cuda_available() else "cpu"
 
 
 def pick_slot(n_devices: int, try_claim: Callable[[int], bool], job_num: int = 0) -> tuple[int, bool]:
@@ -58,20 +115,20 @@ def claim_slot(n_devices: int, lock_dir: Path, job_num: int = 0) -> int:
     if _claimed is not None:
         return _claimed[0]
     lock_dir.mkdir(parents=True, exist_ok=True)
-    handles: dict[int, Any] = {}
+    # a soft lock (a marker file) would outlive a killed worker and keep its slot taken: flock only
+    locks = {slot: FileLock(lock_dir / f"gpu{slot}.lock", blocking=False, fallback_to_soft=False)
+             for slot in range(n_devices)}
 
     def try_claim(slot: int) -> bool:
-        handle = open(lock_dir / f"gpu{slot}.lock", "a+")  # kept open while the process lives
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
+            locks[slot].acquire()
+        except Timeout:
             return False
-        handles[slot] = handle
         return True
 
     slot, exclusive = pick_slot(n_devices, try_claim, job_num)
-    _claimed = (slot, handles.get(slot))  # a shared fallback slot is kept too: one device per process
+    # a shared fallback slot is kept too: one device per process
+    _claimed = (slot, locks[slot] if exclusive else None)
     if not exclusive:
         log.warning("all %d GPU slots are taken; sharing cuda:%d (job %d)", n_devices, slot, job_num)
     return slot

@@ -26,11 +26,11 @@ def eval_batch_size(model: Any, calib_batch_size: int) -> int:
 
     ``autoquant-sweep apply`` uses the same rule, so it evaluates on the very same batches.
     """
-    import torch
+    from autoquant_sweep.quant.realized import realize
 
-    for module in model.modules():
-        amax = getattr(module, "_amax", None)
-        if isinstance(amax, torch.Tensor) and amax.dim() >= 3 and amax.shape[0] == calib_batch_size:
+    for quantizer in realize(model):  # enabled weight / input quantizers; amax from the public .amax
+        shape = quantizer.amax_shape
+        if shape is not None and len(shape) >= 3 and shape[0] == calib_batch_size:
             return calib_batch_size
     return max(calib_batch_size, MAX_EVAL_BATCH)
 

@@ -305,8 +305,7 @@ def export_checkpoint(quant_cfg: Mapping[str, Any], settings: RunSettings, out: 
     Labels are checked before any model loads; a faithfulness error or a label ModelOpt wrote
     differently leaves no folder. Returns the export report (also ``out/export_report.json``).
     """
-    from autoquant_sweep.layout import write_dir_atomically
-    from autoquant_sweep.tracking.cli import check_out_dir
+    from autoquant_sweep.layout import check_out_dir, write_dir_atomically
 
     check_out_dir(out, force=force)
     labels = group_labels(quant_cfg)  # before any model loads

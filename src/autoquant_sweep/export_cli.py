@@ -15,7 +15,8 @@ from autoquant_sweep.run_settings import RunSettings, default_settings, settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_export_command", "add_run_setting_args", "cmd_export", "version_settings"]
+__all__ = ["add_checkpoint_command_args", "add_export_command", "add_run_setting_args", "cmd_export",
+           "version_settings"]
 
 
 def add_run_setting_args(p: argparse.ArgumentParser) -> None:
@@ -34,19 +35,9 @@ def add_run_setting_args(p: argparse.ArgumentParser) -> None:
 
 def version_manifest(mv: Any, tracking_uri: str) -> dict[str, Any] | None:
     """The manifest of the run that computed a version (``None``: a run without a logged report)."""
-    import mlflow.artifacts
+    from autoquant_sweep.tracking.registry import run_manifest, store_client
 
-    from autoquant_sweep.report import MANIFEST
-    from autoquant_sweep.tracking.registry import _client
-    from autoquant_sweep.tracking.run_logging import REPORT_ARTIFACT_DIR
-
-    if not mv.run_id:
-        return None
-    try:
-        uri = f"{_client(tracking_uri).get_run(mv.run_id).info.artifact_uri}/{REPORT_ARTIFACT_DIR}/{MANIFEST}"
-        return mlflow.artifacts.load_dict(uri)
-    except Exception:  # a version from before reports were logged: the old defaults
-        return None
+    return run_manifest(store_client(tracking_uri), mv.run_id) if mv.run_id else None
 
 
 def version_settings(mv: Any, tracking_uri: str, args: argparse.Namespace) -> RunSettings:
@@ -78,14 +69,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from autoquant_sweep.errors import UserInputError
     from autoquant_sweep.export import ExportFaithfulnessError, export_checkpoint, log_export
     from autoquant_sweep.export_labels import checkpoint_label, group_labels
-    from autoquant_sweep.tracking.cli import _summary, _tracking_uri, check_out_dir
-    from autoquant_sweep.tracking.registry import _client, get_version, quantize_config_from_json
+    from autoquant_sweep.layout import check_out_dir
+    from autoquant_sweep.recipe import quantize_config_from_json
+    from autoquant_sweep.tracking.registry import get_version, store_client
+    from autoquant_sweep.tracking.registry_args import tracking_uri, version_line
 
     out = Path(args.out)
     check_out_dir(out, force=args.force)  # before any lookup or model load
-    uri = _tracking_uri(args)
+    uri = tracking_uri(args)
     mv, data = get_version(args.name, args.alias, args.version, uri)
-    print(_summary(mv))
+    print(version_line(mv))
     quant_cfg = quantize_config_from_json(data)
     labels = group_labels(quant_cfg)  # refused here, before any model loads
     print(f"exports as {checkpoint_label(labels)} ({len(labels)} quantized linears)")
@@ -109,22 +102,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"unified checkpoint ({report['quant_algo']}, {report['bytes']['total'] / 2**20:.2f} MiB, export "
           f"{report['seconds']['export_hf_checkpoint']:.2f} s) -> {out}")
     if not args.no_log:
-        where = log_export(_client(uri), mv, out, report)
+        where = log_export(store_client(uri), mv, out, report)
         print(f"logged to MLflow: logged model {where['model_id']} at {where['artifact_location']} "
               f"(version tag export.{where['quant_algo']})")
     return 0
 
 
-def add_export_command(sub: Any) -> None:
-    """Register ``export`` on the ``autoquant-sweep`` sub-parsers."""
-    from autoquant_sweep.tracking.cli import _add_version_args
+def add_checkpoint_command_args(p: argparse.ArgumentParser, out_help: str) -> None:
+    """The flags of a command that writes a checkpoint from a registered version (``apply``, ``export``):
+    the version and its store, ``--out`` / ``--force`` and the run settings."""
+    from autoquant_sweep.tracking.registry_args import add_version_args
 
-    p = sub.add_parser("export", help="export a registered recipe as ModelOpt's unified Hugging Face "
-                                      "checkpoint (labels checked first, faithfulness checked after)")
-    _add_version_args(p)
-    p.add_argument("--out", required=True, help="folder for the checkpoint (new or empty)")
+    add_version_args(p)
+    p.add_argument("--out", required=True, help=out_help)
     p.add_argument("--force", action="store_true",
                    help="replace a non-empty --out folder as a whole (written aside, then swapped in)")
-    p.add_argument("--no-log", action="store_true", help="do not log the export to MLflow")
     add_run_setting_args(p)
+
+
+def add_export_command(sub: Any) -> None:
+    """Register ``export`` on the ``autoquant-sweep`` sub-parsers."""
+    p = sub.add_parser("export", help="export a registered recipe as ModelOpt's unified Hugging Face "
+                                      "checkpoint (labels checked first, faithfulness checked after)")
+    add_checkpoint_command_args(p, "folder for the checkpoint (new or empty)")
+    p.add_argument("--no-log", action="store_true", help="do not log the export to MLflow")
     p.set_defaults(func=cmd_export)

@@ -11,8 +11,10 @@
   removes stale staging folders. Owners on other hosts are left alone (their liveness cannot be checked
   from here).
 
-Optuna is used through its public API only: attributes are written with ``set_trial_user_attr`` of the
-study's storage (the sweeper opens it and passes it in) and read from ``FrozenTrial.user_attrs``.
+Optuna is read through its public API (``FrozenTrial.user_attrs``, ``Study.tell``). A RUNNING trial that
+this code did not ask for (the plugin holds its ``Trial``) has no public write: :func:`storage_trial_id`
+is the one place that asks the storage for a trial's id, so that its fail reason (and the sweeper's
+heartbeat) can be written on the study's storage (the sweeper opens it and passes it in).
 """
 
 from __future__ import annotations
@@ -254,6 +256,18 @@ def trial_fail_reason(trial: Any) -> str | None:
     return trial.user_attrs.get(FAIL_REASON_ATTR) or trial.system_attrs.get(FAIL_REASON_ATTR)
 
 
+def storage_trial_id(storage: Any, study_name: str, number: int) -> int:
+    """The storage's id of trial ``number`` of study ``study_name``: what a write on a RUNNING trial needs.
+
+    Optuna 5.0 (``tests/unit/test_optuna_storage_access.py``) writes a trial's user attrs only through the
+    ``Trial`` that ``Study.ask`` returned, which the plugin keeps; ``FrozenTrial`` keeps the id private and
+    ``optuna.trial.Trial(study, trial_id)`` is "not recommended" (it runs the sampler's ``before_trial``).
+    So this, on the storage whose methods Optuna's ``BaseStorage`` says are not for library users, is the
+    one isolated place that asks for storage ids.
+    """
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+
+
 def fail_trial(study: Any, storage: Any, number: int, reason: str) -> None:
     """Mark the ``RUNNING`` trial ``number`` of ``study`` ``FAIL`` with user attr ``fail_reason=reason``.
 
@@ -262,9 +276,7 @@ def fail_trial(study: Any, storage: Any, number: int, reason: str) -> None:
     """
     import optuna
 
-    study_id = storage.get_study_id_from_name(study.study_name)
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
-    storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
+    storage.set_trial_user_attr(storage_trial_id(storage, study.study_name, number), FAIL_REASON_ATTR, reason)
     study.tell(number, state=optuna.trial.TrialState.FAIL)
 
 

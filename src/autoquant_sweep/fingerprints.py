@@ -1,7 +1,7 @@
 """Every fingerprint of a run, in one place: what makes two runs the same computation.
 
-* the **config fingerprint** of an effective quant config (:func:`~autoquant_sweep.quant.overlay.
-  config_fingerprint` of its canonical JSON; the overlay module owns it, this module only uses it);
+* the **config fingerprint** of an effective quant config (:func:`config_fingerprint`: a hash of its
+  :func:`canonical_json`);
 * the **run fingerprint** (:func:`run_fingerprint`): checkpoint identity, captions, batching, AutoQuant
   settings, device, effective format, recipe / curve / evaluation inputs and package versions. A
   FINISHED MLflow run with the same one answers a new run from the result cache (the lookup stage);
@@ -15,16 +15,16 @@ computes the fingerprint before anything heavy is imported.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
-from autoquant_sweep.quant.overlay import canonical_json, config_fingerprint
-
 #: bump when a run's manifest gains results a cached run would lack (2: recipe, budget curve, evaluation;
 #: 3: the realized granularity, checked against the declared one; per-token inputs in the quantizer-level
-#: ``type: dynamic`` form, so no result of the static docstring form is ever reused)
-RESULT_SCHEMA = 3
+#: ``type: dynamic`` form, so no result of the static docstring form is ever reused; 4: a VL model's vision
+#: tower out of the effective-bits cost, ``model.cost_excluded_modules``)
+RESULT_SCHEMA = 4
 
 #: the packages a result depends on (manifest ``versions``, MLflow ``version.*`` tags, run fingerprint)
 VERSIONED_PACKAGES = (
@@ -36,6 +36,33 @@ VERSIONED_PACKAGES = (
     "mlflow",
     "autoquant-sweep",
 )
+
+
+def _canon(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _canon(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_canon(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic compact JSON: sorted keys, tuples as lists, int keys as strings.
+
+    Example:
+        >>> canonical_json({"b": (4, 3), "a": {-1: 64}})
+        '{"a":{"-1":64},"b":[4,3]}'
+    """
+    return json.dumps(_canon(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def config_fingerprint(obj: Any) -> str:
+    """First 16 hex chars of the sha256 of :func:`canonical_json`."""
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:16]
+
+
 
 
 def package_versions() -> dict[str, str]:
@@ -128,6 +155,7 @@ def _scoring_source(c: Mapping[str, Any], *, checkpoint_identity: str, captions:
         "model_kind": model_cfg["kind"],
         "dtype": model_cfg["dtype"],
         "disabled_layers": model_cfg["disabled_layers"],
+        "cost_excluded_modules": list(model_cfg.get("cost_excluded_modules") or []),
         "captions_sha256": captions_sha256(captions),
         "seq_len": data_cfg["seq_len"],
         "batch_plan": [batch_plan.batch_size, batch_plan.num_calib_steps, batch_plan.num_score_steps],

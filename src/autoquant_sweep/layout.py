@@ -206,3 +206,21 @@ def write_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def check_out_dir(out: Path, force: bool = False) -> None:
+    """``apply --out``: a new or empty folder (``--force``: a non-empty one, replaced as a whole).
+
+    Checked before the registry lookup and the model load, so a wrong ``--out`` costs nothing.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out: '{out}' is a file; pass a new or empty folder")
+    if out.is_dir():
+        entries = sorted(p.name for p in out.iterdir())
+        if entries and not force:
+            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            raise UserInputError(f"--out: folder '{out}' is not empty ({len(entries)} entries: {shown}); "
+                                 "pass a new or empty folder, or --force to replace it as a whole")
+    existing = next((p for p in (out.absolute(), *out.absolute().parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserInputError(f"--out: cannot create '{out}': '{existing}' is not a writable folder")

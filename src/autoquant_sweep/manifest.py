@@ -60,6 +60,7 @@ def build_manifest(plan: RunPlan, computed: Computed) -> dict[str, Any]:
             "checkpoint_identity": plan.checkpoint_identity,
             "architecture": (computed.model_config.get("architectures") or ["?"])[0],
             "disabled_layers": c["model"]["disabled_layers"],
+            "cost_excluded_modules": list(c["model"].get("cost_excluded_modules") or []),
         },
         "dataset": {
             "name": c["dataset"]["name"],

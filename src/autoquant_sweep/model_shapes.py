@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from typing import Any
 
-from autoquant_sweep.quant.overlay import axis_key
+from autoquant_sweep.quant.overlay import BLOCK_SIZE_SPECIAL_KEYS, axis_key
 
 __all__ = [
     "KNOWN_MODEL_TYPES",
@@ -40,6 +40,7 @@ __all__ = [
     "axis_problem",
     "block_sizes_problem",
     "common_divisors",
+    "cost_excluded_groups",
     "disabled_groups",
     "max_position_embeddings",
     "min_effective_bits",
@@ -50,8 +51,6 @@ __all__ = [
 ]
 
 KNOWN_MODEL_TYPES: tuple[str, ...] = ("qwen3", "qwen3_vl")
-#: Special (non-axis) keys of a ModelOpt ``block_sizes`` mapping (facts 23).
-BLOCK_SIZE_SPECIAL_KEYS: tuple[str, ...] = ("type", "scale_bits", "scale_block_sizes", "four_over_six")
 
 
 class ShapeUnknown(ValueError):
@@ -240,22 +239,46 @@ def searchable_modules(
     return [m for m in modules if quant_group(m.name) not in off]
 
 
+def cost_excluded_groups(modules: Sequence[QuantModuleShape], patterns: Sequence[str]) -> set[str]:
+    """Groups outside the effective-bits cost (``model.cost_excluded_modules``): ModelOpt 0.47 gives a
+    group zero cost when *every* member matches one of ``constraints["cost"]
+    ["excluded_module_name_patterns"]`` (``AutoQuantizeCostModel.module_cost_weight``, facts 30).
+
+    Example:
+        >>> mods = [QuantModuleShape("model.visual.blocks.0.attn.qkv", "linear", (96, 32)),
+        ...         QuantModuleShape("model.language_model.layers.0.mlp.down_proj", "linear", (128, 256))]
+        >>> sorted(cost_excluded_groups(mods, ["*visual*"]))
+        ['model.visual.blocks.0.attn.qkv']
+    """
+    members: dict[str, list[str]] = {}
+    for m in modules:
+        members.setdefault(quant_group(m.name), []).append(m.name)
+    return {group for group, names in members.items()
+            if patterns and all(any(fnmatch(n, p) for p in patterns) for n in names)}
+
+
 def min_effective_bits(
-    modules: Sequence[QuantModuleShape], disabled_layers: Sequence[str], format_bits: float
+    modules: Sequence[QuantModuleShape], disabled_layers: Sequence[str], format_bits: float,
+    cost_excluded: Sequence[str] = (),
 ) -> float:
     """The lowest effective bits AutoQuant can reach: every searchable group at ``format_bits``,
-    every disabled one at 16 (ModelOpt's cost: weight elements x bits, over all quantizable modules).
+    every disabled one at 16 (ModelOpt's cost: weight elements x bits, over all quantizable modules but
+    the groups ``cost_excluded`` takes out of the cost, :func:`cost_excluded_groups`).
 
     Example:
         >>> mods = [QuantModuleShape("a.q_proj", "linear", (4, 4)), QuantModuleShape("lm_head", "linear", (4, 4))]
         >>> min_effective_bits(mods, ["*lm_head*"], 4.0)
         10.0
+        >>> min_effective_bits(mods, ["*lm_head*"], 4.0, cost_excluded=["lm_head"])
+        4.0
     """  # noqa: E501
-    total = sum(m.numel for m in modules)
+    excluded = cost_excluded_groups(modules, cost_excluded)
+    counted = [m for m in modules if quant_group(m.name) not in excluded]
+    total = sum(m.numel for m in counted)
     if total == 0:
-        raise ShapeUnknown("the checkpoint has no quantizable weights")
+        raise ShapeUnknown("the checkpoint has no quantizable weights that count in the effective bits")
     off = disabled_groups(modules, disabled_layers)
-    cost = sum(m.numel * (16.0 if quant_group(m.name) in off else float(format_bits)) for m in modules)
+    cost = sum(m.numel * (16.0 if quant_group(m.name) in off else float(format_bits)) for m in counted)
     return cost / total
 
 

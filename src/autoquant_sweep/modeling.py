@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoquant_sweep.devices import cuda_available, device_view
 from autoquant_sweep.errors import UserInputError
 
 MODEL_KINDS = ("causal_lm", "image_text_to_text")
@@ -18,24 +19,6 @@ NO_CUDA_DEVICE = "autoquant.device=cuda but torch sees no CUDA device; use autoq
 # Files over this size are fingerprinted by their head and tail only (a 4B checkpoint is ~8 GB).
 _FULL_HASH_LIMIT = 256 * 2**20
 _EDGE_BYTES = 16 * 2**20
-
-
-def cuda_available() -> bool:
-    """Whether torch sees a CUDA device (imports torch)."""
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def device_view(requested: str) -> str:
-    """The device a capability view is judged for: ``auto`` -> what torch sees, else as asked.
-
-    Unlike :func:`resolve_device` this does not require the device to exist (``validate --device cuda``
-    shows the CUDA view on a CPU machine).
-    """
-    if requested != "auto":
-        return requested
-    return "cuda" if cuda_available() else "cpu"
 
 
 def resolve_device(requested: str) -> str:

@@ -44,3 +44,13 @@ def primary_metric(objective: str) -> str:
         'constrained_score'
     """
     return OBJECTIVES.get(objective, (objective,))[0]
+
+
+def finite(value: object) -> bool:
+    """A metric value that counts: a real number, neither NaN nor infinite (``bool`` is not a number here).
+
+    Example:
+        >>> finite(2.5e-7), finite(float("nan")), finite(True), finite("1")
+        (True, False, False, False)
+    """
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,4 +1,4 @@
-"""Where the project's own folders are: the source checkout's root, its ``conf/`` tree."""
+"""Where the project's own folders are: the source checkout's root, the package's ``conf/`` tree."""
 
 from __future__ import annotations
 
@@ -12,10 +12,5 @@ def project_root() -> Path | None:
 
 
 def conf_dir() -> Path:
-    """The Hydra config tree ``conf/`` of the checkout."""
-    root = project_root()
-    if root is None or not (root / "conf").is_dir():
-        raise FileNotFoundError(
-            "autoquant-sweep: conf/ not found; run from a source checkout (pip install -e .)"
-        )
-    return root / "conf"
+    """The Hydra config tree, shipped inside the package (``autoquant_sweep/conf``, package data)."""
+    return Path(__file__).resolve().parent / "conf"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,16 +30,23 @@ from omegaconf import DictConfig, OmegaConf
 
 from autoquant_sweep import data as data_mod
 from autoquant_sweep.errors import CapabilityRefusedError, UserInputError
-from autoquant_sweep.fingerprints import package_versions, run_fingerprint, scoring_fingerprint
+from autoquant_sweep.fingerprints import (
+    canonical_json,
+    config_fingerprint,
+    package_versions,
+    run_fingerprint,
+    scoring_fingerprint,
+)
 from autoquant_sweep.layout import check_name, publish_dir, tmp_report_dir
 from autoquant_sweep.modeling import (
-    NO_CUDA_DEVICE,
     check_checkpoint_dir,
     checkpoint_identity,
     read_checkpoint_config,
     resolve_device,
 )
-from autoquant_sweep.quant.overlay import apply_overlay, canonical_json, config_fingerprint, summarize_format
+from autoquant_sweep.quant.overlay import apply_overlay
+from autoquant_sweep.quant.summary import summarize_format
+from autoquant_sweep.user_data import eval_split
 
 log = logging.getLogger(__name__)
 
@@ -118,28 +124,6 @@ def _embedded_checkpoint(name: str) -> tuple[Path, Path]:
             f"model.embedded: unknown embedded model '{name}'; choose qwen3_tiny or qwen3_vl_tiny"
         )
     return getattr(assets, attr), assets.captions_dir
-
-
-def _gpu_driver_present() -> bool:
-    """Whether this machine shows a GPU driver's device files (NVIDIA, WSL's ``/dev/dxg``, ROCm's
-    ``/dev/kfd``). Off Linux the files say nothing, so the answer is yes (torch decides)."""
-    if not sys.platform.startswith("linux"):
-        return True
-    dev = Path("/dev")
-    return any(dev.glob("nvidia*")) or (dev / "dxg").exists() or (dev / "kfd").exists()
-
-
-def plan_device(requested: str) -> str:
-    """:func:`~autoquant_sweep.modeling.resolve_device` that answers without torch where it can.
-
-    torch sees no CUDA device on a machine without a GPU driver's device files; saying so without
-    importing torch (~2 s) keeps a refused run on a CPU machine under a second.
-    """
-    if requested in ("auto", "cuda") and not _gpu_driver_present():
-        if requested == "cuda":  # what modeling.resolve_device says after importing torch
-            raise UserInputError(NO_CUDA_DEVICE)
-        return "cpu"
-    return resolve_device(requested)
 
 
 _WEIGHT_AXES = " (0 = per output channel, 1 = per input channel)"
@@ -228,8 +212,10 @@ def _check_against_checkpoint(
     from autoquant_sweep.model_shapes import (
         KNOWN_MODEL_TYPES,
         ShapeUnknown,
+        cost_excluded_groups,
         max_position_embeddings,
         min_effective_bits,
+        quant_group,
         quantizable_modules,
         searchable_modules,
     )
@@ -264,13 +250,24 @@ def _check_against_checkpoint(
         searchable_modules(modules, disabled), fmt, overrides, context, pair["format_name"]
     )
     bits = format_bits(fmt)
-    minimum = min_effective_bits(modules, disabled, bits)
+    cost_excluded = list(model_cfg.get("cost_excluded_modules") or [])
+    if len(cost_excluded_groups(modules, cost_excluded)) == len({quant_group(m.name) for m in modules}):
+        raise UserInputError(
+            f"model.cost_excluded_modules: {cost_excluded} takes every quantizable module of "
+            f"'{config_file}' out of the effective-bits cost; nothing would be left to count the budget on"
+        )
+    minimum = min_effective_bits(modules, disabled, bits, cost_excluded)
     budget = float(c["autoquant"]["effective_bits"])
     if budget < minimum - 1e-9:
-        frozen = sum(m.numel for m in modules) - sum(m.numel for m in searchable_modules(modules, disabled))
+        excluded_groups = cost_excluded_groups(modules, cost_excluded)
+        counted = [m for m in modules if quant_group(m.name) not in excluded_groups]
+        frozen = sum(m.numel for m in counted) - sum(m.numel for m in searchable_modules(counted, disabled))
         at16 = (
             f"the {frozen:,} weights of model.disabled_layers at 16 bits" if frozen else "no disabled layers"
         )
+        if excluded_groups:
+            uncounted = sum(m.numel for m in modules) - sum(m.numel for m in counted)
+            at16 += f", the {uncounted:,} weights of model.cost_excluded_modules not counted"
         raise UserInputError(
             f"autoquant.effective_bits: {budget:g} is below the minimum achievable effective bits "
             f"{minimum:.4f} of {model_cfg['name']} with quant_pair={pair['name']} ({pair['format_name']}, "
@@ -279,16 +276,6 @@ def _check_against_checkpoint(
             f"quant_pair"
         )
     return minimum
-
-
-def eval_split(c: dict[str, Any]) -> tuple[str, list[str]] | None:
-    """``(source, captions)`` of the held-out split a run evaluates on, None when nothing is evaluated."""
-    if not c["autoquant"].get("evaluate", True):
-        return None
-    d = c["dataset"]
-    return data_mod.resolve_eval_captions(
-        d.get("root"), d.get("path"), d.get("eval_path"), d.get("eval_samples")
-    )
 
 
 def plan_run(cfg: DictConfig | dict) -> RunPlan:
@@ -324,7 +311,7 @@ def plan_run(cfg: DictConfig | dict) -> RunPlan:
         check_name(key, value)
     settings = settings_from_cfg(c)  # tracking=server without a URI
     # 2. device
-    device = plan_device(aq["device"])
+    device = resolve_device(aq["device"])
     # 3. effective format and capability rules
     context = f"quant_granularity={gran['name']} on quant_pair={pair['name']}"
     try:

@@ -236,9 +236,37 @@ def budget_curve(state: Mapping[str, Any], budgets: Iterable[float], run_budget:
 def recipe_json(quant_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """JSON-safe form of a recipe (integer ``block_sizes`` keys become ``"-1"``; tuples lists).
 
-    :func:`autoquant_sweep.tracking.registry.quantize_config_from_json` turns it back into a config
+    :func:`quantize_config_from_json` turns it back into a config
     that ``mtq.quantize`` takes unchanged.
     """
-    from autoquant_sweep.quant.overlay import canonical_json
+    from autoquant_sweep.fingerprints import canonical_json
 
     return json.loads(canonical_json(quant_cfg))
+
+
+def _normalise_cfg(cfg: Any) -> Any:
+    from autoquant_sweep.quant.overlay import normalize_block_sizes
+
+    if isinstance(cfg, list):
+        return [_normalise_cfg(stage) for stage in cfg]
+    if isinstance(cfg, Mapping):
+        out = dict(cfg)
+        for key in ("block_sizes",):
+            if isinstance(out.get(key), Mapping):
+                out[key] = normalize_block_sizes(out[key], where=key)
+        return out
+    return cfg
+
+
+def quantize_config_from_json(text: str | bytes) -> dict[str, Any]:
+    """Effective quant config JSON -> a dict ready for ``mtq.quantize`` (int block_sizes keys, rule list)."""
+    from autoquant_sweep.quant.overlay import to_rule_list
+
+    raw = json.loads(text)
+    out = dict(raw)
+    rules = to_rule_list(raw["quant_cfg"])
+    for rule in rules:
+        if "cfg" in rule and rule["cfg"] is not None:
+            rule["cfg"] = _normalise_cfg(rule["cfg"])
+    out["quant_cfg"] = rules
+    return out

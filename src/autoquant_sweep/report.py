@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from autoquant_sweep.figures import FIGURE_SAVE
+
 MANIFEST = "manifest.json"
 PER_LAYER_JSON = "per_layer.json"
 PER_LAYER_MD = "per_layer.md"
@@ -23,13 +25,26 @@ REPORT_FILES = (MANIFEST, PER_LAYER_JSON, PER_LAYER_MD, PER_LAYER_CSV, PER_LAYER
 RECIPE_FILES = (RECIPE_CFG, RECIPE_CURVE_JSON, RECIPE_CURVE_PNG)
 #: the report's images, relative to the report folder (``write_report(..., plots=False)`` leaves them out)
 PLOT_FILES = (PER_LAYER_PNG, f"{RECIPE_DIR}/{RECIPE_CURVE_PNG}")
-PNG_DPI = 100
 CSV_COLUMNS = ("rank", "group", "modules", "score", "cost", "uncompressed_cost", "bits", "chosen_in_budget")
 
 
 def dump_json(obj: Any) -> str:
     """Stable, human-readable JSON (sorted keys, trailing newline)."""
     return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str]) -> list[str]:
+    """A Markdown (pipe) table as lines, columns padded to their width; ``align``: ``left`` / ``right`` /
+    ``center`` per column. Cells are taken as given (no number parsing: ``1.0`` stays ``1.0``).
+
+    Example:
+        >>> markdown_table(["rank", "group"], [["1", "mlp"]], ["right", "left"])
+        ['|   rank | group   |', '|-------:|:--------|', '|      1 | mlp     |']
+    """
+    from tabulate import tabulate
+
+    text = tabulate(rows, headers=header, tablefmt="pipe", colalign=align, disable_numparse=True)
+    return text.splitlines()
 
 
 def ranked_layers(layers: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -55,15 +70,15 @@ def render_markdown(manifest: Mapping[str, Any]) -> str:
         f"- total_sensitivity: {obj['total_sensitivity']:.6e}",
         *_recipe_lines(manifest),
         "",
-        "| rank | layer group | modules | score | cost | bits | kept quantized in budget |",
-        "|---:|---|---|---:|---:|---:|:---:|",
     ]
-    for layer in ranked_layers(manifest["per_layer"]):
-        modules = ", ".join(m.rsplit(".", 1)[-1] for m in layer["modules"])
-        lines.append(
-            f"| {layer['rank']} | `{layer['group']}` | {modules} | {layer['score']:.6e} | "
-            f"{layer['cost']:.0f} | {layer['bits']:g} | {'yes' if layer['chosen_in_budget'] else 'no'} |"
-        )
+    rows = [[str(layer["rank"]), f"`{layer['group']}`",
+             ", ".join(m.rsplit(".", 1)[-1] for m in layer["modules"]), f"{layer['score']:.6e}",
+             f"{layer['cost']:.0f}", f"{layer['bits']:g}",
+             "yes" if layer["chosen_in_budget"] else "no"]
+            for layer in ranked_layers(manifest["per_layer"])]
+    lines += markdown_table(
+        ["rank", "layer group", "modules", "score", "cost", "bits", "kept quantized in budget"], rows,
+        ["right", "left", "left", "right", "right", "right", "center"])
     return "\n".join(lines) + "\n"
 
 
@@ -114,7 +129,7 @@ def _figure(width: float, height: float) -> Any:
 
 def _save_png(fig: Any, path: Path) -> None:
     # No Software metadata: the PNG bytes do not depend on the matplotlib build.
-    fig.savefig(path, dpi=PNG_DPI, metadata={"Software": None})
+    fig.savefig(path, **FIGURE_SAVE)
 
 
 def plot_sensitivity(path: Path, manifest: Mapping[str, Any]) -> None:

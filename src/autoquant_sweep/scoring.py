@@ -50,7 +50,7 @@ class ScoringRecordError(ValueError):
 
 
 def _json(value: Any) -> Any:
-    from autoquant_sweep.quant.overlay import canonical_json
+    from autoquant_sweep.fingerprints import canonical_json
 
     return json.loads(canonical_json(value))
 
@@ -63,7 +63,7 @@ def scoring_record(state: Mapping[str, Any], quant_format: Mapping[str, Any], *,
     Raises :class:`ScoringRecordError` when a group holds another candidate than ``quant_format`` (the
     record would not rebuild the state) or the state has a fixed quantization config.
     """
-    from autoquant_sweep.quant.overlay import config_fingerprint
+    from autoquant_sweep.fingerprints import config_fingerprint
 
     if state.get("fixed_quantization_config") is not None:
         raise ScoringRecordError(f"{format_label}: a search with a fixed_quantization_config is not recorded")
@@ -128,7 +128,7 @@ def read_record(text: str | bytes, where: str) -> dict[str, Any]:
 
 def format_from_json(fmt: Mapping[str, Any]) -> dict[str, Any]:
     """A record's ``format`` back into the dict ModelOpt took (int ``block_sizes`` keys, rule list)."""
-    from autoquant_sweep.tracking.registry import quantize_config_from_json
+    from autoquant_sweep.recipe import quantize_config_from_json
 
     return quantize_config_from_json(json.dumps(fmt))
 

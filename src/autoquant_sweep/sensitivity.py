@@ -10,7 +10,6 @@ import contextlib
 import io
 import logging
 import math
-import resource
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -52,8 +51,9 @@ class SensitivityResult:
     num_calib_steps: int
     num_score_steps: int
     seconds: dict[str, float | None] = field(default_factory=dict)
+    # the trial's own peak, measured around the whole trial by compute (trial_memory.TrialMemory)
     peak_memory_mb: float = 0.0
-    memory_kind: str = "cpu_max_rss"
+    memory_kind: str = "not_measured"
 
     def objectives(self) -> dict[str, float]:
         """The values a sweep can optimise (see design: Objectives)."""
@@ -160,10 +160,14 @@ def run_autoquant(
     num_calib_steps: int,
     num_score_steps: int,
     disabled_layers: Sequence[str] = ("*lm_head*",),
+    cost_excluded_modules: Sequence[str] = (),
     device: str = "cpu",
     verbose: bool = False,
 ) -> SensitivityResult:
     """Score every searchable layer group of ``model`` under ``quant_format`` (modifies ``model``).
+
+    ``cost_excluded_modules``: module-name patterns whose groups ModelOpt leaves out of the effective-bits
+    cost (``constraints["cost"]["excluded_module_name_patterns"]``), e.g. a VL model's vision tower.
 
     Raises :class:`SensitivityResultError` when every score is zero (nothing was quantized) or any
     score is non-finite, and :class:`UserInputError` for an infeasible ``effective_bits`` budget
@@ -175,7 +179,6 @@ def run_autoquant(
         >>> result.total_sensitivity  # doctest: +SKIP
     """
     import modelopt.torch.quantization as mtq
-    import torch
     from modelopt.torch.quantization.algorithms import QuantRecipe
 
     if method not in METHODS:
@@ -188,14 +191,16 @@ def run_autoquant(
     def loss_func(output: Any, batch: dict) -> Any:
         return output.loss
 
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    constraints: dict[str, Any] = {"effective_bits": float(effective_bits)}
+    if cost_excluded_modules:
+        constraints["cost"] = {"excluded_module_name_patterns": list(cost_excluded_modules)}
+
     start = time.perf_counter()
     try:
         with contextlib.nullcontext() if verbose else quiet_modelopt():
             quantized_model, state = mtq.auto_quantize(
                 model,
-                constraints={"effective_bits": float(effective_bits)},
+                constraints=constraints,
                 quantization_formats=[quant_format],
                 data_loader=clock,
                 forward_step=forward,
@@ -215,10 +220,6 @@ def run_autoquant(
             raise UserInputError(f"autoquant.effective_bits: {exc}") from exc
         raise
     end = time.perf_counter()
-    if device == "cuda":
-        peak_mb, memory_kind = torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
-    else:
-        peak_mb, memory_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
 
     no_quant = QuantRecipe(quant_cfg=None)
     best_recipe = state["best"].get("recipe", {})
@@ -265,8 +266,6 @@ def run_autoquant(
             "calibration": calibration_seconds,
             "scoring": scoring_seconds,
         },
-        peak_memory_mb=peak_mb,
-        memory_kind=memory_kind,
     )
     # Not dataclass fields (never serialised): the search state re-solves recipes at other budgets
     # (recipe.solve_recipe) and the returned model is quantized + calibrated with the best recipe.

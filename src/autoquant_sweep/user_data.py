@@ -1,7 +1,7 @@
 """Data of real runs: samples from local files, the held-out-split policy, captions without the models.
 
-- :func:`parse_samples`: one sample per line of a plain-text file, or the ``text`` field of each line
-  of a ``.jsonl`` file (``dataset.path``, ``dataset.eval_path``, ``--calib-path``, ``--eval-path``);
+- :func:`eval_split`: the held-out split a run evaluates on (the samples themselves are read by
+  :func:`autoquant_sweep.data.parse_samples`);
 - :func:`check_evaluation`: an objective that needs the measured held-out loss (``eval_loss_delta``:
   ``search=measured``) without a held-out split is refused in the plan, in one line, instead of a
   study of ``inf`` trials; otherwise a run without one logs once that evaluation is off and why;
@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,44 +21,22 @@ from autoquant_sweep.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JSONL_FIELD", "NEEDS_EVALUATION", "captions_only_dir", "check_evaluation",
-           "check_sweep_evaluation", "parse_samples"]
+__all__ = ["NEEDS_EVALUATION", "captions_only_dir", "check_evaluation", "check_sweep_evaluation",
+           "eval_split"]
 
-JSONL_FIELD = "text"
 #: objectives whose value is the measured held-out loss increase
 NEEDS_EVALUATION = ("eval_loss_delta",)
 _LOGGED: set[str] = set()
 
 
-def parse_samples(text: str, path: Path, *, key: str = "dataset.path") -> list[str]:
-    """The non-empty samples of a file's text: lines, or for ``.jsonl`` each line's ``text`` field.
+def eval_split(c: Mapping[str, Any]) -> tuple[str, list[str]] | None:
+    """``(source, captions)`` of the held-out split a run evaluates on, None when nothing is evaluated."""
+    from autoquant_sweep.data import resolve_eval_captions
 
-    Example:
-        >>> parse_samples('{"text": "a cat ."}\\n\\n{"text": "a dog ."}\\n', Path("d.jsonl"))
-        ['a cat .', 'a dog .']
-        >>> parse_samples('{"txt": 1}', Path("d.jsonl"))
-        Traceback (most recent call last):
-        ...
-        autoquant_sweep.errors.UserInputError: dataset.path: 'd.jsonl' line 1 has no string field "text"; write one JSON object per line with a "text" field
-    """  # noqa: E501
-    if path.suffix.lower() != ".jsonl":
-        return [line.strip() for line in text.splitlines() if line.strip()]
-    samples = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserInputError(f"{key}: '{path}' line {number} is not JSON ({exc.msg}); write one JSON "
-                                 f"object per line with a \"{JSONL_FIELD}\" field") from exc
-        value = record.get(JSONL_FIELD) if isinstance(record, dict) else None
-        if not isinstance(value, str):
-            raise UserInputError(f"{key}: '{path}' line {number} has no string field \"{JSONL_FIELD}\"; "
-                                 f"write one JSON object per line with a \"{JSONL_FIELD}\" field")
-        if value.strip():
-            samples.append(value.strip())
-    return samples
+    if not c["autoquant"].get("evaluate", True):
+        return None
+    d = c["dataset"]
+    return resolve_eval_captions(d.get("root"), d.get("path"), d.get("eval_path"), d.get("eval_samples"))
 
 
 def check_evaluation(c: Mapping[str, Any], split: Any) -> None:
@@ -96,8 +73,6 @@ def check_sweep_evaluation(config: Any) -> None:
     """:func:`check_evaluation` of a sweep's composed config, before its first trial: a study of an
     evaluation objective without held-out data stops at once (one line) instead of failing every trial."""
     from omegaconf import OmegaConf
-
-    from autoquant_sweep.plan import eval_split
 
     if "autoquant" not in config or "dataset" not in config:
         return

@@ -75,7 +75,7 @@ def test_a_sweep_mixes_its_formats_at_its_end_and_prints_the_mix_first(study):
 
 
 def test_mix_over_two_sweeps_of_one_study_in_a_fresh_process_registers_and_applies(study, tmp_path):
-    from autoquant_sweep.tracking.registry import quantize_config_from_json
+    from autoquant_sweep.recipe import quantize_config_from_json
 
     tmp = study["tmp"]
     uri = f"sqlite:///{tmp}/mlflow.db"

@@ -84,6 +84,17 @@ def test_default_study_records_trials_in_optuna_and_mlflow(default_study):
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "optuna")}
     expected = {"optuna/optimization_history.png", "optuna/param_importances.png", "optuna/trials.csv"}
     assert expected <= artifacts
+    import pandas as pd
+
+    csv = client.download_artifacts(parents[0].info.run_id, "optuna/trials.csv", str(tmp_path))
+    trials = pd.read_csv(csv)
+    by_id = {r.info.run_id: r for r in children}
+    assert sorted(trials["run_id"]) == sorted(by_id)  # every trial linked to its own run
+    for row in trials.itertuples():
+        params = by_id[row.run_id].data.params
+        assert (params["quant_pair"], params["quant_granularity"]) == (row.params_quant_pair,
+                                                                      row.params_quant_granularity)
+        assert by_id[row.run_id].data.tags["hydra_job_num"] == str(row.number)  # a new study: trial k, job k
     assert parents[0].data.tags["optuna_study"] == STUDY
     sweep_folder = parents[0].info.run_name.removeprefix("sweep-")
     results = list(tmp_path.glob(f"multirun/sensitivity/{sweep_folder}/optimization_results.yaml"))

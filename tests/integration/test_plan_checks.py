@@ -272,11 +272,13 @@ def test_seq_len_over_max_position_embeddings_names_config_json(plan_error, embe
             "use autoquant.effective_bits=5.32 or more, or a lower-bit quant_pair",
         ),
         (
-            ["model=qwen3_vl_tiny", "quant_pair=wint4_aint8", "autoquant.effective_bits=6.5"],
-            "autoquant.effective_bits: 6.5 is below the minimum achievable effective bits 6.6557 of "
+            # the vision tower is out of the cost (model.cost_excluded_modules): the text model's minimum
+            ["model=qwen3_vl_tiny", "quant_pair=wint4_aint8", "autoquant.effective_bits=5"],
+            "autoquant.effective_bits: 5 is below the minimum achievable effective bits 5.3125 of "
             "qwen3_vl_tiny with quant_pair=wint4_aint8 (AQS_W4A8_INT4_BLOCK_INT8_CFG, 4.125 bits per weight; "
-            "every searchable layer at 4.125 bits, the 159,744 weights of model.disabled_layers at 16 bits); "
-            "use autoquant.effective_bits=6.66 or more, or a lower-bit quant_pair",
+            "every searchable layer at 4.125 bits, the 65,536 weights of model.disabled_layers at 16 bits, "
+            "the 94,208 weights of model.cost_excluded_modules not counted); "
+            "use autoquant.effective_bits=5.32 or more, or a lower-bit quant_pair",
         ),
     ],
     ids=["int8", "int4-block", "vl-w4a8"],

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -26,10 +25,10 @@ from autoquant_sweep.quant.realized import (
     declared_kinds,
     realize,
 )
+from tests.conftest import CONF
 
 pytestmark = pytest.mark.integration
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 PAIRS = load_group("quant_pair", CONF)
 GRANULARITIES = load_group("quant_granularity", CONF)
 
@@ -79,7 +78,7 @@ def test_every_cpu_runnable_combination_realizes_what_its_name_promises(tiny):
 
 
 def test_per_token_dynamic_inputs_are_dynamic_and_evaluate_at_another_batch_size(tiny):
-    from autoquant_sweep.evaluation import eval_loss
+    from autoquant_sweep.evaluation import MAX_EVAL_BATCH, eval_batch_size, eval_loss
 
     model, calib, larger = tiny
     fmt = apply_overlay(resolve_format("INT8_DEFAULT_CFG"),
@@ -89,6 +88,7 @@ def test_per_token_dynamic_inputs_are_dynamic_and_evaluate_at_another_batch_size
     assert inputs
     assert all(q.dynamic and q.amax_shape is None and q.kind == "per_token_dynamic" for q in inputs)
     assert all(tuple(q.axis) == (0, 1) for q in inputs)  # one scale per (batch, position), at run time
+    assert eval_batch_size(quantized, 4) == MAX_EVAL_BATCH  # no amax pins the held-out batch size
     loss_8 = eval_loss(quantized, larger)  # calibrated at batch 4, evaluated at batch 8
     assert math.isfinite(loss_8)
     assert abs(loss_8 - eval_loss(model, larger)) < 0.01  # per-token INT8 inputs barely hurt
@@ -98,7 +98,7 @@ def test_the_docstring_form_is_static_per_position_and_the_check_says_so(tiny):
     """``block_sizes: {-1: None, "type": "dynamic"}`` (ModelOpt's docstring form) on INT8 inputs: ModelOpt
     0.47 makes it a static quantizer whose amax has the calibration batch's shape (pins the private
     ``_dynamic`` read in ``quant.realized._is_dynamic`` to nvidia-modelopt 0.47)."""
-    from autoquant_sweep.evaluation import eval_loss
+    from autoquant_sweep.evaluation import MAX_EVAL_BATCH, eval_batch_size, eval_loss
 
     model, calib, larger = tiny
     fmt = apply_overlay(resolve_format("INT8_DEFAULT_CFG"),
@@ -109,6 +109,7 @@ def test_the_docstring_form_is_static_per_position_and_the_check_says_so(tiny):
     inputs = [q for q in realize(quantized) if q.role == "input"]
     assert {q.kind for q in inputs} == {"per_position_static"}
     assert {q.amax_shape for q in inputs} == {(4, 32, 1)}  # fitted to the calibration batch
+    assert eval_batch_size(quantized, 4) == 4 and eval_batch_size(quantized, 2) == MAX_EVAL_BATCH
     expected = r"declares input per_token_dynamic but ModelOpt instantiated per_position_static .*\(4, 32, 1"
     with pytest.raises(RealizedGranularityError, match=expected):
         check_realized(declared, realize(quantized), where="wint8_aint8 x docstring form")

@@ -58,8 +58,7 @@ def test_exported_recipe_reloads_into_mtq_quantize_with_the_same_quantized_modul
 
     from autoquant_sweep.compute import MODEL_CACHE
     from autoquant_sweep.evaluation import eval_loss
-    from autoquant_sweep.recipe import recipe_json, solve_recipe
-    from autoquant_sweep.tracking.registry import quantize_config_from_json
+    from autoquant_sweep.recipe import quantize_config_from_json, recipe_json, solve_recipe
 
     result = scored["result"]
     recipe = solve_recipe(result.search_state, BUDGET)

@@ -12,8 +12,10 @@ import sys
 import pytest
 
 from autoquant_sweep.errors import UserInputError
-from autoquant_sweep.quant.formats import PROJECT_COMPOSITIONS, UnknownFormatError, resolve_format
-from autoquant_sweep.quant.overlay import INPUT, WEIGHT, canonical_json, effective_quantizer_cfg
+from autoquant_sweep.fingerprints import canonical_json
+from autoquant_sweep.quant.compositions import PROJECT_COMPOSITIONS
+from autoquant_sweep.quant.formats import UnknownFormatError, resolve_format
+from autoquant_sweep.quant.overlay import INPUT, WEIGHT, effective_quantizer_cfg
 from autoquant_sweep.quant.preset_data import PRESETS
 from autoquant_sweep.quant.presets import project_preset_names, stored_presets
 

@@ -8,19 +8,18 @@ import sys
 
 import pytest
 
+from autoquant_sweep.fingerprints import canonical_json, config_fingerprint
 from autoquant_sweep.quant.overlay import (
     INPUT,
     WEIGHT,
     OverlayError,
     apply_overlay,
-    canonical_json,
-    config_fingerprint,
     effective_quantizer_cfg,
     normalize_block_sizes,
-    summarize_format,
     to_rule_list,
     validate_overrides,
 )
+from autoquant_sweep.quant.summary import summarize_format
 
 OFF = {"quantizer_name": "*", "enable": False}
 TAIL = [

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from autoquant_sweep.quant.overlay import OverlayError, apply_overlay, canonical_json, format_bits
+from autoquant_sweep.fingerprints import canonical_json
+from autoquant_sweep.quant.overlay import OverlayError, apply_overlay, format_bits
 
 INT4_BLOCK = {
     "quant_cfg": [

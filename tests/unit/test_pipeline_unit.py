@@ -1,4 +1,4 @@
-"""Pure parts of the run pipeline: failure kinds, the sweep's end status, the parent id file, device probe."""
+"""Pure parts of the run pipeline: failure kinds, the sweep's end status, the parent id file."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 from autoquant_sweep import faults
 from autoquant_sweep.errors import CapabilityRefusedError, SensitivityResultError, UserInputError
 from autoquant_sweep.pipeline import failure_kind
-from autoquant_sweep.plan import plan_device
 from autoquant_sweep.tracking.callbacks import PARENT_RUN_FILE, read_parent_run_id, sweep_end_status
 
 
@@ -52,13 +51,3 @@ def test_parent_run_id_file(tmp_path: Path) -> None:
     assert read_parent_run_id(tmp_path) == "abc123"
     (tmp_path / PARENT_RUN_FILE).write_text("")
     assert read_parent_run_id(tmp_path) is None
-
-
-def test_device_without_a_gpu_driver_needs_no_torch(monkeypatch) -> None:
-    import autoquant_sweep.plan as plan
-
-    monkeypatch.setattr(plan, "_gpu_driver_present", lambda: False)
-    monkeypatch.setattr(plan, "resolve_device", lambda requested: pytest.fail("torch was asked"))
-    assert plan_device("auto") == "cpu"
-    with pytest.raises(UserInputError, match=r"^autoquant\.device=cuda but torch sees no CUDA device"):
-        plan_device("cuda")

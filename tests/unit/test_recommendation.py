@@ -8,15 +8,14 @@ import pytest
 
 from autoquant_sweep.objectives import OBJECTIVES, objective_result
 from autoquant_sweep.recipe import budget_step, default_budget_grid, resolve_budget_grid
-from autoquant_sweep.tracking.recommendation import (
-    band_alias,
+from autoquant_sweep.tracking.recommendation_analysis import (
     best_per_budget,
     computed_rows,
     pareto_front,
     proxy_fidelity,
-    table_lines,
 )
-from autoquant_sweep.tracking.registry import qualifying
+from autoquant_sweep.tracking.recommendation_text import table_lines
+from autoquant_sweep.tracking.registry import band_alias, qualifying
 
 
 def _point(pair, budget, score, bits, evaluated=False, delta=math.nan):
@@ -70,23 +69,17 @@ def test_pareto_front_over_curve_points():
 def test_proxy_fidelity_is_scipys_spearman_over_computed_rows():
     from scipy.stats import spearmanr
 
+    def row(run_id, pair, score, delta, computed=None, status="FINISHED", cache_hit="false"):
+        return {"run_id": run_id, "computed_run_id": computed or run_id, "status": status,
+                "cache_hit": cache_hit, "quant_pair": pair, "canonical_granularity": "default",
+                "constrained_score": score, "eval_loss_delta": delta}
+
     rows = [
-        {"run_id": "r1", "computed_run_id": "r1", "status": "FINISHED", "cache_hit": "false",
-         "quant_pair": "p1", "canonical_granularity": "default", "constrained_score": 1e-6,
-         "eval_loss_delta": 1e-4},
-        {"run_id": "r2", "computed_run_id": "r2", "status": "FINISHED", "cache_hit": "false",
-         "quant_pair": "p2", "canonical_granularity": "default", "constrained_score": 3e-6,
-         "eval_loss_delta": 5e-4},
-        {"run_id": "r3", "computed_run_id": "r3", "status": "FINISHED", "cache_hit": "false",
-         "quant_pair": "p3", "canonical_granularity": "default", "constrained_score": 2e-6,
-         "eval_loss_delta": 9e-4},
-        # a cache hit of r1 (a no-op granularity) counts once, as r1
-        {"run_id": "r4", "computed_run_id": "r1", "status": "FINISHED", "cache_hit": "true",
-         "quant_pair": "p1", "canonical_granularity": "default", "constrained_score": 1e-6,
-         "eval_loss_delta": 1e-4},
-        {"run_id": "r5", "computed_run_id": "r5", "status": "FAILED", "cache_hit": "false",
-         "quant_pair": "p4", "canonical_granularity": "default", "constrained_score": math.nan,
-         "eval_loss_delta": math.nan},
+        row("r1", "p1", 1e-6, 1e-4),
+        row("r2", "p2", 3e-6, 5e-4),
+        row("r3", "p3", 2e-6, 9e-4),
+        row("r4", "p1", 1e-6, 1e-4, computed="r1", cache_hit="true"),  # a cache hit of r1: counts once
+        row("r5", "p4", math.nan, math.nan, status="FAILED"),
     ]
     assert [r["run_id"] for r in computed_rows(rows)] == ["r1", "r2", "r3"]
     fidelity = proxy_fidelity(rows, "constrained_score")

@@ -6,10 +6,10 @@ import struct
 
 import pytest
 
+from autoquant_sweep.figures import PNG_DPI
 from autoquant_sweep.report import (
     PER_LAYER_PNG,
     PLOT_FILES,
-    PNG_DPI,
     RECIPE_CURVE_PNG,
     RECIPE_DIR,
     plot_budget_curve,

@@ -1,17 +1,21 @@
 """What a person reads of a sweep, without MLflow or a model: summary table, heatmap cells, descriptions,
-run names, params of overlays that took effect, log10 metrics, the trial <-> run link."""
+run names, params of overlays that took effect, log10 metrics, the trial <-> run link (by job number)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from autoquant_sweep.search.study_report import link_trials_to_runs
+from autoquant_sweep.search.study_report import (
+    TRIAL_JOB_ATTR,
+    TRIAL_PARENT_ATTR,
+    link_trials_to_runs,
+    stamp_trial_job,
+)
 from autoquant_sweep.tracking.run_logging import (
+    JOB_NUM_TAG,
     effective_override_params,
     failure_description,
     readable_metrics,
@@ -21,11 +25,12 @@ from autoquant_sweep.tracking.run_logging import (
 from autoquant_sweep.tracking.summary import (
     NOT_TRIED,
     REFUSED,
+    csv_text,
     format_value,
     heatmap_cells,
+    markdown_text,
     outcome,
     parent_description,
-    write_summary,
 )
 
 NAN = math.nan
@@ -74,27 +79,29 @@ ROWS = [
 ]
 
 
-def test_summary_table_is_sorted_by_the_objective_and_formatted_per_column(tmp_path: Path) -> None:
-    paths = write_summary(tmp_path, ROWS, "total_sensitivity", "t")
-    md = paths[1].read_text()
-    header = next(line for line in md.splitlines() if line.startswith("| #"))
-    assert "| quant_granularity |" in header and "| granularity |" not in header
-    body = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert [line.split(" | ")[2] for line in body] == [
+def test_summary_table_is_sorted_by_the_objective_and_formatted_per_column() -> None:
+    md = markdown_text(ROWS, "total_sensitivity", "t")
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("|") and line.strip("| ").startswith("#"))
+    assert "| quant_granularity " in header and "| granularity " not in header
+    assert lines[lines.index(header) + 1].startswith("|--")  # the alignment row follows the header
+    body = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines
+            if line.startswith("|") and line.strip("| ")[:1].isdigit()]
+    assert [cells[2] for cells in body] == [
         "w_group64",
         "w_group64",
         "a_per_token_dynamic",
         "default",
         "w_per_out_channel",
     ]  # best first
-    assert "| 2.47e-07 | 1.0 |" in body[0] and "| 10.00 |" in body[0] and "e+01" not in md
-    assert "| 35.3 |" in body[3]  # 8.73e-6 is 35x the best
+    assert body[0][4:7] == ["2.47e-07", "1.0", "2.47e-07"] and "10.00" in body[0] and "e+01" not in md
+    assert body[3][5] == "35.3"  # 8.73e-6 is 35x the best
     assert "no-op (= default)" in body[2] and "cache hit" in body[1] and "refused" in body[4]
-    assert "fp4 \\| no axis" in body[4]
-    csv_lines = paths[0].read_text().splitlines()
+    assert "fp4 \\| no axis" in body[4][-1]
+    csv_lines = csv_text(ROWS, "total_sensitivity").splitlines()
     assert csv_lines[0].startswith("run_id,quant_pair,quant_granularity,")
     assert csv_lines[1].startswith("bbbbbbbb,") and "2.473e-07" in csv_lines[1]
-    assert paths[2].read_bytes()[:4] == b"\x89PNG"
+    assert len({len(line) for line in lines if line.startswith("|")}) == 1  # columns padded to one width
 
 
 def test_number_formats() -> None:
@@ -215,29 +222,32 @@ def test_failure_description_keeps_the_whole_reason() -> None:
     assert "failure/plan.json" in text and "autoquant-sweep validate" in text
 
 
-def _trial(number: int, pair: str, start: float, end: float | None) -> SimpleNamespace:
-    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    return SimpleNamespace(
-        number=number,
-        params={"quant_pair": pair},
-        datetime_start=t0 + dt.timedelta(seconds=start),
-        datetime_complete=None if end is None else t0 + dt.timedelta(seconds=end),
-    )
+def _run(rid: str, parent: str, job: str | None) -> SimpleNamespace:
+    tags = {"mlflow.parentRunId": parent, **({JOB_NUM_TAG: job} if job is not None else {})}
+    return SimpleNamespace(info=SimpleNamespace(run_id=rid), data=SimpleNamespace(tags=tags))
 
 
-def _run(rid: str, pair: str, start: float) -> SimpleNamespace:
-    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp() * 1000
-    return SimpleNamespace(
-        info=SimpleNamespace(run_id=rid, start_time=t0 + start * 1000),
-        data=SimpleNamespace(params={"quant_pair": pair}),
-    )
+def test_trials_link_to_the_run_of_their_job_under_their_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real Optuna study asked by two sweeps: each trial is stamped with its sweep's parent run and the
+    job number it runs as (0, 1, ... per sweep), and links to the run with the same two."""
+    import optuna
 
+    from autoquant_sweep.tracking.store import PARENT_RUN_ENV
 
-def test_trials_link_to_the_run_with_their_params_inside_their_time_window() -> None:
-    trials = [_trial(0, "a", 0, 10), _trial(1, "a", 10, 20), _trial(2, "b", 20, 30), _trial(3, "b", 30, None)]
-    runs = [_run("r-a2", "a", 10.5), _run("r-a1", "a", 0.4), _run("r-b1", "b", 20.2), _run("old", "b", -100)]
+    study = optuna.create_study()
+    for parent, asks in (("parent-1", 2), ("parent-2", 2)):
+        monkeypatch.setenv(PARENT_RUN_ENV, parent)
+        for _ in range(asks):
+            stamp_trial_job(study.ask())
+    monkeypatch.delenv(PARENT_RUN_ENV)
+    stamp_trial_job(study.ask())  # an untracked sweep: no stamp, no link
+    trials = study.get_trials(deepcopy=False)
+    assert [(t.user_attrs.get(TRIAL_PARENT_ATTR), t.user_attrs.get(TRIAL_JOB_ATTR)) for t in trials] == [
+        ("parent-1", 0), ("parent-1", 1), ("parent-2", 0), ("parent-2", 1), (None, None)]
+    runs = [_run("r-2-1", "parent-2", "1"), _run("r-1-0", "parent-1", "0"), _run("r-2-0", "parent-2", "0"),
+            _run("single", "parent-1", None)]
     linked = link_trials_to_runs(trials, runs)
-    assert {n: r.info.run_id for n, r in linked.items()} == {0: "r-a1", 1: "r-a2", 2: "r-b1"}
+    assert {n: r.info.run_id for n, r in linked.items()} == {0: "r-1-0", 2: "r-2-0", 3: "r-2-1"}
 
 
 @pytest.mark.parametrize("value", [0.0, -1.0, NAN])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from pathlib import Path
@@ -10,7 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from autoquant_sweep.errors import UserInputError
-from autoquant_sweep.tracking.registry import qualifying, quantize_config_from_json, registered_name
+from autoquant_sweep.recipe import quantize_config_from_json
+from autoquant_sweep.tracking.registry import qualifying, registered_name
 from autoquant_sweep.tracking.run_logging import flatten_overrides, quantizer_key
 from autoquant_sweep.tracking.store import PARENT_RUN_ENV, connect, settings_from_cfg
 
@@ -177,8 +179,9 @@ def test_callback_does_nothing_when_tracking_off(monkeypatch: pytest.MonkeyPatch
     assert callback.client is None and PARENT_RUN_ENV not in __import__("os").environ
 
 
-def test_summary_files_with_failed_cells(tmp_path: Path) -> None:
-    from autoquant_sweep.tracking.summary import write_summary
+def test_summary_texts_and_heatmap_with_failed_cells() -> None:
+    from autoquant_sweep.figures import FIGURE_SAVE
+    from autoquant_sweep.tracking.summary import heatmap_figure, markdown_text
 
     rows = [
         {"run_id": "a", "quant_pair": "wint8_aint8", "granularity": "default", "dataset_size": "small",
@@ -189,27 +192,26 @@ def test_summary_files_with_failed_cells(tmp_path: Path) -> None:
          "total_sensitivity": math.nan, "constrained_score": math.nan, "effective_bits": math.nan,
          "status": "FAILED", "cache_hit": "false", "failure_reason": "refused | because"},
     ]
-    paths = write_summary(tmp_path, rows, "total_sensitivity", "t")
-    names = ["sweep_summary.csv", "sweep_summary.md", "heatmap_total_sensitivity.png"]
-    assert [p.name for p in paths] == names
-    assert "refused \\| because" in paths[1].read_text()
-    assert paths[2].read_bytes()[:4] == b"\x89PNG"
+    assert "refused \\| because" in markdown_text(rows, "total_sensitivity", "t")
+    png = io.BytesIO()
+    heatmap_figure(rows, "total_sensitivity", "t").savefig(png, **FIGURE_SAVE)
+    assert png.getvalue()[:4] == b"\x89PNG"
 
 
 def test_sub_commands_find_the_store_a_run_in_the_same_folder_uses(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
 
-    from autoquant_sweep.tracking.cli import _tracking_uri
+    from autoquant_sweep.tracking.registry_args import tracking_uri
 
     for name in ("AUTOQUANT_SWEEP_ROOT", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     run_store = _compose_in(tmp_path).tracking.local_store_uri
-    assert _tracking_uri(argparse.Namespace(tracking_uri=None)) == run_store == f"sqlite:///{tmp_path}/mlflow.db"
+    assert tracking_uri(argparse.Namespace(tracking_uri=None)) == run_store == f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert _tracking_uri(argparse.Namespace(tracking_uri=None)) == "http://127.0.0.1:5000"
-    assert _tracking_uri(argparse.Namespace(tracking_uri="sqlite:///x.db")) == "sqlite:///x.db"
+    assert tracking_uri(argparse.Namespace(tracking_uri=None)) == "http://127.0.0.1:5000"
+    assert tracking_uri(argparse.Namespace(tracking_uri="sqlite:///x.db")) == "sqlite:///x.db"
 
 
 def test_summary_rows_from_mlflow_search_runs_frame_equal_rows_from_runs(tmp_path: Path,
@@ -237,10 +239,12 @@ def test_summary_rows_from_mlflow_search_runs_frame_equal_rows_from_runs(tmp_pat
     assert first["constrained_score"] == 2.5e-7 and first["outcome"] == "cache hit"
 
 
-def test_summary_logged_by_the_mlflow_client_is_byte_identical_to_the_written_files(
+def test_summary_and_recommendation_logged_by_the_mlflow_client_are_their_texts(
         tmp_path: Path, new_mlflow_store) -> None:
-    from autoquant_sweep.tracking.recommendation import best_per_budget, log_artifacts, write_artifacts
-    from autoquant_sweep.tracking.summary import log_summary, write_summary
+    from autoquant_sweep.tracking.recommendation import log_artifacts
+    from autoquant_sweep.tracking.recommendation_analysis import best_per_budget
+    from autoquant_sweep.tracking.recommendation_text import artifact_texts
+    from autoquant_sweep.tracking.summary import csv_text, heatmap_name, log_summary, markdown_text
 
     from .test_summary_format import ROWS
 
@@ -255,16 +259,54 @@ def test_summary_logged_by_the_mlflow_client_is_byte_identical_to_the_written_fi
               for b in (6.0, 10.0)]
     fidelity = {"objective": "constrained_score", "spearman": math.nan, "n": 0, "points": []}
     log_summary(client, parent, ROWS, "total_sensitivity", "t")
-    log_artifacts(client, parent, best_per_budget(points), points, fidelity, 10.0, "t")
-    (tmp_path / "files").mkdir()
-    written = write_summary(tmp_path / "files", ROWS, "total_sensitivity", "t")
-    written += write_artifacts(tmp_path / "files", best_per_budget(points), points, fidelity, 10.0, "t")
+    table = best_per_budget(points)
+    log_artifacts(client, parent, table, points, fidelity, 10.0, "t")
     logged = Path(client.download_artifacts(parent, "", str(tmp_path / "logged")))
-    assert sorted(p.relative_to(logged).as_posix() for p in logged.rglob("*.*")) == sorted(
-        [f"summary/{p.name}" for p in written[:3]] + [f"recommendation/{p.name}" for p in written[3:]])
-    for path in written:
-        folder = "summary" if path in written[:3] else "recommendation"
-        assert (logged / folder / path.name).read_bytes() == path.read_bytes(), path.name
+    texts = {"summary/sweep_summary.csv": csv_text(ROWS, "total_sensitivity"),
+             "summary/sweep_summary.md": markdown_text(ROWS, "total_sensitivity", "t"),
+             **{f"recommendation/{name}": text
+                for name, text in artifact_texts(table, points, fidelity, 10.0, "t").items()}}
+    pngs = [f"summary/{heatmap_name('total_sensitivity')}", "recommendation/pareto_curves.png"]
+    assert sorted(p.relative_to(logged).as_posix() for p in logged.rglob("*.*")) == sorted([*texts, *pngs])
+    for name, text in texts.items():
+        assert (logged / name).read_text() == text, name
+    for name in pngs:
+        assert (logged / name).read_bytes()[:4] == b"\x89PNG", name
+
+
+def test_one_log_batch_call_logs_more_than_one_request_holds(tmp_path: Path) -> None:
+    """MLflow 3.17's ``MlflowClient.log_batch`` splits into its per-request limits (100 params, 100 tags,
+    1000 values) itself, so a run's values go in one call (run_logging._log_batch)."""
+    from autoquant_sweep.tracking.run_logging import _log_batch
+
+    client = connect(settings_from_cfg({"tracking": {"mode": "local",
+                                                     "tracking_uri": f"sqlite:///{tmp_path}/m.db"}}))
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    params = {f"p{i}": str(i) for i in range(150)}
+    tags = {f"t{i}": str(i) for i in range(120)}
+    _log_batch(client, run_id, params, [("m", float(i), i) for i in range(1500)], tags)
+    data = client.get_run(run_id).data
+    assert data.params == params and {k: v for k, v in data.tags.items() if k.startswith("t")} == tags
+    assert [h.value for h in client.get_metric_history(run_id, "m")] == [float(i) for i in range(1500)]
+
+
+def test_creation_tags_carry_the_git_commit_of_the_checkout_that_runs(monkeypatch: pytest.MonkeyPatch):
+    """MLflow 3.17's run context (``resolve_tags``) reads the commit of the script's repository."""
+    import subprocess
+    import sys
+
+    from autoquant_sweep.paths import project_root
+    from autoquant_sweep.tracking.run_logging import creation_tags
+
+    root = project_root()
+    if root is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    monkeypatch.setattr(sys, "argv", [str(root / "experiments" / "sensitivity.py")])
+    tags = creation_tags({"mlflow.runName": "mine", "mlflow.user": "someone"})
+    assert tags["mlflow.source.git.commit"] == head and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.runName"] == "mine" and tags["mlflow.user"] == "someone"  # given tags win
 
 
 def test_start_run_dates_a_job_from_its_start_and_names_it(tmp_path: Path, new_mlflow_store) -> None:

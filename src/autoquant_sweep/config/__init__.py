@@ -1,5 +1,6 @@
 """Structured config schemas (validated when Hydra composes) and their registration."""
 
+from autoquant_sweep.config.registration import register_configs
 from autoquant_sweep.config.schema import (
     AutoQuantConfig,
     DatasetConfig,
@@ -9,7 +10,6 @@ from autoquant_sweep.config.schema import (
     QuantPairConfig,
     SensitivityConfig,
     TrackingConfig,
-    register_configs,
 )
 
 __all__ = [

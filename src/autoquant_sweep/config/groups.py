@@ -1,56 +1,68 @@
-"""Loading the options of a config group (``conf/<group>/*.yaml``) as plain dicts, in vocabulary order.
+"""Loading the options of a config group (``conf/<group>/*.yaml``) as plain dicts, in their ``order``.
 
 Used wherever the project needs every option of a group outside Hydra's composition: the
-``validate`` sub-command, the Optuna search space and the generated ``docs/granularity.md``.
+``validate`` sub-command, the Optuna search space, run names and the generated ``docs/granularity.md``.
+Each file is checked against its schema (:mod:`autoquant_sweep.config.schema`) as Hydra would.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
 from pathlib import Path
-
-GRANULARITY_ORDER = (
-    "default",
-    "recipe_match_channel_token",
-    "w_per_tensor",
-    "w_per_out_channel",
-    "w_per_in_channel",
-    "w_group64",
-    "w_group128",
-    "a_per_token_dynamic",
-    "a_per_tensor_static",
-)
-PAIR_ORDER = (
-    "wint8_aint8",
-    "wint8_afp16",
-    "wint4_afp16",
-    "wint4_aint8",
-    "wint4_afp8",
-    "wfp8_afp8",
-    "wfp8_afp16",
-    "wfp4_afp16",
-    "wfp4_afp8",
-    "wfp4_afp4",
-)
+from typing import Any
 
 
-def _ordered(items: list[dict], order: Sequence[str]) -> list[dict]:
-    rank = {name: i for i, name in enumerate(order)}
-    return sorted(items, key=lambda item: (rank.get(str(item["name"]), len(rank)), str(item["name"])))
+def _schema(group: str) -> Any:
+    from autoquant_sweep.config.schema import GranularityConfig, QuantPairConfig
+
+    return {"quant_pair": QuantPairConfig, "quant_granularity": GranularityConfig}.get(group)
+
+
+def _order_key(item: dict) -> tuple:
+    """Options with an ``order`` first, by it; then the others by name."""
+    order = item.get("order")
+    return (order is None, order if order is not None else 0, str(item["name"]))
 
 
 def load_group(group: str, conf_dir: Path | None = None) -> list[dict]:
-    """Load every ``conf/<group>/*.yaml`` as a plain dict (OmegaConf, resolved)."""
+    """Load every ``conf/<group>/*.yaml`` as a plain dict (OmegaConf, resolved, on its schema's defaults).
+
+    Raises:
+        ValueError: one line naming the file and the key when a file does not fit its schema.
+    """
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     from autoquant_sweep.paths import conf_dir as default_conf_dir
 
     conf_dir = conf_dir or default_conf_dir()
+    schema = _schema(group)
     items = []
     for path in sorted((conf_dir / group).glob("*.yaml")):
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        if not isinstance(data, dict):
+        data = OmegaConf.load(path)
+        if not OmegaConf.is_dict(data):
             raise ValueError(f"{path}: expected a mapping")
-        items.append(data)
-    order = GRANULARITY_ORDER if group == "quant_granularity" else PAIR_ORDER
-    return _ordered(items, order)
+        try:
+            if schema is not None:
+                data = OmegaConf.merge(OmegaConf.structured(schema), data)
+            items.append(OmegaConf.to_container(data, resolve=True, throw_on_missing=True))
+        except OmegaConfBaseException as exc:
+            key = getattr(exc, "full_key", None)
+            reason = str(exc).splitlines()[0]
+            raise ValueError(f"{path}: {f'{key}: ' if key else ''}{reason}") from exc
+    return sorted(items, key=_order_key)
+
+
+@functools.cache
+def _short_granularities() -> dict[str, str]:
+    return {str(g["name"]): str(g.get("short") or g["name"]) for g in load_group("quant_granularity")}
+
+
+def short_granularity(name: str) -> str:
+    """The ``short`` name of the project's granularity ``name`` (``w_group64`` -> ``w-g64``), else ``name``.
+
+    Example:
+        >>> short_granularity("w_group64"), short_granularity("my_own")
+        ('w-g64', 'my_own')
+    """
+    return _short_granularities().get(name, name)

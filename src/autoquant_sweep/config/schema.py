@@ -4,8 +4,11 @@ The primary config ``conf/sensitivity.yaml`` extends :class:`SensitivityConfig`,
 each group option against these dataclasses while composing: an unknown key or a value of the wrong
 type stops the run before anything is loaded, with Hydra's message naming the key.
 
+They are registered with Hydra by :func:`autoquant_sweep.config.registration.register_configs`.
+
 Example:
     >>> from hydra import compose, initialize_config_dir
+    >>> from autoquant_sweep.config import register_configs
     >>> register_configs()  # doctest: +SKIP
     >>> with initialize_config_dir(config_dir="/path/to/conf", version_base="1.3"):  # doctest: +SKIP
     ...     cfg = compose("sensitivity", overrides=["quant_pair=wint4_afp16"])
@@ -16,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
@@ -37,6 +39,10 @@ class ModelConfig:
     trust_remote_code: bool = False
     # Never quantized nor scored (fnmatch patterns on module names), e.g. lm_head and the vision tower.
     disabled_layers: list[str] = field(default_factory=lambda: ["*lm_head*"])
+    # Left out of the effective-bits cost (fnmatch patterns; a decision group whose every module matches
+    # weighs 0), e.g. a VL model's vision tower, so the budget is the language model's: ModelOpt's
+    # constraints["cost"]["excluded_module_name_patterns"] of mtq.auto_quantize.
+    cost_excluded_modules: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -62,6 +68,8 @@ class QuantPairConfig:
     """A (weight dtype, activation dtype) pair and the ModelOpt format that realises it."""
 
     name: str = MISSING
+    # place among the pairs in tables, the search space and the validate matrix (none: after them, by name)
+    order: int | None = None
     weight: str = MISSING
     activation: str = MISSING
     format_name: str = MISSING
@@ -73,6 +81,11 @@ class GranularityConfig:
     """A named overlay of quantizer attributes (axis / block_sizes / type) keyed by quantizer pattern."""
 
     name: str = MISSING
+    # place among the granularities in tables, the search space and the validate matrix (none: after them,
+    # by name)
+    order: int | None = None
+    # the name in MLflow run names, distinct from the others' within the first few characters (none: name)
+    short: str | None = None
     description: str = ""
     quant_cfg_overrides: dict[str, Any] = field(default_factory=dict)
     # what the name promises ModelOpt instantiates, per role (weight / input) the overlay changes, in the
@@ -152,12 +165,3 @@ class SensitivityConfig:
     autoquant: AutoQuantConfig = field(default_factory=AutoQuantConfig)
     output_layout: OutputLayoutConfig = field(default_factory=OutputLayoutConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-
-
-def register_configs() -> None:
-    """Register the schemas with Hydra's ConfigStore (idempotent)."""
-    from autoquant_sweep.search.space import register_resolvers
-
-    register_resolvers()
-    cs = ConfigStore.instance()
-    cs.store(name="sensitivity_schema", node=SensitivityConfig, replace=True)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from filelock import FileLock
 
 from .captions import CAPTION_SUBSET_SIZES, generate_captions, generate_training_captions
 
@@ -139,17 +138,6 @@ def _is_complete(root: Path) -> bool:
     return all((root / rel).is_file() for rel in files)
 
 
-@contextlib.contextmanager
-def _file_lock(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _write_lines(path: Path, lines: list[str]) -> None:
     path.write_bytes("".join(f"{line}\n" for line in lines).encode("utf-8"))
 
@@ -234,10 +222,10 @@ def ensure_embedded_assets(
         verify_checksums(root, key)
         # build folders left by a killed build (nobody builds a tree that is complete)
         if any(cache_root.glob(f".{root.name}.tmp-*")):
-            with _file_lock(cache_root / f"{root.name}.lock"):
+            with FileLock(cache_root / f"{root.name}.lock"):
                 _remove_stale_builds(cache_root, root.name)
         return assets
-    with _file_lock(cache_root / f"{root.name}.lock"):
+    with FileLock(cache_root / f"{root.name}.lock"):
         if _is_complete(root):  # another process finished while we waited
             verify_checksums(root, key)
             return assets

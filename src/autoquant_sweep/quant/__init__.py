@@ -1,9 +1,9 @@
 """Quantization formats, granularity overlays and capability rules.
 
-``overlay`` and ``capability`` are pure (no torch, no modelopt) and imported eagerly; ``formats``
-is imported lazily on first attribute access. It resolves the presets the project uses from stored
-data (``presets``, ``preset_data``) and imports ModelOpt only for other preset names and for
-``check_with_modelopt``, the plan's last gate.
+``overlay``, ``summary``, ``compositions`` and ``capability`` are pure (no torch, no modelopt) and
+imported eagerly; ``formats`` is imported lazily on first attribute access. It resolves the presets the
+project uses from stored data (``presets``, ``preset_data``) and imports ModelOpt only for other preset
+names and for ``check_with_modelopt``, the plan's last gate.
 """
 
 from __future__ import annotations
@@ -18,23 +18,21 @@ from autoquant_sweep.quant.capability import (
     check_combination,
     validation_matrix,
 )
+from autoquant_sweep.quant.compositions import PROJECT_COMPOSITIONS
 from autoquant_sweep.quant.overlay import (
     INPUT,
     WEIGHT,
     OverlayError,
     OverlayResult,
     apply_overlay,
-    canonical_json,
-    config_fingerprint,
     effective_quantizer_cfg,
     normalize_block_sizes,
-    summarize_format,
     to_rule_list,
     validate_overrides,
 )
+from autoquant_sweep.quant.summary import summarize_format
 
 _LAZY_FORMATS = (
-    "PROJECT_COMPOSITIONS",
     "UnknownFormatError",
     "available_format_names",
     "check_with_modelopt",
@@ -54,10 +52,8 @@ __all__ = [
     "Verdict",
     "apply_overlay",
     "available_format_names",
-    "canonical_json",
     "check_combination",
     "check_with_modelopt",
-    "config_fingerprint",
     "effective_quantizer_cfg",
     "normalize_block_sizes",
     "resolve_format",

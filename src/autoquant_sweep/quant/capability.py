@@ -8,10 +8,8 @@ the rules on the base format and on the overlay result; it never loads torch or 
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from autoquant_sweep.quant.overlay import (
@@ -33,7 +31,6 @@ __all__ = [
     "Status",
     "Verdict",
     "check_combination",
-    "device_view",
     "validation_matrix",
 ]
 
@@ -461,34 +458,3 @@ def validation_matrix(
                 }
             )
     return rows
-
-
-def _torch_has_gpu_backend() -> bool:
-    """Whether the installed torch is a CUDA (or ROCm) build, from its library files (no import).
-
-    A CPU build of torch never sees a GPU, so a CPU machine answers ``auto`` without importing torch
-    (about 2 s); only a GPU build asks torch itself.
-    """
-    spec = importlib.util.find_spec("torch")  # a top-level package: found, not imported
-    if spec is None or not spec.submodule_search_locations:
-        return False
-    lib = Path(next(iter(spec.submodule_search_locations))) / "lib"
-    return any(any(lib.glob(pattern)) for pattern in ("*torch_cuda*", "*torch_hip*"))
-
-
-def device_view(requested: str) -> str:
-    """The device a capability view is judged for: ``auto`` -> what torch sees, else as asked.
-
-    Like ``modeling.device_view`` but imports torch only when it is a GPU build (then torch decides).
-
-    Example:
-        >>> device_view("cuda")
-        'cuda'
-    """
-    if requested != "auto":
-        return requested
-    if not _torch_has_gpu_backend():
-        return "cpu"
-    from autoquant_sweep.modeling import cuda_available
-
-    return "cuda" if cuda_available() else "cpu"

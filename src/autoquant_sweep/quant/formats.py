@@ -14,14 +14,13 @@ import contextlib
 import copy
 import difflib
 import sys
-from dataclasses import dataclass
 from typing import Any
 
+from autoquant_sweep.quant.compositions import PROJECT_COMPOSITIONS, Composition
 from autoquant_sweep.quant.overlay import INPUT, WEIGHT, to_rule_list
+from autoquant_sweep.quant.presets import stored_presets
 
 __all__ = [
-    "PROJECT_COMPOSITIONS",
-    "Composition",
     "UnknownFormatError",
     "available_format_names",
     "build_composition",
@@ -32,37 +31,6 @@ __all__ = [
 
 class UnknownFormatError(ValueError):
     """``quant_pair.format_name`` names neither a ModelOpt preset nor a project composition."""
-
-
-@dataclass(frozen=True)
-class Composition:
-    """Weights (and every other rule) from ``weight_from``; the input rule from ``input_from``.
-
-    ``input_from=None`` replaces the input rule with ``{"quantizer_name": "*input_quantizer",
-    "enable": False}`` (weight-only).
-    """
-
-    weight_from: str
-    input_from: str | None
-    algorithm: Any
-    description: str
-
-
-PROJECT_COMPOSITIONS: dict[str, Composition] = {
-    "AQS_W4A8_INT4_BLOCK_INT8_CFG": Composition(
-        weight_from="INT4_BLOCKWISE_WEIGHT_ONLY_CFG",
-        input_from="INT8_DEFAULT_CFG",
-        algorithm="max",
-        description="INT4 block-128 weights (INT4_BLOCKWISE_WEIGHT_ONLY_CFG) + INT8 per-tensor inputs "
-        "(INT8_DEFAULT_CFG), max calibration",
-    ),
-    "AQS_FP8_WEIGHT_ONLY_CFG": Composition(
-        weight_from="FP8_DEFAULT_CFG",
-        input_from=None,
-        algorithm="max",
-        description="FP8 per-tensor weights (FP8_DEFAULT_CFG), inputs disabled, max calibration",
-    ),
-}
 
 
 def _import_modelopt_quietly() -> Any:
@@ -92,8 +60,6 @@ def _preset_table() -> dict[str, dict]:
 
 def _presets_for(names: set[str]) -> dict[str, dict]:
     """Presets holding ``names``: the stored ones when they have them all, else ModelOpt's."""
-    from autoquant_sweep.quant.presets import stored_presets
-
     stored = stored_presets()
     return stored if names <= set(stored) else _preset_table()
 

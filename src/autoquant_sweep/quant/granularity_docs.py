@@ -22,13 +22,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tabulate import tabulate
+
 from autoquant_sweep.config.groups import load_group
+from autoquant_sweep.paths import conf_dir
 from autoquant_sweep.quant.capability import CAPABILITY_RULES, validation_matrix
 from autoquant_sweep.quant.cost import cost_doc_lines
 from autoquant_sweep.quant.overlay import INPUT, WEIGHT, validate_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-CONF_DIR = REPO_ROOT / "conf"
+CONF_DIR = conf_dir()
 DOC_PATH = REPO_ROOT / "docs" / "granularity.md"
 REALIZED_PATH = REPO_ROOT / "docs" / "realized-cpu.json"
 
@@ -77,25 +80,33 @@ def measure_realized(model: Any, calib_batch: dict, conf_dir: Path = CONF_DIR) -
     return rows
 
 
+def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A GitHub Markdown table, cells as written (no number parsing)."""
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True).splitlines()
+
+
+def _pair_by_granularity_headers(granularities: list[dict]) -> list[str]:
+    return ["pair \\ granularity", *(f"`{g['name']}`" for g in granularities)]
+
+
+def _realized_cell(row: Mapping[str, Any] | None) -> str:
+    if row is None:
+        return "refused"
+    text = f"W {row['realized']['weight']}<br>A {row['realized']['input']}"
+    return text + (" **MISMATCH**" if row["mismatch"] else "")
+
+
 def _realized_table(rows: list[dict], pairs: list[dict], granularities: list[dict]) -> list[str]:
     if not rows:
         return ["(not measured: run `python -m autoquant_sweep.quant.granularity_docs --measure-realized`)"]
     cells = {(r["pair"], r["granularity"]): r for r in rows}
     names = [str(g["name"]) for g in granularities]
-    lines = ["| pair \\ granularity | " + " | ".join(f"`{n}`" for n in names) + " |"]
-    lines.append("|---" * (len(names) + 1) + "|")
-    for pair in pairs:
-        if not any((str(pair["name"]), n) in cells for n in names):
-            continue
-        out = []
-        for n in names:
-            row = cells.get((str(pair["name"]), n))
-            if row is None:
-                out.append("refused")
-                continue
-            text = f"W {row['realized']['weight']}<br>A {row['realized']['input']}"
-            out.append(text + (" **MISMATCH**" if row["mismatch"] else ""))
-        lines.append(f"| `{pair['name']}` | " + " | ".join(out) + " |")
+    table = [
+        [f"`{pair['name']}`", *(_realized_cell(cells.get((str(pair["name"]), n))) for n in names)]
+        for pair in pairs
+        if any((str(pair["name"]), n) in cells for n in names)
+    ]
+    lines = _markdown_table(_pair_by_granularity_headers(granularities), table)
     bad = [r for r in rows if r["mismatch"]]
     lines.append("")
     lines.append(f"{len(rows)} combinations measured, {len(bad)} where ModelOpt instantiated something else "
@@ -117,27 +128,28 @@ def _attrs_text(attrs: Mapping[str, Any] | None) -> str:
 
 
 def _vocabulary_table(granularities: list[dict]) -> list[str]:
-    lines = [
-        "| name | weights (`*weight_quantizer`) | activations (`*input_quantizer`) | description |",
-        "|---|---|---|---|",
-    ]
+    rows = []
     for gran in granularities:
         overrides = validate_overrides(gran.get("quant_cfg_overrides") or {})
         default = overrides.get("default")
-        weight = _attrs_text(overrides.get(WEIGHT) or default)
-        inp = _attrs_text(overrides.get(INPUT) or default)
-        desc = " ".join(str(gran.get("description", "")).split())
-        lines.append(f"| `{gran['name']}` | {weight} | {inp} | {desc} |")
-    return lines
+        rows.append([
+            f"`{gran['name']}`",
+            _attrs_text(overrides.get(WEIGHT) or default),
+            _attrs_text(overrides.get(INPUT) or default),
+            " ".join(str(gran.get("description", "")).split()),
+        ])
+    headers = ["name", f"weights (`{WEIGHT}`)", f"activations (`{INPUT}`)", "description"]
+    return _markdown_table(headers, rows)
 
 
 def _pairs_table(pairs: list[dict]) -> list[str]:
-    lines = ["| pair | weight | activation | format_name |", "|---|---|---|---|"]
-    for pair in pairs:
-        lines.append(
-            f"| `{pair['name']}` | {pair['weight']} | {pair['activation']} | `{pair['format_name']}` |"
-        )
-    return lines
+    rows = [[f"`{p['name']}`", p["weight"], p["activation"], f"`{p['format_name']}`"] for p in pairs]
+    return _markdown_table(["pair", "weight", "activation", "format_name"], rows)
+
+
+def _rules_table() -> list[str]:
+    rows = [[f"`{r.rule_id}`", r.status, r.summary, r.evidence] for r in CAPABILITY_RULES]
+    return _markdown_table(["rule", "status", "summary", "evidence"], rows)
 
 
 def _cell(row: Mapping[str, Any]) -> str:
@@ -151,11 +163,8 @@ def _cell(row: Mapping[str, Any]) -> str:
 def _matrix_table(rows: list[dict], pairs: list[dict], granularities: list[dict]) -> list[str]:
     cells = {(r["pair"], r["granularity"]): r for r in rows}
     names = [str(g["name"]) for g in granularities]
-    lines = ["| pair \\ granularity | " + " | ".join(f"`{n}`" for n in names) + " |"]
-    lines.append("|---" * (len(names) + 1) + "|")
-    for pair in pairs:
-        row = [_cell(cells[(str(pair["name"]), n)]) for n in names]
-        lines.append(f"| `{pair['name']}` | " + " | ".join(row) + " |")
+    table = [[f"`{pair['name']}`", *(_cell(cells[(str(pair["name"]), n)]) for n in names)] for pair in pairs]
+    lines = _markdown_table(_pair_by_granularity_headers(granularities), table)
     counts = Counter(r["status"] for r in rows)
     lines.append("")
     lines.append(f"Totals: ok {counts['ok']}, no-op {counts['noop']}, refused {counts['refused']}.")
@@ -292,9 +301,7 @@ def render_granularity_doc(conf_dir: Path = CONF_DIR, resolve: Callable[[str], d
         "",
         "## Capability rules",
         "",
-        "| rule | status | summary | evidence |",
-        "|---|---|---|---|",
-        *[f"| `{r.rule_id}` | {r.status} | {r.summary} | {r.evidence} |" for r in CAPABILITY_RULES],
+        *_rules_table(),
         "",
         "## Compatibility on CUDA (`cuda_available=True`)",
         "",

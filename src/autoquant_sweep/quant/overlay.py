@@ -41,12 +41,12 @@ validates the effective format with ModelOpt's own schema, so new ModelOpt keys 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
+
+from autoquant_sweep.fingerprints import canonical_json
 
 __all__ = [
     "ALLOWED_ATTRS",
@@ -57,13 +57,10 @@ __all__ = [
     "OverlayResult",
     "apply_overlay",
     "axis_key",
-    "canonical_json",
-    "config_fingerprint",
     "effective_quantizer_cfg",
     "expand_overrides",
     "format_bits",
     "normalize_block_sizes",
-    "summarize_format",
     "to_rule_list",
     "validate_overrides",
 ]
@@ -73,7 +70,8 @@ INPUT = "*input_quantizer"
 DEFAULT_KEY = "default"
 STANDARD_PATTERNS: tuple[str, ...] = (WEIGHT, INPUT)
 ALLOWED_ATTRS: tuple[str, ...] = ("axis", "block_sizes", "type")
-# the non-axis block_sizes keys ModelOpt 0.47 knows (for reading formats; ModelOpt validates them)
+# the special (non-axis) block_sizes keys ModelOpt 0.47 knows (facts 23; for reading formats, e.g. the
+# shape checks of model_shapes; ModelOpt validates them)
 BLOCK_SIZE_SPECIAL_KEYS: tuple[str, ...] = ("type", "scale_bits", "scale_block_sizes", "four_over_six")
 TYPE_VALUES: tuple[str, ...] = ("static", "dynamic")
 
@@ -520,71 +518,6 @@ def apply_overlay(
         notes=tuple(notes),
         requested_patterns=tuple(p for p, a in expanded.items() if a),
     )
-
-
-# --------------------------------------------------------------------------------------------- identity
-
-
-def _canon(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _canon(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_canon(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
-
-
-def canonical_json(obj: Any) -> str:
-    """Deterministic compact JSON: sorted keys, tuples as lists, int keys as strings.
-
-    Example:
-        >>> canonical_json({"b": (4, 3), "a": {-1: 64}})
-        '{"a":{"-1":64},"b":[4,3]}'
-    """
-    return json.dumps(_canon(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def config_fingerprint(obj: Any) -> str:
-    """First 16 hex chars of the sha256 of :func:`canonical_json`."""
-    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:16]
-
-
-def _fmt_value(value: Any) -> str:
-    if isinstance(value, Mapping):
-        inner = ", ".join(f"{k}: {_fmt_value(v)}" for k, v in value.items())
-        return "{" + inner + "}"
-    if isinstance(value, (list, tuple)):
-        return "(" + ", ".join(_fmt_value(v) for v in value) + ")"
-    return str(value)
-
-
-def _summarize_cfg(cfg: Any) -> str:
-    if cfg is None:
-        return "disabled"
-    if isinstance(cfg, list):
-        return "[" + "; ".join(_summarize_cfg(stage) for stage in cfg) + "]"
-    keys = ("num_bits", "axis", "block_sizes", "type")
-    parts = [f"{key}={_fmt_value(cfg[key])}" for key in keys if key in cfg]
-    return " ".join(parts) or "enabled (ModelOpt defaults)"
-
-
-def summarize_format(fmt: Mapping) -> str:
-    """One-line summary of the weight and input quantizers (and the algorithm).
-
-    Example:
-        >>> summarize_format({"quant_cfg": [{"quantizer_name": "*", "enable": False},
-        ...   {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}}],
-        ...   "algorithm": "max"})
-        'weight: num_bits=8 axis=0 | input: disabled | algorithm: max'
-    """
-    rules = to_rule_list(fmt["quant_cfg"])
-    weight = _summarize_cfg(_effective_from_rules(rules, WEIGHT))
-    inp = _summarize_cfg(_effective_from_rules(rules, INPUT))
-    algo = fmt.get("algorithm")
-    if isinstance(algo, Mapping):
-        algo = algo.get("method", _fmt_value(algo))
-    return f"weight: {weight} | input: {inp} | algorithm: {algo}"
 
 
 def _stage_bits(cfg: Any) -> float:

@@ -58,7 +58,7 @@ def stored_presets() -> dict[str, dict]:
 def project_preset_names(conf_dir: Path | None = None) -> list[str]:
     """ModelOpt presets the project uses: ``conf/quant_pair`` format names and composition sources."""
     from autoquant_sweep.config.groups import load_group
-    from autoquant_sweep.quant.formats import PROJECT_COMPOSITIONS
+    from autoquant_sweep.quant.compositions import PROJECT_COMPOSITIONS
 
     names = {str(pair["format_name"]) for pair in load_group("quant_pair", conf_dir)}
     for comp in PROJECT_COMPOSITIONS.values():

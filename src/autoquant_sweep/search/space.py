@@ -20,13 +20,14 @@ _UNSAFE_STUDY_CHARS = re.compile(r"[^A-Za-z0-9_.+-]+")
 
 
 def searchable_pairs(device: str) -> list[str]:
-    """Pairs whose base format runs on ``device`` (``auto``: what torch sees), in vocabulary order.
+    """Pairs whose base format runs on ``device`` (``auto``: what torch sees), in their conf ``order``.
 
     Example:
         >>> searchable_pairs("cpu")
         ['wint8_aint8', 'wint8_afp16', 'wint4_afp16', 'wint4_aint8', 'wint4_afp8', 'wfp8_afp8', 'wfp8_afp16']
     """
-    from autoquant_sweep.quant.capability import check_combination, device_view
+    from autoquant_sweep.devices import device_view
+    from autoquant_sweep.quant.capability import check_combination
     from autoquant_sweep.quant.formats import resolve_format
 
     device = device_view(device)
@@ -69,7 +70,7 @@ def study_name(*parts: str) -> str:
 #: what a trial's objective value depends on besides the pair x granularity it is asked for: trials of
 #: one study must be comparable, so each of these is part of the study's identity
 _IDENTITY_KEYS = {
-    "model": ("name", "embedded", "path", "kind", "dtype", "disabled_layers"),
+    "model": ("name", "embedded", "path", "kind", "dtype", "disabled_layers", "cost_excluded_modules"),
     "dataset": ("name", "root", "size", "path", "max_samples", "seq_len"),  # the scoring data
     "autoquant": ("objective", "method", "effective_bits", "batch_size", "num_calib_samples",
                   "num_score_samples", "seed"),  # steps = ceil(samples / batch_size), capped by the data

@@ -4,25 +4,30 @@
   ``quant_pair`` and labelled with its granularity, the best-so-far line, failed / refused trials marked;
 * ``param_importances.png`` and, for two objectives, ``pareto_front.png`` (Optuna's matplotlib plots);
 * ``trials.csv``: Optuna's trial table plus ``run_id`` / ``run_name`` / ``parent_run_id``, the MLflow child
-  run of each trial (see :func:`link_trials_to_runs`).
+  run of each trial (see :func:`link_trials_to_runs`, :func:`stamp_trial_job`).
 
-PNG only by default: Optuna's plotly HTML embeds the whole plotly.js (4.6 MB per plot).
-``write_study_artifacts(..., html=True)`` adds HTML plots that share one ``plotly.min.js`` in the folder.
+PNG only (Optuna's matplotlib backend): its plotly HTML would embed the whole plotly.js (4.6 MB per plot).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from autoquant_sweep.figures import FIGURE_SAVE
+from autoquant_sweep.objectives import OBJECTIVES
+
 log = logging.getLogger(__name__)
 
-KNOWN_OBJECTIVES = ("total_sensitivity", "constrained_score")
-LINK_SLACK_MS = 2000  # a trial's run starts within its trial's time window, give or take this
+#: Optuna trial user attrs naming the job a trial ran as: the sweep's MLflow parent run and the Hydra job
+#: number (the job's run has the same parent and the tag ``run_logging.JOB_NUM_TAG``)
+TRIAL_PARENT_ATTR = "aqs_parent_run_id"
+TRIAL_JOB_ATTR = "aqs_job_num"
 
 
 def load_study(storage: str, study_name: str) -> Any:
@@ -42,7 +47,7 @@ def objective_names(study: Any) -> list[str]:
     if len(study.directions) > 1:
         return ["total_sensitivity", "format_bits"]
     tail = str(getattr(study, "study_name", "")).rsplit("-", 1)[-1]
-    return [tail if tail in KNOWN_OBJECTIVES else "objective"]
+    return [tail if tail in OBJECTIVES else "objective"]
 
 
 def _save_png(axes_or_fig: Any, path: Path) -> None:
@@ -53,7 +58,7 @@ def _save_png(axes_or_fig: Any, path: Path) -> None:
         fig = axes_or_fig.flat[0].figure
     fig.set_size_inches(9, 5.5)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
+    fig.savefig(path, **FIGURE_SAVE)
     plt.close(fig)
 
 
@@ -61,45 +66,44 @@ def _ms(value: Any) -> float | None:
     return value.timestamp() * 1000.0 if value is not None else None
 
 
-def link_trials_to_runs(trials: Sequence[Any], runs: Sequence[Any]) -> dict[int, Any]:
-    """Trial number -> the MLflow run that computed it.
+def stamp_trial_job(trial: Any) -> None:
+    """Stamp a just-asked trial with the sweep's parent run and the Hydra job number it will run as.
 
-    The Hydra job of a trial does not know its trial number, so the link is made from what both sides
-    record: the trial's params equal the run's params (``quant_pair``, ``quant_granularity``, ...) and
-    the run started inside the trial's time window (``datetime_start`` .. ``datetime_complete``, give or
-    take :data:`LINK_SLACK_MS`). When several runs fit, the one that started closest to the trial wins;
-    each run is used once.
+    The Optuna plugin launches a sweep's trials as jobs 0, 1, 2, ... in the order it asks for them, so the
+    job number is the count of this sweep's trials asked before this one. Nothing is stamped outside a
+    tracked sweep (no parent run).
     """
-    used: set[str] = set()
+    from autoquant_sweep.tracking.store import PARENT_RUN_ENV
+
+    parent = os.environ.get(PARENT_RUN_ENV)
+    if not parent:
+        return
+    asked = trial.study.get_trials(deepcopy=False)
+    job = sum(1 for t in asked if t.user_attrs.get(TRIAL_PARENT_ATTR) == parent)
+    trial.set_user_attr(TRIAL_PARENT_ATTR, parent)
+    trial.set_user_attr(TRIAL_JOB_ATTR, job)
+
+
+def link_trials_to_runs(trials: Sequence[Any], runs: Sequence[Any]) -> dict[int, Any]:
+    """Trial number -> the MLflow run of its job: the run under the trial's parent run
+    (:data:`TRIAL_PARENT_ATTR`) whose Hydra job number (tag ``JOB_NUM_TAG``) is the trial's
+    (:data:`TRIAL_JOB_ATTR`, :func:`stamp_trial_job`). Trials of untracked sweeps link to nothing."""
+    from autoquant_sweep.tracking.run_logging import JOB_NUM_TAG
+
+    by_job = {(r.data.tags.get("mlflow.parentRunId"), r.data.tags.get(JOB_NUM_TAG)): r for r in runs}
     out: dict[int, Any] = {}
-    for trial in sorted(trials, key=lambda t: t.number):
-        start = _ms(trial.datetime_start)
-        if start is None:
-            continue
-        end = _ms(trial.datetime_complete) or float("inf")
-        best, best_gap = None, float("inf")
-        for run in runs:
-            rid, params = run.info.run_id, run.data.params
-            if rid in used or run.info.start_time is None:
-                continue
-            if any(str(params.get(k)) != str(v) for k, v in trial.params.items()):
-                continue
-            t = float(run.info.start_time)
-            if not start - LINK_SLACK_MS <= t <= end + LINK_SLACK_MS:
-                continue
-            gap = abs(t - start)
-            if gap < best_gap:
-                best, best_gap = run, gap
-        if best is not None:
-            used.add(best.info.run_id)
-            out[trial.number] = best
+    for trial in trials:
+        key = (trial.user_attrs.get(TRIAL_PARENT_ATTR), str(trial.user_attrs.get(TRIAL_JOB_ATTR)))
+        if key in by_job:
+            out[trial.number] = by_job[key]
     return out
 
 
 def mlflow_runs_for(study: Any, client: Any = None) -> list[Any]:
-    """Child runs (any experiment) that started after the study's first trial, from the current store."""
-    starts = [_ms(t.datetime_start) for t in study.trials if t.datetime_start is not None]
-    if not starts:
+    """The child runs of every sweep parent the study's trials name (:data:`TRIAL_PARENT_ATTR`), from the
+    current store (any experiment)."""
+    parents = sorted({p for t in study.trials if (p := t.user_attrs.get(TRIAL_PARENT_ATTR))})
+    if not parents:
         return []
     try:
         if client is None:
@@ -109,15 +113,15 @@ def mlflow_runs_for(study: Any, client: Any = None) -> list[Any]:
         experiments = [e.experiment_id for e in client.search_experiments()]
         if not experiments:
             return []
-        since = int(min(starts) - LINK_SLACK_MS)
-        return list(client.search_runs(experiments, f"attributes.start_time >= {since}", max_results=5000))
+        return [run for parent in parents for run in client.search_runs(
+            experiments, f"tags.mlflow.parentRunId = '{parent}'", max_results=5000)]
     except Exception as exc:  # the table is still useful without run ids
         log.info("trials.csv: no MLflow runs to link (%s)", exc)
         return []
 
 
 def _short(name: str) -> str:
-    from autoquant_sweep.tracking.run_logging import short_granularity
+    from autoquant_sweep.config.groups import short_granularity
 
     return short_granularity(name)
 
@@ -173,7 +177,7 @@ def plot_history(study: Any, path: Path, objective: str) -> None:
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="quant_pair", title_fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
+    fig.savefig(path, **FIGURE_SAVE)
     plt.close(fig)
 
 
@@ -191,13 +195,12 @@ def trials_frame(study: Any, runs_by_trial: Mapping[int, Any]) -> Any:
     return frame
 
 
-def write_study_artifacts(study: Any, folder: Path, *, runs: Sequence[Any] | None = None,
-                          html: bool = False) -> list[Path]:
+def write_study_artifacts(study: Any, folder: Path, *, runs: Sequence[Any] | None = None) -> list[Path]:
     """Write history, parameter importances and (two objectives) the Pareto front, plus trials.csv.
 
-    ``runs``: the MLflow runs to link trials to (default: runs of the current MLflow store that started
-    after the study's first trial). A plot that cannot be drawn for this study (e.g. importances with a
-    single completed trial) is skipped with a log line rather than failing the sweep.
+    ``runs``: the MLflow runs to link trials to (default: the children of the sweeps that ran the study's
+    trials, from the current MLflow store). A plot that cannot be drawn for this study (e.g. importances
+    with a single completed trial) is skipped with a log line rather than failing the sweep.
 
     Example:
         >>> study = load_study("sqlite:///optuna.db", "my-study")  # doctest: +SKIP
@@ -206,7 +209,6 @@ def write_study_artifacts(study: Any, folder: Path, *, runs: Sequence[Any] | Non
     import matplotlib
 
     matplotlib.use("Agg")
-    import optuna.visualization as vis
     import optuna.visualization.matplotlib as vis_mpl
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -222,31 +224,19 @@ def write_study_artifacts(study: Any, folder: Path, *, runs: Sequence[Any] | Non
         written.append(folder / "optimization_history.png")
     except (ValueError, RuntimeError) as exc:
         log.info("optuna plot optimization_history skipped: %s", exc)
-    plots: list[tuple[str, Callable[..., Any], Callable[..., Any], dict[str, Any]]] = [
-        ("param_importances", vis_mpl.plot_param_importances, vis.plot_param_importances, target),
+    plots: list[tuple[str, Callable[..., Any], dict[str, Any]]] = [
+        ("param_importances", vis_mpl.plot_param_importances, target),
     ]
     if multi:
-        plots.append(("pareto_front", vis_mpl.plot_pareto_front, vis.plot_pareto_front,
-                      {"target_names": names[:2]}))
-    if html:
-        plots.insert(0, ("optimization_history", None, vis.plot_optimization_history, target))  # type: ignore
-    for name, mpl_plot, plotly_plot, kwargs in plots:
-        if mpl_plot is not None:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
-                    _save_png(mpl_plot(study, **kwargs), folder / f"{name}.png")
-                written.append(folder / f"{name}.png")
-            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-                log.info("optuna plot %s skipped: %s", name, exc)
-                continue
-        if html:
-            try:
-                # "directory": one plotly.min.js next to the pages instead of 4.6 MB inside each
-                plotly_plot(study, **kwargs).write_html(folder / f"{name}.html", include_plotlyjs="directory")
-                written.append(folder / f"{name}.html")
-            except (ImportError, ValueError, RuntimeError) as exc:
-                log.info("%s.html skipped: %s", name, exc)
+        plots.append(("pareto_front", vis_mpl.plot_pareto_front, {"target_names": names[:2]}))
+    for name, plot, kwargs in plots:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
+                _save_png(plot(study, **kwargs), folder / f"{name}.png")
+            written.append(folder / f"{name}.png")
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            log.info("optuna plot %s skipped: %s", name, exc)
     trials_frame(study, linked).to_csv(folder / "trials.csv", index=False)
     written.append(folder / "trials.csv")
     return written

@@ -13,9 +13,10 @@ The sweep itself is the plugin's, unchanged, driven through its public construct
 * an empty search space is a one-line error instead of a sweep that never asks a trial;
 * a storage that cannot be opened is a one-line error (:func:`check_storage` runs it before the sweep
   creates anything; the sweep callback calls it);
-* SQLite study files are opened with a 60 s lock timeout and created under a folder lock, and the
-  plugin's ``Storage: ...`` log line shows the (masked) URL: the sweeper hands the plugin a
-  :class:`StudyStorage` object, created when Hydra instantiates the sweeper (after the start checks).
+* SQLite study files are opened with a 60 s lock timeout and created under a store lock
+  (:func:`~autoquant_sweep.tracking.store.store_lock`), and the plugin's ``Storage: ...`` log line shows
+  the (masked) URL: the sweeper hands the plugin a :class:`StudyStorage` object, created when Hydra
+  instantiates the sweeper (after the start checks).
 """
 
 from __future__ import annotations
@@ -110,11 +111,10 @@ class Heartbeat:
         if self.study is None:
             return
         me = faults.owner()
-        study_id = self.storage.get_study_id_from_name(self.study.study_name)
         for trial in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             if faults.trial_owner(trial) == me:
-                self.storage.record_heartbeat(
-                    self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
+                self.storage.record_heartbeat(faults.storage_trial_id(self.storage, self.study.study_name,
+                                                                      trial.number))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -136,13 +136,17 @@ OWNER_HOOK = f"{__name__}.record_trial_owner"
 
 
 def record_trial_owner(cfg: DictConfig, trial: optuna.trial.Trial) -> None:
-    """The plugin's ``custom_search_space`` hook: stamp ``trial`` with its owner process, then run the
-    user's own hook (``hydra.sweeper.custom_search_space``), if one is configured.
+    """The plugin's ``custom_search_space`` hook: stamp ``trial`` with its owner process and the job it
+    runs as (:func:`~autoquant_sweep.search.study_report.stamp_trial_job`), then run the user's own hook
+    (``hydra.sweeper.custom_search_space``), if one is configured.
 
     The plugin calls it right after ``study.ask()``, before the trial's job is launched. The user's hook
     is instantiated the way the plugin instantiates its own (Hydra's execution whitelist applies).
     """
+    from autoquant_sweep.search.study_report import stamp_trial_job
+
     trial.set_user_attr(faults.OWNER_ATTR, faults.owner())
+    stamp_trial_job(trial)
     user_hook = OmegaConf.select(cfg, "hydra.sweeper.custom_search_space", default=None)
     if user_hook and user_hook != OWNER_HOOK:
         instantiate({"_target_": user_hook, "_partial_": True})(cfg, trial)
@@ -165,11 +169,11 @@ def _open_storage(url: Any) -> Any:
     interval, grace = heartbeat_settings()
     kwargs.update(heartbeat_interval=interval, grace_period=grace)
     if url.startswith("sqlite"):
-        from autoquant_sweep.tracking.store import create_sqlite_aside, folder_lock, sqlite_path
+        from autoquant_sweep.tracking.store import create_sqlite_aside, sqlite_path, store_lock
 
         db = sqlite_path(url)
         if db is not None and db.parent.is_dir():
-            with folder_lock(db.parent):  # sweeps started together must not create the schema twice
+            with store_lock(db):  # sweeps started together must not create the schema twice
                 if not db.exists():  # built aside, moved into place whole (a full disk leaves no half store)
                     create_sqlite_aside(db, lambda aside: _close(StudyStorage(aside, **kwargs)),
                                         "hydra.sweeper.storage")

@@ -203,6 +203,7 @@ class MlflowSweepCallback(Callback):
             _exit_one_line(f"tracking: cannot open the sweep's MLflow parent run: {_first_line(exc)}")
 
     def _open_parent(self, config: DictConfig) -> None:
+        from autoquant_sweep.tracking.run_logging import RUN_NAME_TAG, creation_tags
         from autoquant_sweep.tracking.store import PARENT_RUN_ENV, ensure_experiment
 
         self.experiment_id = ensure_experiment(self.client, self.settings)
@@ -212,13 +213,13 @@ class MlflowSweepCallback(Callback):
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
-            tags={
-                "mlflow.runName": name,
+            tags=creation_tags({
+                RUN_NAME_TAG: name,
                 "sweep": "true",
                 "sweep_dir": str(OmegaConf.select(config, "hydra.sweep.dir", default="")),
                 "sweeper": str(OmegaConf.select(config, "hydra.sweeper._target_", default="")),
                 "launcher": str(OmegaConf.select(config, "hydra.launcher._target_", default="")),
-            },
+            }),
         )
         self.parent_run_id = run.info.run_id
         self._after_parent_start(config)
@@ -380,7 +381,7 @@ class MlflowSweepCallback(Callback):
     def _print_outcome(self) -> None:
         """The last lines of a sweep: best recipe (canonical names), budget, achieved bits, predicted score,
         measured loss / perplexity increase, registry entry, best-per-budget table, proxy fidelity."""
-        from autoquant_sweep.tracking.recommendation import outcome_lines
+        from autoquant_sweep.tracking.recommendation_text import outcome_lines
 
         print(f"\nsweep parent run: {self.parent_run_id} (experiment '{self.settings.experiment_name}')")
         mix = getattr(self, "_mix", None)

@@ -17,41 +17,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from autoquant_sweep.layout import check_out_dir
+from autoquant_sweep.tracking.registry_args import (
+    add_store_args,
+    add_version_args,
+    tracking_uri,
+    version_line,
+)
+
 log = logging.getLogger(__name__)
 
 APPLIED_CFG_FILE = "applied_quant_cfg.json"
 APPLY_INFO_FILE = "autoquant_apply.json"
-
-
-def _tracking_uri(args: argparse.Namespace) -> str:
-    """The store of a sub-command, by the rule runs use: ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``,
-    else ``sqlite:///<root>/mlflow.db`` (``<root>``: the working directory or ``$AUTOQUANT_SWEEP_ROOT``)."""
-    from autoquant_sweep.tracking.store import resolve_tracking_uri
-
-    return resolve_tracking_uri(args.tracking_uri)[0]
-
-
-def _add_store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlflow.db, "
-                        "<root> being the working directory or $AUTOQUANT_SWEEP_ROOT, as for runs)")
-
-
-def _add_version_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="registered model, e.g. autoquant-qwen3_tiny-total_sensitivity")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--alias", default="best", help="alias to resolve (default: best)")
-    group.add_argument("--version", default=None, help="explicit version number instead of an alias")
-    _add_store_args(p)
-
-
-def _summary(mv: Any) -> str:
-    t = mv.tags
-    return (f"{mv.name} v{mv.version} (aliases: {', '.join(mv.aliases) or '-'}): {t.get('quant_pair')} / "
-            f"{t.get('granularity')} on {t.get('dataset')}/{t.get('dataset_size')}, "
-            f"{t.get('objective')}={t.get('objective_value')}, "
-            f"source run {t.get('source_run_id') or mv.run_id}, "
-            f"config fingerprint {t.get('config_fingerprint')}")
 
 
 def _recipe_lines(mv: Any, recipe: dict[str, Any]) -> list[str]:
@@ -65,6 +42,20 @@ def _recipe_lines(mv: Any, recipe: dict[str, Any]) -> list[str]:
     return [version_description(mv.tags),
             f"recipe at {recipe['budget']:g} bits: {n - len(kept)}/{n} layer groups quantized, "
             "kept at 16 bits: " + (", ".join(kept) or "none")]
+
+
+def version_recipe(mv: Any, store_uri: str | None = None) -> dict[str, Any]:
+    """The ``recipe`` section (budget, achieved bits, quantized / kept-at-16-bit groups) of a version's
+    computing run, ``{}`` for versions registered before recipes existed."""
+    if not mv.run_id or not mv.tags.get("artifact"):
+        return {}
+    from autoquant_sweep.tracking.registry import run_recipe_summary, store_client
+
+    if mv.tags.get("artifact", "").startswith("mix/"):  # a mix version: its run has no report
+        from autoquant_sweep.tracking.mix_run import mix_recipe_summary
+
+        return mix_recipe_summary(store_client(store_uri), mv.run_id)
+    return run_recipe_summary(store_client(store_uri), mv.run_id)
 
 
 def check_out_file(out: Path, key: str = "--out") -> None:
@@ -121,16 +112,16 @@ def check_store_path(uri: str, key: str = "--tracking-uri", *, must_exist: bool 
 def cmd_lookup(args: argparse.Namespace) -> int:
     """Print the version's summary and what its recipe keeps at 16 bits; write its recipe JSON
     (``--uniform``: the uniform effective config), byte-identical to the run's artifact."""
-    from autoquant_sweep.tracking.registry import get_version, version_recipe
+    from autoquant_sweep.tracking.registry import get_version
 
     out = Path(args.out) if args.out else None
     if out is not None:
         check_out_file(out)  # before the lookup: nothing read, nothing created
-    check_store_path(_tracking_uri(args))
+    check_store_path(tracking_uri(args))
     uniform = getattr(args, "uniform", False)
-    mv, data = get_version(args.name, args.alias, args.version, _tracking_uri(args), uniform=uniform)
-    print(_summary(mv))
-    for line in _recipe_lines(mv, version_recipe(mv, _tracking_uri(args))):
+    mv, data = get_version(args.name, args.alias, args.version, tracking_uri(args), uniform=uniform)
+    print(version_line(mv))
+    for line in _recipe_lines(mv, version_recipe(mv, tracking_uri(args))):
         print(line)
     from autoquant_sweep.export import export_lines
 
@@ -165,26 +156,6 @@ def quantize_checkpoint(settings: Any, quant_cfg: dict, out: Path) -> Any:
     return model, loaded.tokenizer
 
 
-def check_out_dir(out: Path, force: bool = False) -> None:
-    """``apply --out``: a new or empty folder (``--force``: a non-empty one, replaced as a whole).
-
-    Checked before the registry lookup and the model load, so a wrong ``--out`` costs nothing.
-    """
-    from autoquant_sweep.errors import UserInputError
-
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--out: '{out}' is a file; pass a new or empty folder")
-    if out.is_dir():
-        entries = sorted(p.name for p in out.iterdir())
-        if entries and not force:
-            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
-            raise UserInputError(f"--out: folder '{out}' is not empty ({len(entries)} entries: {shown}); "
-                                 "pass a new or empty folder, or --force to replace it as a whole")
-    existing = next((p for p in (out.absolute(), *out.absolute().parents) if p.exists()), None)
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserInputError(f"--out: cannot create '{out}': '{existing}' is not a writable folder")
-
-
 def _target_checkpoint(model_path: str | None) -> tuple[Path, dict[str, Any]]:
     """The checkpoint ``apply`` quantizes and its ``config.json`` (one line naming ``--model-path`` when it
     is not a checkpoint folder or its config does not parse)."""
@@ -203,8 +174,8 @@ def _check_recipe_fits(mv: Any, data: bytes, checkpoint: Path, config: dict[str,
     """The version's config must fit the target's modules and shapes (:mod:`autoquant_sweep.recipe_fit`):
     ``mtq.quantize`` would take it anyway and leave layers unquantized or pad blocks."""
     from autoquant_sweep.errors import UserInputError
+    from autoquant_sweep.recipe import quantize_config_from_json
     from autoquant_sweep.recipe_fit import recipe_mismatch
-    from autoquant_sweep.tracking.registry import quantize_config_from_json, version_recipe
 
     recipe = {} if uniform else version_recipe(mv, tracking_uri)
     decided = [*recipe.get("quantized_groups", []), *recipe.get("kept_16bit_groups", [])] or None
@@ -233,24 +204,25 @@ def check_out_not_source(out: Path, model_path: Path | None) -> None:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     """Look up a config and quantize + save a checkpoint with it."""
-    from autoquant_sweep.tracking.registry import get_version, quantize_config_from_json
+    from autoquant_sweep.recipe import quantize_config_from_json
+    from autoquant_sweep.tracking.registry import get_version
 
     out = Path(args.out)
     check_out_dir(out, force=getattr(args, "force", False))  # before any lookup or model load
     # a --model-path is checked before the lookup; without one, the version's own model is the target
     target = _target_checkpoint(args.model_path) if args.model_path else None
     check_out_not_source(out, Path(args.model_path) if args.model_path else None)
-    check_store_path(_tracking_uri(args))
+    check_store_path(tracking_uri(args))
     uniform = getattr(args, "uniform", False)
-    mv, data = get_version(args.name, args.alias, args.version, _tracking_uri(args), uniform=uniform)
+    mv, data = get_version(args.name, args.alias, args.version, tracking_uri(args), uniform=uniform)
     from autoquant_sweep.export import _checkpoint, held_out_loss
     from autoquant_sweep.export_cli import version_settings
 
-    settings = version_settings(mv, _tracking_uri(args), args)  # the run's own, flags override
+    settings = version_settings(mv, tracking_uri(args), args)  # the run's own, flags override
     if target is None:
         target = _target_checkpoint(str(_checkpoint(settings)))
-    _check_recipe_fits(mv, data, *target, uniform, _tracking_uri(args))  # before the load
-    print(_summary(mv))
+    _check_recipe_fits(mv, data, *target, uniform, tracking_uri(args))  # before the load
+    print(version_line(mv))
     print(f"applying the {'uniform effective config' if uniform else 'per-layer recipe'}")
     print(f"run settings: {settings.model_name} ({settings.kind}, {settings.dtype}), "
           f"{settings.num_calib_samples} calibration samples x {settings.seq_len} tokens, batch "
@@ -345,7 +317,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     from autoquant_sweep.tracking.store import default_artifact_location
 
-    uri = _tracking_uri(args)
+    uri = tracking_uri(args)
     check_store_path(uri, must_exist=False)  # MLflow would create a missing folder for it
     check_port_free(args.host, args.port)  # else mlflow server fails after its start-up and we exit 0
     artifacts = args.artifact_location or default_artifact_location(uri)  # where runs put them
@@ -374,23 +346,19 @@ def add_tracking_commands(sub: Any) -> None:
     """Register ``lookup``, ``apply`` and ``ui`` on the ``autoquant-sweep`` sub-parsers."""
     p = sub.add_parser("lookup", help="print a registered best recipe (what it keeps at 16 bits) and write "
                                       "its quant_cfg JSON")
-    _add_version_args(p)
+    add_version_args(p)
     p.add_argument("--out", default=None, help="JSON file to write (default: <name>-v<version>.json)")
     p.add_argument("--uniform", action="store_true",
                    help="the uniform pair x granularity config instead of the per-layer recipe")
     p.set_defaults(func=cmd_lookup)
 
+    from autoquant_sweep.export_cli import add_checkpoint_command_args
+
     p = sub.add_parser("apply", help="quantize a checkpoint with a registered config and save it")
-    _add_version_args(p)
-    p.add_argument("--out", required=True, help="folder for the quantized checkpoint (new or empty)")
-    p.add_argument("--force", action="store_true",
-                   help="replace a non-empty --out folder as a whole (written aside, then swapped in)")
+    add_checkpoint_command_args(p, "folder for the quantized checkpoint (new or empty)")
     p.add_argument("--size", default=None, choices=("small", "medium", "large"),
                    help="calibrate on the embedded captions subset of this size "
                         "(default: the run's captions)")
-    from autoquant_sweep.export_cli import add_run_setting_args
-
-    add_run_setting_args(p)
     p.add_argument("--uniform", action="store_true",
                    help="apply the uniform pair x granularity config instead of the per-layer recipe")
     p.set_defaults(func=cmd_apply)
@@ -398,7 +366,7 @@ def add_tracking_commands(sub: Any) -> None:
     p = sub.add_parser("ui", help="start the MLflow UI against the project's store (127.0.0.1 unless asked)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=DEFAULT_UI_PORT)
-    _add_store_args(p)
+    add_store_args(p)
     p.add_argument("--artifact-location", default=None,
                    help="artifact root (default: mlruns/ next to a SQLite store)")
     p.set_defaults(func=cmd_ui)

@@ -115,9 +115,9 @@ def trial_plan(client: Any, run_id: str) -> Any:
 
 
 def _plot_curves(curve: Sequence[MixPoint], singles: Mapping[str, Sequence[MixPoint]], title: str) -> Any:
-    from autoquant_sweep.tracking.recommendation import _figure
+    from autoquant_sweep.figures import new_figure
 
-    fig = _figure()
+    fig = new_figure()
     fig.subplots_adjust(left=0.13, right=0.70, top=0.9, bottom=0.12)
     ax = fig.add_subplot()
     for label, points in sorted(singles.items()):
@@ -136,11 +136,11 @@ def _plot_curves(curve: Sequence[MixPoint], singles: Mapping[str, Sequence[MixPo
 
 
 def _plot_map(point: MixPoint, labels: Sequence[str], title: str) -> Any:
-    from autoquant_sweep.tracking.recommendation import _figure
+    from autoquant_sweep.figures import new_figure
 
     columns = [*labels, KEEP_16]
     groups = list(point.choice)
-    fig = _figure(width=2.5 + 0.9 * len(columns), height=1.2 + 0.22 * len(groups))
+    fig = new_figure(width=2.5 + 0.9 * len(columns), height=1.2 + 0.22 * len(groups))
     height = fig.get_figheight()
     fig.subplots_adjust(left=0.45, right=0.97, top=1 - 0.5 / height, bottom=0.9 / height)
     ax = fig.add_subplot()
@@ -158,14 +158,13 @@ def _register(client: Any, run_id: str, point: MixPoint, measured: Mapping[str, 
     """A registry version for the mix; ``best`` / band alias move only when satisfied and strictly better."""
     from mlflow.exceptions import MlflowException
 
-    from autoquant_sweep.quant.overlay import config_fingerprint
+    from autoquant_sweep.fingerprints import config_fingerprint
     from autoquant_sweep.recipe import recipe_json
-    from autoquant_sweep.tracking.recommendation import band_alias
     from autoquant_sweep.tracking.registry import (
         BEST_ALIAS,
-        _alias_version,
+        alias_version,
         registered_name,
-        settle_alias,
+        settle_aliases,
         version_description,
     )
 
@@ -202,16 +201,11 @@ def _register(client: Any, run_id: str, point: MixPoint, measured: Mapping[str, 
     version = client.create_model_version(name, source=f"{run.info.artifact_uri}/{MIX_DIR}", run_id=run_id,
                                           tags=tags, description=version_description(tags))
     value = float(value)
-    previous = _alias_version(client, name, BEST_ALIAS)
+    previous = alias_version(client, name, BEST_ALIAS)
     # the aliases go to the best satisfied version of all (registry.settle_alias): the mix takes them only
     # when it is strictly better (ties stay with the older version), whatever other sweeps do meanwhile
-    holder = settle_alias(client, name, BEST_ALIAS, tags)
-    moved = holder is not None and holder.version == version.version
-    band = band_alias(float(tags["budget"])) if tags["budget"] else None
-    band_holder = settle_alias(client, name, band, tags) if band else None
-    band_moved = band_holder is not None and band_holder.version == version.version
-    return {"name": name, "version": version.version, "value": value, "alias_moved": moved,
-            "band_alias": band, "band_moved": band_moved, "run_id": run_id,
+    aliases = settle_aliases(client, name, version.version, tags)
+    return {"name": name, "version": version.version, "value": value, **aliases, "run_id": run_id,
             "previous_best": previous.version if previous is not None else None}
 
 
@@ -232,7 +226,7 @@ def run_mix(client: Any, experiment_id: str, runs: Sequence[Any], *, parent_run_
     )
     from autoquant_sweep.recipe import budget_step, recipe_json
     from autoquant_sweep.report import dump_json
-    from autoquant_sweep.tracking.run_logging import NOTE_TAG, RUN_NAME_TAG
+    from autoquant_sweep.tracking.run_logging import NOTE_TAG, RUN_NAME_TAG, creation_tags
 
     t0 = time.perf_counter()
     trials, excluded = collect_trials(client, runs)
@@ -263,7 +257,7 @@ def run_mix(client: Any, experiment_id: str, runs: Sequence[Any], *, parent_run_
     tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
     tags.update({KIND_TAG: "mix", RUN_NAME_TAG: name, "scoring_fingerprint": key, "model": model,
                  "quant_pair": "mix", "quant_granularity": "mix"})
-    run = client.create_run(experiment_id, tags=tags, run_name=name)
+    run = client.create_run(experiment_id, tags=creation_tags(tags), run_name=name)
     run_id = run.info.run_id
     description = mix_description(point, excluded, mixed)
     if measured:
@@ -392,10 +386,10 @@ def dump(result: Mapping[str, Any]) -> str:
 def cmd_mix(args: Any) -> int:
     """``autoquant-sweep mix``: mix the trials of a sweep's parent run, an Optuna study or an experiment,
     log the mix run and register it; print the answer."""
-    from autoquant_sweep.tracking.cli import _tracking_uri
-    from autoquant_sweep.tracking.registry import _client
+    from autoquant_sweep.tracking.registry import store_client
+    from autoquant_sweep.tracking.registry_args import tracking_uri
 
-    client = _client(_tracking_uri(args))
+    client = store_client(tracking_uri(args))
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
         raise UserInputError(f"--experiment: no MLflow experiment '{args.experiment}' in "
@@ -419,7 +413,7 @@ def cmd_mix(args: Any) -> int:
 
 def add_mix_command(sub: Any) -> None:
     """Register ``autoquant-sweep mix``."""
-    from autoquant_sweep.tracking.cli import _add_store_args
+    from autoquant_sweep.tracking.registry_args import add_store_args
 
     p = sub.add_parser("mix", help="the per-layer mix over every format a sweep / study / experiment "
                                    "scored: logged as a run 'mix ...' and registered")
@@ -432,5 +426,5 @@ def add_mix_command(sub: Any) -> None:
     p.add_argument("--no-measure", action="store_true", help="do not quantize and evaluate the mixed recipe")
     p.add_argument("--no-register", action="store_true", help="do not register the mix")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    _add_store_args(p)
+    add_store_args(p)
     p.set_defaults(func=cmd_mix)

@@ -11,7 +11,6 @@ effective bits <= budget) are registered.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -21,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from autoquant_sweep.errors import UserInputError
+from autoquant_sweep.objectives import finite
 
 log = logging.getLogger(__name__)
 
 BEST_ALIAS = "best"
-RECIPE_FILE = "quant_cfg.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -49,25 +48,41 @@ def qualifying(rows: Sequence[Mapping[str, Any]], objective: str) -> list[Mappin
     out = []
     for row in rows:
         value = row.get(objective, math.nan)
-        finite = isinstance(value, float) and math.isfinite(value)
-        positive = objective not in POSITIVE_OBJECTIVES or (finite and value > 0)
+        counts = finite(value)
+        positive = objective not in POSITIVE_OBJECTIVES or (counts and value > 0)
         satisfied = row.get("recipe_satisfied", 1.0) == 1.0
-        if row.get("status") == "FINISHED" and finite and positive and satisfied:
+        if row.get("status") == "FINISHED" and counts and positive and satisfied:
             out.append(row)
     return out
 
 
-def _alias_version(client: Any, name: str, alias: str) -> Any | None:
+def best_row(rows: Sequence[Mapping[str, Any]], objective: str) -> Mapping[str, Any] | None:
+    """The row :func:`register_best` registers: qualifying, lowest objective (ties: a computed run before
+    a cache hit, then run id); also what the sweep prints without a registry."""
+    candidates = qualifying(rows, objective)
+    if not candidates:
+        return None
+    return min(candidates, key=lambda r: (r[objective], r.get("cache_hit") == "true", r["run_id"]))
+
+
+def band_alias(budget: float) -> str:
+    """Registry alias of a budget band: ``best-b9`` for 9 bits, ``best-b6p5`` for 6.5 bits.
+
+    Example:
+        >>> band_alias(9.0), band_alias(6.5)
+        ('best-b9', 'best-b6p5')
+    """
+    text = f"{float(budget):g}".replace(".", "p")
+    return f"best-b{text}"
+
+
+def alias_version(client: Any, name: str, alias: str) -> Any | None:
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-
-
-def _current_best(client: Any, name: str) -> Any | None:
-    return _alias_version(client, name, BEST_ALIAS)
 
 
 def _fmt(value: Any, spec: str, default: str = "n/a") -> str:
@@ -135,7 +150,7 @@ def settle_alias(client: Any, name: str, alias: str, study_tags: Mapping[str, st
     and the end state does not depend on timing. A holder measured on another study keeps the alias.
     """
     for _ in range(attempts):
-        current = _alias_version(client, name, alias)
+        current = alias_version(client, name, alias)
         if current is not None and not _same_study(current.tags, study_tags):
             log.warning("registry: %s@%s (v%s) was measured on another dataset/objective/budget; alias kept",
                         name, alias, current.version)
@@ -144,7 +159,7 @@ def settle_alias(client: Any, name: str, alias: str, study_tags: Mapping[str, st
         if best is None or (current is not None and current.version == best.version):
             return current
         client.set_registered_model_alias(name, alias, best.version)
-    return _alias_version(client, name, alias)
+    return alias_version(client, name, alias)
 
 
 def register_best(client: Any, rows: Sequence[Mapping[str, Any]], objective: str) -> dict[str, Any] | None:
@@ -158,15 +173,13 @@ def register_best(client: Any, rows: Sequence[Mapping[str, Any]], objective: str
     """
     from mlflow.exceptions import MlflowException
 
-    from autoquant_sweep.report import RECIPE_DIR
-    from autoquant_sweep.tracking.recommendation import band_alias
+    from autoquant_sweep.report import RECIPE_CFG, RECIPE_DIR
 
-    candidates = qualifying(rows, objective)
-    if not candidates:
+    best = best_row(rows, objective)
+    if best is None:
         log.warning("registry: no child qualifies (finished, finite %s, recipe within its budget); "
                     "nothing registered", objective)
         return None
-    best = min(candidates, key=lambda r: (r[objective], r.get("cache_hit") == "true", r["run_id"]))
     selected = client.get_run(best["run_id"])
     computed_id = selected.data.tags.get("cache_source_run_id") or best["run_id"]
     run = client.get_run(computed_id) if computed_id != best["run_id"] else selected
@@ -180,7 +193,7 @@ def register_best(client: Any, rows: Sequence[Mapping[str, Any]], objective: str
     except MlflowException:
         pass  # already exists
     value = float(best[objective])
-    recipe = _recipe_summary(client, computed_id)
+    recipe = run_recipe_summary(client, computed_id)
     kept = recipe.get("kept_16bit_groups", [])
     version_tags = {
         "quant_pair": params.get("quant_pair", ""),
@@ -202,7 +215,7 @@ def register_best(client: Any, rows: Sequence[Mapping[str, Any]], objective: str
         "eval_loss": repr(metrics.get("eval_loss", math.nan)),
         "eval_loss_delta": repr(metrics.get("eval_loss_delta", math.nan)),
         "ppl_increase_pct": repr(metrics.get("ppl_increase_pct", math.nan)),
-        "artifact": f"{RECIPE_DIR}/{RECIPE_FILE}",
+        "artifact": f"{RECIPE_DIR}/{RECIPE_CFG}",
         "uniform_artifact": "config/effective_quant_cfg.json",
         "source_run_id": computed_id,
         "selected_run_id": best["run_id"],
@@ -214,21 +227,27 @@ def register_best(client: Any, rows: Sequence[Mapping[str, Any]], objective: str
         name, source=f"{run.info.artifact_uri}/{RECIPE_DIR}", run_id=computed_id,
         tags=version_tags, description=version_description(version_tags),
     )
-    holder = settle_alias(client, name, BEST_ALIAS, version_tags)
-    moved = holder is not None and holder.version == version.version
-    band = band_alias(float(version_tags["budget"])) if version_tags["budget"] else None
-    band_holder = settle_alias(client, name, band, version_tags) if band else None
-    band_moved = band_holder is not None and band_holder.version == version.version
+    aliases = settle_aliases(client, name, version.version, version_tags)
     log.info("registry: %s v%s (%s=%.6e from run %s); alias best %s, %s %s", name, version.version,
-             objective, value, computed_id, "moved here" if moved else "kept", band,
-             "moved here" if band_moved else "kept")
-    return {"name": name, "version": version.version, "value": value, "alias_moved": moved,
-            "band_alias": band, "band_moved": band_moved, "run_id": computed_id,
+             objective, value, computed_id, "moved here" if aliases["alias_moved"] else "kept",
+             aliases["band_alias"], "moved here" if aliases["band_moved"] else "kept")
+    return {"name": name, "version": version.version, "value": value, **aliases, "run_id": computed_id,
             "selected_run_id": best["run_id"]}
 
 
-def _recipe_summary(client: Any, run_id: str) -> dict[str, Any]:
-    """The ``recipe`` section of a run's manifest (empty when it has none)."""
+def settle_aliases(client: Any, name: str, version: str, version_tags: Mapping[str, str]) -> dict[str, Any]:
+    """:func:`settle_alias` of ``best`` and of the budget band's alias (``best-b9``) after ``version`` was
+    created; returns ``{"alias_moved", "band_alias", "band_moved"}`` (moved: the alias is on ``version``)."""
+    holder = settle_alias(client, name, BEST_ALIAS, version_tags)
+    band = band_alias(float(version_tags["budget"])) if version_tags["budget"] else None
+    band_holder = settle_alias(client, name, band, version_tags) if band else None
+    return {"alias_moved": holder is not None and holder.version == version, "band_alias": band,
+            "band_moved": band_holder is not None and band_holder.version == version}
+
+
+def run_manifest(client: Any, run_id: str) -> dict[str, Any] | None:
+    """The manifest a run logged with its report (``None``: a run without one, e.g. from before reports
+    were logged)."""
     import mlflow.artifacts
 
     from autoquant_sweep.report import MANIFEST
@@ -236,12 +255,17 @@ def _recipe_summary(client: Any, run_id: str) -> dict[str, Any]:
 
     try:
         uri = f"{client.get_run(run_id).info.artifact_uri}/{REPORT_ARTIFACT_DIR}/{MANIFEST}"
-        return mlflow.artifacts.load_dict(uri).get("recipe") or {}
-    except Exception:  # a run without a report: counts stay "?"-free zeros
-        return {}
+        return mlflow.artifacts.load_dict(uri)
+    except Exception:  # no report, or no such run: the caller's defaults apply
+        return None
 
 
-def _client(tracking_uri: str | None) -> Any:
+def run_recipe_summary(client: Any, run_id: str) -> dict[str, Any]:
+    """The ``recipe`` section of a run's manifest (empty when it has none)."""
+    return (run_manifest(client, run_id) or {}).get("recipe") or {}
+
+
+def store_client(tracking_uri: str | None) -> Any:
     """A client of ``tracking_uri``, else of the store a run would use (``$MLFLOW_TRACKING_URI``, else
     ``<root>/mlflow.db``: :func:`~autoquant_sweep.tracking.store.resolve_tracking_uri`)."""
     from autoquant_sweep.tracking.store import TrackingSettings, connect, resolve_tracking_uri
@@ -268,7 +292,7 @@ def get_version(name: str, alias: str | None = BEST_ALIAS, version: int | str | 
     (``recipe/quant_cfg.json``; with ``uniform`` the uniform ``config/effective_quant_cfg.json``)."""
     from mlflow.exceptions import MlflowException
 
-    client = _client(tracking_uri)
+    client = store_client(tracking_uri)
     try:
         mv = (client.get_model_version(name, str(version)) if version is not None
               else client.get_model_version_by_alias(name, alias or BEST_ALIAS))
@@ -288,46 +312,6 @@ def get_version(name: str, alias: str | None = BEST_ALIAS, version: int | str | 
     return mv, data
 
 
-def version_recipe(mv: Any, tracking_uri: str | None = None) -> dict[str, Any]:
-    """The ``recipe`` section (budget, achieved bits, quantized / kept-at-16-bit groups) of a version's
-    computing run, ``{}`` for versions registered before recipes existed."""
-    if not mv.run_id or not mv.tags.get("artifact"):
-        return {}
-    if mv.tags.get("artifact", "").startswith("mix/"):  # a mix version: its run has no report
-        from autoquant_sweep.tracking.mix_run import mix_recipe_summary
-
-        return mix_recipe_summary(_client(tracking_uri), mv.run_id)
-    return _recipe_summary(_client(tracking_uri), mv.run_id)
-
-
-def _normalise_cfg(cfg: Any) -> Any:
-    from autoquant_sweep.quant.overlay import normalize_block_sizes
-
-    if isinstance(cfg, list):
-        return [_normalise_cfg(stage) for stage in cfg]
-    if isinstance(cfg, Mapping):
-        out = dict(cfg)
-        for key in ("block_sizes",):
-            if isinstance(out.get(key), Mapping):
-                out[key] = normalize_block_sizes(out[key], where=key)
-        return out
-    return cfg
-
-
-def quantize_config_from_json(text: str | bytes) -> dict[str, Any]:
-    """Effective quant config JSON -> a dict ready for ``mtq.quantize`` (int block_sizes keys, rule list)."""
-    from autoquant_sweep.quant.overlay import to_rule_list
-
-    raw = json.loads(text)
-    out = dict(raw)
-    rules = to_rule_list(raw["quant_cfg"])
-    for rule in rules:
-        if "cfg" in rule and rule["cfg"] is not None:
-            rule["cfg"] = _normalise_cfg(rule["cfg"])
-    out["quant_cfg"] = rules
-    return out
-
-
 def lookup_best_config(name: str, alias: str = BEST_ALIAS, version: int | str | None = None,
                        tracking_uri: str | None = None, uniform: bool = False) -> dict[str, Any]:
     """The per-layer recipe of registered model ``name`` at ``alias`` (``best``, ``best-b9``, ...) or
@@ -340,5 +324,7 @@ def lookup_best_config(name: str, alias: str = BEST_ALIAS, version: int | str | 
         >>> cfg = lookup_best_config("autoquant-qwen3_tiny-constrained_score")  # doctest: +SKIP
         >>> mtq.quantize(model, cfg, forward_loop)  # doctest: +SKIP
     """
+    from autoquant_sweep.recipe import quantize_config_from_json
+
     _, data = get_version(name, alias, version, tracking_uri, uniform)
     return quantize_config_from_json(data)

@@ -12,12 +12,13 @@ import json
 import logging
 import math
 import re
-import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from autoquant_sweep.config.groups import short_granularity
+from autoquant_sweep.objectives import finite
 from autoquant_sweep.report import RECIPE_DIR, REPORT_FILES, dump_json
 
 log = logging.getLogger(__name__)
@@ -32,23 +33,12 @@ TABLE_FILE = "per_layer_table.json"
 LAYER_SCORE_METRIC = "layer_score"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (Markdown)
 RUN_NAME_TAG = "mlflow.runName"  # set in a log_batch, MLflow also renames the run
+JOB_NUM_TAG = "hydra_job_num"  # a sweep job's number; its Optuna trial has it too (study_report)
 FAILURE_ARTIFACT_DIR = "failure"
 # metrics too small to read in MLflow's table and charts (2.47e-7 shows as "2.47300962..."): each also
 # gets ``log10_<name>`` (-6.61), which sorts the same way and reads at a glance
 # (not eval_loss_delta: it can be <= 0; ppl_increase_pct is its readable form)
 LOG10_METRICS = ("total_sensitivity", "constrained_score", LAYER_SCORE_METRIC)
-# short granularity names for run names: distinct within the first few characters
-SHORT_GRANULARITY = {
-    "default": "default",
-    "recipe_match_channel_token": "recipe-ch-tok",
-    "w_per_tensor": "w-tensor",
-    "w_per_out_channel": "w-outch",
-    "w_per_in_channel": "w-inch",
-    "w_group64": "w-g64",
-    "w_group128": "w-g128",
-    "a_per_token_dynamic": "a-token-dyn",
-    "a_per_tensor_static": "a-tensor-st",
-}
 SECONDS_KEYS = ("calibration", "scoring", "autoquant", "load_and_tokenize", "budget_curve", "evaluation",
                 "realized_check")
 VERSION_TAGS = {
@@ -61,7 +51,6 @@ VERSION_TAGS = {
     "autoquant-sweep": "version.autoquant_sweep",
 }
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
-_GIT_COMMIT: str | None = None
 
 
 def _literal(value: Any) -> str:
@@ -161,6 +150,7 @@ def run_params(c: Mapping[str, Any], batch_plan: Any | None = None, *, effect: A
         "model": c["model"]["name"],
         "model_kind": c["model"]["kind"],
         "model_dtype": c["model"]["dtype"],
+        "model_cost_excluded_modules": ", ".join(c["model"].get("cost_excluded_modules") or []) or "none",
         "dataset": data["name"],
         "dataset_size": data["size"],
         "seq_len": data["seq_len"],
@@ -188,33 +178,27 @@ def run_params(c: Mapping[str, Any], batch_plan: Any | None = None, *, effect: A
     return {k: _literal(v)[:6000] for k, v in params.items()}
 
 
-def git_commit() -> str:
-    """``git rev-parse HEAD`` of the source checkout that runs (not of the data root), ``unknown`` outside
-    a repository."""
-    global _GIT_COMMIT
-    if _GIT_COMMIT is None:
-        from autoquant_sweep.paths import project_root
+def creation_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """``tags`` plus what MLflow's fluent ``mlflow.start_run`` records about where a run comes from and
+    ``MlflowClient.create_run`` does not: ``mlflow.user``, ``mlflow.source.name`` / ``.type`` and, from
+    a git checkout, ``mlflow.source.git.commit`` / ``.branch`` (``tags`` win on a clash).
 
-        try:
-            result = subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=project_root() or Path.cwd(), capture_output=True,
-                text=True, timeout=5,
-            )
-            commit = result.stdout.strip() if result.returncode == 0 else ""
-            _GIT_COMMIT = commit or "unknown"
-        except (OSError, subprocess.SubprocessError):
-            _GIT_COMMIT = "unknown"
-    return _GIT_COMMIT
+    MLflow's run-context registry (``mlflow.tracking.context.registry.resolve_tags``, MLflow 3.17; its
+    test: test_tracking_unit.py::test_creation_tags_carry_the_git_commit_of_the_checkout_that_runs).
+    """
+    from mlflow.tracking.context.registry import resolve_tags
+
+    return resolve_tags(dict(tags))
 
 
 def base_tags(c: Mapping[str, Any], versions: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Tags every run gets: git commit, package versions, pair / granularity / size for filtering."""
+    """Tags every run gets: package versions, pair / granularity / size for filtering (the git commit is
+    MLflow's ``mlflow.source.git.commit``, set at creation: :func:`creation_tags`)."""
     if versions is None:
         from autoquant_sweep.fingerprints import package_versions
 
         versions = package_versions()
-    tags = {"git_commit": git_commit()}
-    tags.update({tag: versions.get(pkg, "not installed") for pkg, tag in VERSION_TAGS.items()})
+    tags = {tag: versions.get(pkg, "not installed") for pkg, tag in VERSION_TAGS.items()}
     tags.update(
         {
             "quant_pair": c["quant_pair"]["name"],
@@ -224,11 +208,6 @@ def base_tags(c: Mapping[str, Any], versions: Mapping[str, str] | None = None) -
         }
     )
     return tags
-
-
-def short_granularity(name: str) -> str:
-    """``w_group64`` -> ``w-g64`` (names of the project's options; other names as they are)."""
-    return SHORT_GRANULARITY.get(name, name)
 
 
 def run_name(c: Mapping[str, Any], status: str | None = None) -> str:
@@ -243,6 +222,17 @@ def run_name(c: Mapping[str, Any], status: str | None = None) -> str:
     return f"{name} [{status}]" if status else name
 
 
+def _hydra_job_num() -> str | None:
+    """The number Hydra launched this job as in a multirun (``hydra.job.num``), None outside one."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return None
+    num = OmegaConf.select(HydraConfig.get(), "job.num", default=None, throw_on_missing=False)
+    return None if num is None else str(num)
+
+
 def start_run(client: Any, experiment_id: str, c: Mapping[str, Any], parent_run_id: str | None,
               start_time: int | None = None, owner: str | None = None) -> Any:
     """Create the MLflow run of one job (a child of ``parent_run_id`` when in a sweep).
@@ -253,12 +243,16 @@ def start_run(client: Any, experiment_id: str, c: Mapping[str, Any], parent_run_
     """
     from autoquant_sweep.faults import OWNER_TAG
 
-    tags = {"mlflow.runName": run_name(c)}
+    tags = {RUN_NAME_TAG: run_name(c)}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
+        job_num = _hydra_job_num()
+        if job_num is not None:
+            tags[JOB_NUM_TAG] = job_num
     if owner:
         tags[OWNER_TAG] = owner
-    return client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name(c))
+    return client.create_run(experiment_id, start_time=start_time, tags=creation_tags(tags),
+                             run_name=run_name(c))
 
 
 def realized_params(manifest: Mapping[str, Any]) -> dict[str, str]:
@@ -352,7 +346,7 @@ def child_description(c: Mapping[str, Any], manifest: Mapping[str, Any], *, cach
     objective = str(c.get("autoquant", {}).get("objective", ""))
     numbers = []
     for key in sorted(("total_sensitivity", "constrained_score"), key=lambda k: k != objective):
-        if key in obj and isinstance(obj[key], (int, float)) and math.isfinite(obj[key]):
+        if key in obj and finite(obj[key]):
             log10 = f" (log10 {math.log10(obj[key]):.2f})" if obj[key] > 0 else ""
             numbers.append(f"{key} {_fmt_metric(obj[key])}{log10}")
     if "effective_bits" in obj:
@@ -384,42 +378,18 @@ def child_description(c: Mapping[str, Any], manifest: Mapping[str, Any], *, cach
     return "\n".join(lines) + "\n"
 
 
-# MLflow's per-request limits of ``log_batch`` (documented in ``MlflowClient.log_batch``)
-BATCH_MAX_ENTITIES, BATCH_MAX_PARAMS, BATCH_MAX_TAGS = 1000, 100, 100
-
-
-def batches(params: Mapping[str, str], metrics: list, tags: Mapping[str, str]
-            ) -> list[tuple[list, list, list]]:
-    """``(metrics, params, tags)`` chunks of one run's values, each within MLflow's ``log_batch`` limits:
-    at most 100 params, 100 tags and 1000 values in all per request, so a run takes as few requests as
-    possible (one for the tiny model's ~150 values).
-
-    Example:
-        >>> params, metrics = {f"p{i}": "v" for i in range(150)}, [("m", 1.0, i) for i in range(1500)]
-        >>> [(len(m), len(p), len(t)) for m, p, t in batches(params, metrics, {"t": "x"})]
-        [(899, 100, 1), (601, 50, 0)]
-    """
-    from mlflow.entities import Metric, Param, RunTag
-
-    now = int(time.time() * 1000)
-    m = [Metric(k, v, now, s) for k, v, s in metrics]
-    p = [Param(k, v) for k, v in params.items()]
-    t = [RunTag(k, str(v)) for k, v in tags.items()]
-    out = []
-    while m or p or t or not out:
-        chunk_p, p = p[:BATCH_MAX_PARAMS], p[BATCH_MAX_PARAMS:]
-        chunk_t, t = t[:BATCH_MAX_TAGS], t[BATCH_MAX_TAGS:]
-        room = BATCH_MAX_ENTITIES - len(chunk_p) - len(chunk_t)
-        chunk_m, m = m[:room], m[room:]
-        out.append((chunk_m, chunk_p, chunk_t))
-    return out
-
-
 def _log_batch(
     client: Any, run_id: str, params: Mapping[str, str], metrics: list, tags: Mapping[str, str]
 ) -> None:
-    for chunk_m, chunk_p, chunk_t in batches(params, metrics, tags):
-        client.log_batch(run_id, metrics=chunk_m, params=chunk_p, tags=chunk_t)
+    """One ``MlflowClient.log_batch`` call for a run's values; the client splits it into MLflow's
+    per-request limits (1000 values, 100 params, 100 tags) itself (MLflow 3.17; its test:
+    test_tracking_unit.py::test_one_log_batch_call_logs_more_than_one_request_holds)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v, step in metrics],
+                     params=[Param(k, v) for k, v in params.items()],
+                     tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def per_layer_table(manifest: Mapping[str, Any]) -> dict[str, list]:
@@ -443,7 +413,7 @@ def config_artifacts(manifest: Mapping[str, Any], base_format: Any, hydra_yaml: 
     The JSON is the project's canonical form (:func:`~autoquant_sweep.report.dump_json`: sorted keys,
     trailing newline), the bytes ``autoquant-sweep lookup --uniform`` hands out.
     """
-    from autoquant_sweep.quant.overlay import canonical_json
+    from autoquant_sweep.fingerprints import canonical_json
 
     q = manifest["quantization"]
     texts = {EFFECTIVE_CFG_FILE: dump_json(q["effective_quant_cfg"])}
@@ -453,14 +423,6 @@ def config_artifacts(manifest: Mapping[str, Any], base_format: Any, hydra_yaml: 
     if hydra_yaml is not None:
         texts[HYDRA_CFG_FILE] = hydra_yaml
     return texts
-
-
-def write_config_artifacts(
-    folder: Path, manifest: Mapping[str, Any], base_format: Any, hydra_yaml: str | None
-) -> None:
-    """The ``config/`` artifacts (:func:`config_artifacts`) as files in ``folder``."""
-    for name, text in config_artifacts(manifest, base_format, hydra_yaml).items():
-        (folder / name).write_text(text)
 
 
 def _canonical(plan: Any) -> str:

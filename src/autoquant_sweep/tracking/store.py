@@ -12,11 +12,13 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from filelock import FileLock
 
 from autoquant_sweep.errors import UserInputError
 
@@ -328,8 +330,8 @@ def connect(settings: TrackingSettings) -> Any:
     if db is None:
         return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
     # MLflow creates / migrates a SQLite schema when it opens the store; two processes doing it at once on
-    # a new file fail ("duplicate column name"). One at a time per folder, then it is a quick no-op.
-    with folder_lock(db.parent):
+    # a new file fail ("duplicate column name"). One at a time per store, then it is a quick no-op.
+    with store_lock(db):
         if not db.exists():  # a new store is built aside and moved into place whole (a full disk: no half)
             create_sqlite_aside(db, _create_mlflow_store, "tracking.tracking_uri")
         client = _init_mlflow_store(settings.tracking_uri)
@@ -369,7 +371,7 @@ def create_sqlite_aside(path: Path, create: Any, key: str) -> None:
     place whole; on any failure the sibling is removed and ``path`` does not exist.
 
     A full disk during the schema creation would otherwise leave a half-built store that fails for good
-    afterwards (``table ... already exists``). The caller holds :func:`folder_lock` on the folder; a store
+    afterwards (``table ... already exists``). The caller holds :func:`store_lock` on ``path``; a store
     another process created meanwhile is kept (``os.link`` never replaces a file).
     """
     from autoquant_sweep.errors import DiskFullError, disk_full
@@ -426,20 +428,17 @@ def use_store(uri: str) -> None:
             os.environ[name] = value
 
 
-@contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``folder`` itself (no lock file; released when the process dies).
+def store_lock(db: Path) -> FileLock:
+    """An exclusive lock for creating or migrating the SQLite store ``db``: ``filelock`` on the hidden
+    sibling ``.<db name>.lock`` (released when the process dies).
 
-    Not on the database file: closing any descriptor of it would drop SQLite's own POSIX locks.
+    Beside the database, inside its folder, not beside the folder: that folder is usually the working
+    directory (``<root>/mlflow.db``, ``<root>/optuna.db``), whose parent may be neither the user's nor
+    writable. MLflow and Optuna open only their database file (and MLflow its artifact folder), so the
+    hidden sibling is part of neither store; one lock per database, since each file has its own schema.
+    Not the database file itself: closing any descriptor of it would drop SQLite's own POSIX locks.
     """
-    import fcntl
-
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return FileLock(db.with_name(f".{db.name}.lock"))
 
 
 def ensure_experiment(client: Any, settings: TrackingSettings) -> str:

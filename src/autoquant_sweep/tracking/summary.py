@@ -13,8 +13,11 @@ import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
+
+from autoquant_sweep.figures import FIGURE_SAVE, new_figure
+from autoquant_sweep.objectives import finite
+from autoquant_sweep.tracking.run_logging import NOTE_TAG
 
 OBJECTIVE_COLUMNS = ("total_sensitivity", "constrained_score", "effective_bits")
 # metrics other helpers log when they are measured (shown only when at least one row has them)
@@ -25,12 +28,10 @@ COLUMNS = (
 )
 SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_MD = "sweep_summary.md"
-NOTE_TAG = "mlflow.note.content"
 SCIENTIFIC = {"total_sensitivity", "constrained_score", "eval_loss_delta", "format_bits"}
 PERCENT = {"ppl_increase_pct"}
 # cell states of the heatmap besides a value
 REFUSED, FAILED, NOT_TRIED = "refused", "failed", "not tried"
-FIGURE_SAVE = {"dpi": 100, "metadata": {"Software": None}}  # reproducible PNG bytes
 
 
 def heatmap_name(objective: str) -> str:
@@ -69,8 +70,8 @@ def outcome(row: Mapping[str, Any]) -> str:
 def _sort_key(objective: str) -> Any:
     def key(r: Mapping[str, Any]) -> tuple:
         v = r.get(objective, math.nan)
-        finite = isinstance(v, float) and math.isfinite(v)
-        return (not finite, v if finite else 0.0, r.get("quant_pair", ""), _granularity(r),
+        counts = finite(v)
+        return (not counts, v if counts else 0.0, r.get("quant_pair", ""), _granularity(r),
                 r.get("dataset_size", ""), r.get("run_id", ""))
     return key
 
@@ -174,7 +175,7 @@ def summary_frame(rows: Sequence[dict[str, Any]], objective: str = "total_sensit
     measured; unfinished values are empty cells (what ``sweep_summary.csv`` holds)."""
     import pandas as pd
 
-    extra = [c for c in OPTIONAL_COLUMNS if any(_finite(r.get(c)) for r in rows)]
+    extra = [c for c in OPTIONAL_COLUMNS if any(finite(r.get(c)) for r in rows)]
     records = []
     for row in sort_rows(rows, objective):
         record = {**row, "quant_granularity": _granularity(row),
@@ -189,49 +190,37 @@ def csv_text(rows: Sequence[dict[str, Any]], objective: str = "total_sensitivity
     return summary_frame(rows, objective).to_csv(index=False, lineterminator="\n")
 
 
-def write_csv(path: Path, rows: Sequence[dict[str, Any]], objective: str = "total_sensitivity") -> None:
-    """Every child as a CSV row, best first (:func:`csv_text`)."""
-    path.write_text(csv_text(rows, objective))
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def write_markdown(path: Path, rows: Sequence[dict[str, Any]], objective: str, title: str) -> None:
-    """Every child as a Markdown table, best ``objective`` first (:func:`markdown_text`)."""
-    path.write_text(markdown_text(rows, objective, title))
-
-
 def markdown_text(rows: Sequence[dict[str, Any]], objective: str, title: str) -> str:
     """``sweep_summary.md``: every child as a Markdown table, best ``objective`` first, with its ratio to
-    the best value (rendered here: ``DataFrame.to_markdown`` would need ``tabulate``, not installed)."""
+    the best value."""
+    from autoquant_sweep.report import markdown_table
+
     rows = sort_rows(rows, objective)
     others = [c for c in OBJECTIVE_COLUMNS if c != objective]
-    extra = [c for c in OPTIONAL_COLUMNS if any(_finite(r.get(c)) for r in rows)]
-    values = [r.get(objective) for r in rows if _finite(r.get(objective))]
+    extra = [c for c in OPTIONAL_COLUMNS if any(finite(r.get(c)) for r in rows)]
+    values = [r.get(objective) for r in rows if finite(r.get(objective))]
     best = min(values) if values else math.nan
     header = ["#", "quant_pair", "quant_granularity", "dataset_size", objective, "x best", *others, *extra,
               "outcome", "run", "failure_reason"]
-    align = ["---:", "---", "---", "---", "---:", "---:", *["---:"] * (len(others) + len(extra)),
-             "---", "---", "---"]
+    align = ["right", "left", "left", "left", "right", "right", *["right"] * (len(others) + len(extra)),
+             "left", "left", "left"]
     counts: dict[str, int] = {}
     for r in rows:
         o = r.get("outcome") or outcome(r)
         counts[o] = counts.get(o, 0) + 1
+    table = []
+    for i, r in enumerate(rows, 1):
+        v = r.get(objective)
+        ratio = f"{v / best:.1f}" if finite(v) and finite(best) and best > 0 else ""
+        table.append([str(i), format_value("", r.get("quant_pair", "")), format_value("", _granularity(r)),
+                      format_value("", r.get("dataset_size", "")), format_value(objective, v), ratio,
+                      *[format_value(c, r.get(c, math.nan)) for c in [*others, *extra]],
+                      format_value("", r.get("outcome") or outcome(r)), f"`{str(r.get('run_id', ''))[:8]}`",
+                      format_value("", r.get("failure_reason", ""))])
     lines = [f"# {title}", "",
              f"objective: `{objective}` (lower is better), best first; {len(rows)} runs ("
              + ", ".join(f"{n} {o}" for o, n in sorted(counts.items())) + ")", "",
-             "| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    for i, r in enumerate(rows, 1):
-        v = r.get(objective)
-        ratio = f"{v / best:.1f}" if _finite(v) and _finite(best) and best > 0 else ""
-        cells = [str(i), format_value("", r.get("quant_pair", "")), format_value("", _granularity(r)),
-                 format_value("", r.get("dataset_size", "")), format_value(objective, v), ratio,
-                 *[format_value(c, r.get(c, math.nan)) for c in [*others, *extra]],
-                 format_value("", r.get("outcome") or outcome(r)), f"`{str(r.get('run_id', ''))[:8]}`",
-                 format_value("", r.get("failure_reason", ""))]
-        lines.append("| " + " | ".join(cells) + " |")
+             *markdown_table(header, table, align)]
     return "\n".join(lines) + "\n"
 
 
@@ -247,7 +236,7 @@ def heatmap_cells(rows: Sequence[Mapping[str, Any]], objective: str) -> tuple[li
     for p in pairs:
         for g in grans:
             mine = [r for r in rows if r.get("quant_pair") == p and _granularity(r) == g]
-            done = [r for r in mine if r.get("status") == "FINISHED" and _finite(r.get(objective))]
+            done = [r for r in mine if r.get("status") == "FINISHED" and finite(r.get(objective))]
             if done:
                 best = min(done, key=lambda r: r[objective])
                 cells[(p, g)] = (float(best[objective]), best.get("overlay_status") == "noop")
@@ -260,11 +249,6 @@ def heatmap_cells(rows: Sequence[Mapping[str, Any]], objective: str) -> tuple[li
     return pairs, grans, cells
 
 
-def write_heatmap(path: Path, rows: Sequence[dict[str, Any]], objective: str, title: str) -> None:
-    """The heatmap (:func:`heatmap_figure`) as a PNG file."""
-    heatmap_figure(rows, objective, title).savefig(path, **FIGURE_SAVE)
-
-
 def heatmap_figure(rows: Sequence[dict[str, Any]], objective: str, title: str) -> Any:
     """Objective over quant_pair (rows) x quant_granularity (columns) on a log colour scale (a matplotlib
     ``Figure``, no pyplot state).
@@ -274,9 +258,7 @@ def heatmap_figure(rows: Sequence[dict[str, Any]], objective: str, title: str) -
     """
     import matplotlib
     import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import LogNorm, Normalize
-    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     pairs, grans, cells = heatmap_cells(rows, objective)
@@ -293,8 +275,7 @@ def heatmap_figure(rows: Sequence[dict[str, Any]], objective: str, title: str) -
         norm = Normalize(vmin=finite.min() if len(finite) else 0, vmax=finite.max() if len(finite) else 1)
         scale = "linear scale"
     best = float(finite.min()) if len(finite) else math.nan
-    fig = Figure(figsize=(max(5.5, 1.35 * len(grans) + 3.2), max(3.2, 0.62 * len(pairs) + 2.2)))
-    FigureCanvasAgg(fig)
+    fig = new_figure(max(5.5, 1.35 * len(grans) + 3.2), max(3.2, 0.62 * len(pairs) + 2.2))
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["viridis_r"].with_extremes(bad="white")
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto")
@@ -332,19 +313,10 @@ def heatmap_figure(rows: Sequence[dict[str, Any]], objective: str, title: str) -
     return fig
 
 
-def write_summary(folder: Path, rows: Sequence[dict[str, Any]], objective: str, title: str) -> list[Path]:
-    """CSV, Markdown and heatmap of ``rows`` into ``folder``; returns the paths."""
-    paths = [folder / SUMMARY_CSV, folder / SUMMARY_MD, folder / heatmap_name(objective)]
-    write_csv(paths[0], rows, objective)
-    write_markdown(paths[1], rows, objective, title)
-    write_heatmap(paths[2], rows, objective, title)
-    return paths
-
-
 def log_summary(client: Any, run_id: str, rows: Sequence[dict[str, Any]], objective: str, title: str,
                 artifact_dir: str = "summary") -> None:
-    """The files of :func:`write_summary`, logged straight to ``<artifact_dir>/`` of ``run_id``
-    (``MlflowClient.log_text`` / ``log_figure``: no local folder)."""
+    """``sweep_summary.csv`` / ``.md`` and the heatmap PNG of ``rows``, logged straight to
+    ``<artifact_dir>/`` of ``run_id`` (``MlflowClient.log_text`` / ``log_figure``: no local folder)."""
     client.log_text(run_id, csv_text(rows, objective), f"{artifact_dir}/{SUMMARY_CSV}")
     client.log_text(run_id, markdown_text(rows, objective, title), f"{artifact_dir}/{SUMMARY_MD}")
     client.log_figure(run_id, heatmap_figure(rows, objective, title),
@@ -374,7 +346,7 @@ def parent_description(
     registered winner the best finished row is named.
     """
     rows = sort_rows(rows, objective)
-    finished = [r for r in rows if r.get("status") == "FINISHED" and _finite(r.get(objective))]
+    finished = [r for r in rows if r.get("status") == "FINISHED" and finite(r.get(objective))]
     counts: dict[str, int] = {}
     for r in rows:
         o = r.get("outcome") or outcome(r)
@@ -383,7 +355,7 @@ def parent_description(
     lines: list[str] = []
     best_id = parent_tags.get("best_run_id") or (finished[0]["run_id"] if finished else None)
     best = next((r for r in rows if r.get("run_id") == best_id), None)
-    if best is None or not _finite(best.get(objective)):
+    if best is None or not finite(best.get(objective)):
         lines.append(f"No finished run with a value of {objective} ({len(rows)} runs: {tally}).")
         failed = [r for r in rows if r.get("failure_reason")]
         if failed:
@@ -467,14 +439,14 @@ def set_parent_description(client: Any, parent_run_id: str, container: Mapping[s
     try:
         from mlflow.entities import Metric, Param, RunTag
 
-        from autoquant_sweep.tracking.callbacks import primary_metric
+        from autoquant_sweep.objectives import primary_metric
 
         objective = primary_metric(container["autoquant"]["objective"])
         parent = client.get_run(parent_run_id)
         experiment_id = parent.info.experiment_id
         rows = child_rows(search_children(client, experiment_id, parent_run_id), objective)
         tags = parent.data.tags
-        finished = [r for r in rows if r.get("status") == "FINISHED" and _finite(r.get(objective))]
+        finished = [r for r in rows if r.get("status") == "FINISHED" and finite(r.get(objective))]
         best_id = tags.get("best_run_id") or (finished[0]["run_id"] if finished else None)
         best_run = client.get_run(best_id) if best_id else None
         command = sweep_command()
@@ -487,7 +459,7 @@ def set_parent_description(client: Any, parent_run_id: str, container: Mapping[s
             "sweep_command" not in parent.data.params else []
         metrics = []
         value = best_run.data.metrics.get(objective) if best_run is not None else None
-        if _finite(value) and value > 0:
+        if finite(value) and value > 0:
             metrics.append(Metric(f"log10_best_{objective}", round(math.log10(value), 3),
                                   int(time.time() * 1000), 0))
         client.log_batch(parent_run_id, metrics=metrics, params=params, tags=[RunTag(NOTE_TAG, text)])
