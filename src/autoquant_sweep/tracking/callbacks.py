@@ -29,6 +29,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from autoquant_sweep.errors import disk_full
 from autoquant_sweep.objectives import primary_metric
 
 log = logging.getLogger("autoquant_sweep.tracking")
@@ -103,6 +104,7 @@ class MlflowSweepCallback(Callback):
         self.settings: Any = None
         self.container: dict[str, Any] = {}
         self._ended = True
+        self._reserve: Path | None = None
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """A single run: an output folder Hydra cannot create is one line, not Hydra's traceback."""
@@ -164,7 +166,7 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from autoquant_sweep.errors import UserInputError
         from autoquant_sweep.layout import ensure_output_dir
-        from autoquant_sweep.tracking.store import connect, masked_url, settings_from_cfg
+        from autoquant_sweep.tracking.store import connect, masked_url, reserve_space, settings_from_cfg
 
         try:
             self._preflight(config)
@@ -195,6 +197,7 @@ class MlflowSweepCallback(Callback):
             return
         try:
             self._open_parent(config)
+            self._reserve = reserve_space(self.settings.tracking_uri)
         except Exception as exc:  # Hydra would only warn and run the sweep without a parent
             if self.parent_run_id is not None:
                 with contextlib.suppress(Exception):
@@ -248,10 +251,14 @@ class MlflowSweepCallback(Callback):
     def _end(self, config: DictConfig, in_flight: BaseException | None) -> None:
         from autoquant_sweep import faults
         from autoquant_sweep.pipeline import DEFERRED_PLOTS
-        from autoquant_sweep.tracking.store import PARENT_RUN_ENV
+        from autoquant_sweep.tracking.store import PARENT_RUN_ENV, release_space
         from autoquant_sweep.tracking.summary import set_parent_description
 
-        DEFERRED_PLOTS.finish()  # the trials' PNGs, off their critical path (tracking on or off)
+        disk_is_full = disk_full(in_flight)
+        release_space(self._reserve)  # the space the closing writes need, whatever ended the sweep
+        self._reserve = None
+        if not disk_is_full:  # the trials' PNGs, off their critical path (tracking on or off)
+            DEFERRED_PLOTS.finish()
         if self.client is None or self.parent_run_id is None:
             if faults.stop_requested() and in_flight is None:
                 print(f"autoquant-sweep: sweep stopped: {faults.stop_reason()}; nothing registered",
@@ -263,6 +270,14 @@ class MlflowSweepCallback(Callback):
         if status != "FINISHED" and self.settings.registry:  # nothing is registered from it
             self.settings = dataclasses.replace(self.settings, registry=False)
         self._mix_wanted = status == "FINISHED" and bool(self.container["autoquant"].get("mix", True))
+        if disk_is_full:
+            # The status first, and nothing else: the summary's tables and plots would take the space
+            # the status update needs (measured: the parent stayed RUNNING at some disk sizes)
+            log.error("sweep summary and plots skipped: the disk is full")
+            close_error = self._close_parent(status, reason)
+            self._tell_outcome(status if close_error is None else "still RUNNING: it could not be closed",
+                               reason, close_error, in_flight)
+            return
         error = self._summary_error(config)
         if status == "FINISHED" and faults.stop_requested():  # stopped during the summary: KILLED
             status, reason = sweep_end_status(None)
