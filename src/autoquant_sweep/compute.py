@@ -24,7 +24,7 @@ from autoquant_sweep import data as data_mod
 from autoquant_sweep.modeling import LoadedModel, load_model_and_tokenizer
 from autoquant_sweep.plan import RunPlan
 from autoquant_sweep.quant.summary import summarize_format
-from autoquant_sweep.trial_memory import TrialMemory, device_copy, pristine_device
+from autoquant_sweep.trial_memory import PRISTINE_DEVICE, TrialMemory, device_copy
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def eval_captions_used(captions: list[str], batch_size: int) -> list[str]:
 class ModelCache:
     """Pristine models and tokenised batches, kept for the life of a process (one sweep).
 
-    The pristine model lives on :func:`~autoquant_sweep.trial_memory.pristine_device` (the CPU); each run
+    The pristine model lives on :data:`~autoquant_sweep.trial_memory.PRISTINE_DEVICE` (the CPU); each run
     gets a deep copy of it on the run device, so scores never depend on what ran before and the GPU holds
     one model's worth at a time.
     """
@@ -69,7 +69,7 @@ class ModelCache:
                 plan.checkpoint,
                 kind=m["kind"],
                 dtype=m["dtype"],
-                device=pristine_device(plan.device),
+                device=PRISTINE_DEVICE,
                 trust_remote_code=bool(m["trust_remote_code"]),
             )
         return self._models[key]

@@ -1,7 +1,7 @@
 """Where a trial's model copy comes from, and the peak memory that is the trial's own.
 
 The pristine model of a process (:class:`autoquant_sweep.compute.ModelCache`) lives on the CPU whatever
-the run device (:func:`pristine_device`): on CUDA it must not sit on the GPU beside the trial's copy, so a
+the run device (:data:`PRISTINE_DEVICE`): on CUDA it must not sit on the GPU beside the trial's copy, so a
 trial holds one model's worth of GPU memory. Each trial's copy is built straight on the run device
 (:func:`device_copy`), without a second CPU copy on the way. Restoring that way was measured against
 reloading the checkpoint from disk (``benchmarks/bench_restore.py``, CPU, each way with a first read of
@@ -36,15 +36,8 @@ _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def pristine_device(run_device: str) -> str:
-    """Where the pristine model of a process is kept for runs on ``run_device``: always the CPU.
-
-    Example:
-        >>> pristine_device("cuda"), pristine_device("cuda:1"), pristine_device("cpu")
-        ('cpu', 'cpu', 'cpu')
-    """
-    del run_device  # every device: the GPU holds the trial's copy only
-    return "cpu"
+# Where the pristine model of a process is kept, whatever the run device: the GPU holds the trial's copy only
+PRISTINE_DEVICE = "cpu"
 
 
 def device_copy(model: Any, device: str) -> Any:
