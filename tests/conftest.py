@@ -218,6 +218,67 @@ def run_app(
     )
 
 
+def run_in_process(args: Sequence[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the Hydra app (``experiments/sensitivity.py args``) in this interpreter, as :func:`run_app` runs
+    it in a fresh one: the same ``main``, command line, working directory and shell environment, its exit
+    status and its stdout / stderr captured; torch and ModelOpt are imported once per worker, not per run.
+
+    What the run changes in this process is put back afterwards: the working directory, the environment,
+    the root logger, Hydra's global state, MLflow's tracking URI, and the project's own process state
+    (:func:`autoquant_sweep.process_state.reset_process_state`: stop signals and their handlers, sweep id,
+    GPU slot, checked stores, deferred plots, model cache), reset before the run too. For the tests whose
+    assertions are about stores, folders and messages; exit codes under signals, output on a terminal and
+    import-time checks keep :func:`run_app` / :func:`start_app`.
+    """
+    import contextlib
+    import io
+    import logging
+
+    import mlflow
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from autoquant_sweep.hydra_app import main
+    from autoquant_sweep.process_state import reset_process_state
+
+    saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    saved_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    out, err = io.StringIO(), io.StringIO()
+    code: int = 0
+    reset_process_state()
+    os.environ.pop("AUTOQUANT_SWEEP_ID", None)
+    os.environ.update({"HYDRA_FULL_ERROR": "0", **(env or {})})
+    os.chdir(cwd)
+    sys.argv = [str(SENSITIVITY_APP), *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if exc.code is not None and not isinstance(exc.code, int):
+                    print(exc.code, file=sys.stderr)
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        for handler in root.handlers:
+            if handler not in saved_handlers:
+                handler.close()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+        reset_process_state()
+        mlflow.set_tracking_uri(saved_uri)
+        mlflow.set_registry_uri(saved_uri)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(sys.argv[:1] + list(map(str, args)), code, out.getvalue(),
+                                       err.getvalue())
+
+
 #: a one-trial Optuna sweep that computes (no cache hit): the signal tests stop it at one point or another
 ONE_TRIAL_SWEEP = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1", "quant_pair=choice(wint8_aint8)",
                    "quant_granularity=choice(default)", "autoquant.cache=false"]

@@ -52,6 +52,12 @@ class ModelCache:
         self._batches: dict[tuple, list[dict]] = {}
         self._unquantized_loss: dict[tuple, float] = {}
 
+    def clear(self) -> None:
+        """Forget every model, batch and reference loss (the next run loads its checkpoint again)."""
+        self._models.clear()
+        self._batches.clear()
+        self._unquantized_loss.clear()
+
     def model(self, plan: RunPlan) -> tuple[LoadedModel, Any]:
         """The pristine model and a deep copy of it on the run device for one run."""
         loaded = self.loaded(plan)
@@ -62,9 +68,7 @@ class ModelCache:
         m = plan.cfg["model"]
         key = (str(plan.checkpoint), plan.checkpoint_identity, m["kind"], m["dtype"], plan.device)
         if key not in self._models:
-            self._models.clear()  # one pristine checkpoint at a time keeps memory at one model
-            self._batches.clear()
-            self._unquantized_loss.clear()
+            self.clear()  # one pristine checkpoint at a time keeps memory at one model
             self._models[key] = load_model_and_tokenizer(
                 plan.checkpoint,
                 kind=m["kind"],

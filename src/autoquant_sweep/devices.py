@@ -33,7 +33,35 @@ from filelock import FileLock, Timeout
 log = logging.getLogger(__name__)
 
 LOCK_DIR_ENV = "AUTOQUANT_SWEEP_GPU_LOCK_DIR"
-_claimed: tuple[int, FileLock | None] | None = None  # (slot, its held lock) for the life of the process
+
+
+class GpuClaim:
+    """The GPU slot this process claimed (:func:`claim_slot`) and its held lock, for the life of the
+    process or until :meth:`release` (one per process: :data:`GPU_CLAIM`).
+
+    Example:
+        >>> claim = GpuClaim()
+        >>> claim.slot is None
+        True
+        >>> claim.release()  # nothing held: nothing to do
+    """
+
+    def __init__(self) -> None:
+        self.slot: int | None = None
+        self._lock: FileLock | None = None  # None for a shared fallback slot
+
+    def hold(self, slot: int, lock: FileLock | None) -> None:
+        self.slot, self._lock = slot, lock
+
+    def release(self) -> None:
+        """Give the slot back (its lock file is unlocked): the next :func:`claim_slot` claims anew."""
+        if self._lock is not None:
+            self._lock.release(force=True)
+        self.slot, self._lock = None, None
+
+
+#: this process's GPU slot
+GPU_CLAIM = GpuClaim()
 
 
 def _torch_has_gpu_backend() -> bool:
@@ -111,9 +139,8 @@ def default_lock_dir() -> Path:
 
 def claim_slot(n_devices: int, lock_dir: Path, job_num: int = 0) -> int:
     """Claim a GPU slot for this process (idempotent: a process keeps its first slot)."""
-    global _claimed
-    if _claimed is not None:
-        return _claimed[0]
+    if GPU_CLAIM.slot is not None:
+        return GPU_CLAIM.slot
     lock_dir.mkdir(parents=True, exist_ok=True)
     # a soft lock (a marker file) would outlive a killed worker and keep its slot taken: flock only
     locks = {slot: FileLock(lock_dir / f"gpu{slot}.lock", blocking=False, fallback_to_soft=False)
@@ -128,7 +155,7 @@ def claim_slot(n_devices: int, lock_dir: Path, job_num: int = 0) -> int:
 
     slot, exclusive = pick_slot(n_devices, try_claim, job_num)
     # a shared fallback slot is kept too: one device per process
-    _claimed = (slot, locks[slot] if exclusive else None)
+    GPU_CLAIM.hold(slot, locks[slot] if exclusive else None)
     if not exclusive:
         log.warning("all %d GPU slots are taken; sharing cuda:%d (job %d)", n_devices, slot, job_num)
     return slot

@@ -35,7 +35,47 @@ log = logging.getLogger(__name__)
 OWNER_ATTR = "aqs_owner"  # Optuna trial user attr
 OWNER_TAG = "aqs.owner"  # MLflow run tag
 FAIL_REASON_ATTR = "fail_reason"  # Optuna trial user attr (Optuna's own objective errors: a system attr)
-_installed = False
+
+
+class StopSignals:
+    """What this process knows of a stop: the signal received and not yet raised, how deep it is inside
+    :func:`signals_deferred`, how many stop signals arrived, why it is stopping, and the handlers it
+    replaced. One per process (:data:`STOP`); :meth:`reset` forgets a stop and puts the replaced handlers
+    back, so that one interpreter can run sweep after sweep (:mod:`autoquant_sweep.process_state`).
+
+    Example:
+        >>> state = StopSignals()
+        >>> state.reason = "killed by SIGTERM"
+        >>> state.reset()
+        >>> state.reason is None and state.pending is None
+        True
+    """
+
+    def __init__(self) -> None:
+        self._forget()
+
+    def _forget(self) -> None:
+        self.pending: int | None = None  # a stop signal received but not yet raised
+        self.deferring = 0  # > 0 inside signals_deferred(): a stop is recorded, raised when the block ends
+        self.received = 0  # stop signals received so far (a deferred block raises only for one inside it)
+        self.reason: str | None = None  # why this process is being stopped ("killed by SIGTERM", ...)
+        self.replaced: dict[int, Any] = {}  # signal -> the handler install_signal_handlers replaced
+
+    @property
+    def installed(self) -> bool:
+        return bool(self.replaced)
+
+    def reset(self) -> None:
+        """Forget any stop, and restore the handlers :func:`install_signal_handlers` replaced."""
+        if self.replaced and threading.current_thread() is threading.main_thread():
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            for signum, handler in self.replaced.items():
+                signal.signal(signum, handler)
+        self._forget()
+
+
+#: this process's stop state (signal handlers run in the main thread and write it)
+STOP = StopSignals()
 
 
 class Terminated(SystemExit):
@@ -72,19 +112,14 @@ def stop_text(exc: BaseException) -> str:
 
 def record_stop(exc: BaseException) -> None:
     """Remember that the process is being stopped by ``exc`` (also when no handler of ours saw a signal)."""
-    global _stop_reason
-    if interrupted(exc) and _stop_reason is None:
-        _stop_reason = stop_text(exc)
+    if interrupted(exc) and STOP.reason is None:
+        STOP.reason = stop_text(exc)
 
 
 def _stop_exception(signum: int) -> BaseException:
     return Interrupted(signum) if signum == signal.SIGINT else Terminated(signum)
 
 
-_pending: int | None = None  # a stop signal received but not yet raised
-_deferring = 0  # > 0 inside signals_deferred(): a stop is recorded, raised when the block ends
-_received = 0  # stop signals received so far (a deferred block raises only for one received inside it)
-_stop_reason: str | None = None  # why this process is being stopped ("killed by SIGTERM", ...)
 _FINALIZER_NAMES = frozenset({"__del__", "remove", "_remove", "_remove_dead_weakref", "__exit__",
                               "_run_finalizers"})
 # weakref callbacks: weakref.py's, and WeakSet's ``_remove`` in _weakrefset.py (seen under ModelOpt's hooks)
@@ -108,12 +143,11 @@ def _in_finalizer(frame: Any) -> bool:
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     """SIGTERM and SIGINT: raise :class:`Terminated` / :class:`Interrupted` in the main thread."""
-    global _pending, _stop_reason, _received
-    _pending = signum
-    _received += 1
+    STOP.pending = signum
+    STOP.received += 1
     exc = _stop_exception(signum)
-    _stop_reason = _stop_reason or stop_text(exc)
-    if _deferring:  # a step that must not be cut in half: recorded now, raised when it ends
+    STOP.reason = STOP.reason or stop_text(exc)
+    if STOP.deferring:  # a step that must not be cut in half: recorded now, raised when it ends
         signal.signal(signum, signal.SIG_DFL)  # a second signal still kills at once
         return
     if _in_finalizer(frame):  # retry in 20 ms, out of the finalizer
@@ -125,25 +159,25 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def _on_alarm(signum: int, frame: Any) -> None:
-    if _pending is not None:
-        _on_sigterm(_pending, frame)
+    if STOP.pending is not None:
+        _on_sigterm(STOP.pending, frame)
 
 
 def stop_requested() -> bool:
     """Whether this process is being stopped (SIGTERM, SIGINT / Ctrl-C, or :func:`record_stop`)."""
-    return _pending is not None or _stop_reason is not None
+    return STOP.pending is not None or STOP.reason is not None
 
 
 def stop_reason() -> str | None:
     """Why this process is being stopped (``killed by SIGTERM``, ``interrupted by SIGINT (Ctrl-C)``)."""
-    return _stop_reason
+    return STOP.reason
 
 
 def check_stop() -> None:
     """Raise the stop exception when a stop signal arrived but was swallowed (called between jobs)."""
-    if _pending is not None:
-        signal.signal(_pending, signal.SIG_DFL)
-        raise _stop_exception(_pending)
+    if STOP.pending is not None:
+        signal.signal(STOP.pending, signal.SIG_DFL)
+        raise _stop_exception(STOP.pending)
 
 
 @contextlib.contextmanager
@@ -157,17 +191,16 @@ def signals_deferred() -> Iterator[None]:
         >>> stop_requested()
         False
     """
-    global _deferring
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield  # (a helper thread's block, e.g. the heartbeat's writes, must not hold the main thread's stop)
         return
-    _deferring += 1
-    before = _received
+    STOP.deferring += 1
+    before = STOP.received
     try:
         yield
     finally:
-        _deferring -= 1
-    if not _deferring and _received != before:  # a stop that was already raised is not raised again
+        STOP.deferring -= 1
+    if not STOP.deferring and STOP.received != before:  # a stop that was already raised is not raised again
         check_stop()
 
 
@@ -177,19 +210,17 @@ def install_signal_handlers() -> bool:
     Returns whether the SIGTERM handler is active. A signal someone else handles (a launcher, a test
     harness) is left alone.
     """
-    global _installed
-    if _installed:
+    if STOP.installed:
         return True
     if threading.current_thread() is not threading.main_thread():
         return False
     if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
         return False  # someone else (a launcher, a test harness) owns SIGTERM
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    STOP.replaced[signal.SIGTERM] = signal.signal(signal.SIGTERM, _on_sigterm)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _on_sigterm)
+        STOP.replaced[signal.SIGINT] = signal.signal(signal.SIGINT, _on_sigterm)
     if signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGALRM, _on_alarm)
-    _installed = True
+        STOP.replaced[signal.SIGALRM] = signal.signal(signal.SIGALRM, _on_alarm)
     return True
 
 

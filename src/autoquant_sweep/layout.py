@@ -35,29 +35,47 @@ _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 REPORT_DIRNAME = "report"
 ROOT_ENV = "AUTOQUANT_SWEEP_ROOT"  # moves every store and output folder at once (paths.root_dir)
 SWEEP_ID_ENV = "AUTOQUANT_SWEEP_ID"  # "<owner host>:<owner pid> <sweep id>", read by launcher workers
-_sweep_id: str | None = None
-
-
-def sweep_id() -> str:
+class SweepIdentity:
     """This sweep process's id ``<time>_<host>-<pid>-<random>`` (the ``${aqs_sweep_id:}`` resolver).
 
     It names the sweep folder (``hydra.sweep.dir``), so two sweeps started in the same second, on one
-    machine or several sharing a file system, never share a folder. Stable within the process; a
-    launcher worker process started by the sweep (its parent) gets the sweep's id from
-    ``AUTOQUANT_SWEEP_ID`` (Hydra also copies resolved values into the jobs' configs); any other
-    process, such as a sweep started from a job, gets its own.
+    machine or several sharing a file system, never share a folder. Stable within the process until
+    :meth:`reset` (a process that runs several sweeps, e.g. a notebook or the test suite, resets between
+    them: :mod:`autoquant_sweep.process_state`); a launcher worker process started by the sweep (its
+    parent) gets the sweep's id from ``AUTOQUANT_SWEEP_ID`` (Hydra also copies resolved values into the
+    jobs' configs); any other process, such as a sweep started from a job, gets its own.
     """
-    global _sweep_id
-    if _sweep_id is None:
-        host = socket.gethostname()
-        owner, _, inherited = os.environ.get(SWEEP_ID_ENV, "").partition(" ")
-        if inherited and owner == f"{host}:{os.getppid()}":
-            _sweep_id = inherited
-        else:
-            stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-            _sweep_id = f"{stamp}_{_UNSAFE_CHARS.sub('_', host)}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
-            os.environ[SWEEP_ID_ENV] = f"{host}:{os.getpid()} {_sweep_id}"
-    return _sweep_id
+
+    def __init__(self) -> None:
+        self._id: str | None = None
+        self._exported: str | None = None  # the AUTOQUANT_SWEEP_ID value this object exported
+
+    def get(self) -> str:
+        if self._id is None:
+            host = socket.gethostname()
+            owner, _, inherited = os.environ.get(SWEEP_ID_ENV, "").partition(" ")
+            if inherited and owner == f"{host}:{os.getppid()}":
+                self._id = inherited
+            else:
+                stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+                self._id = f"{stamp}_{_UNSAFE_CHARS.sub('_', host)}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+                self._exported = os.environ[SWEEP_ID_ENV] = f"{host}:{os.getpid()} {self._id}"
+        return self._id
+
+    def reset(self) -> None:
+        """The next :meth:`get` makes a new id; the variable this object exported is withdrawn."""
+        if self._exported is not None and os.environ.get(SWEEP_ID_ENV) == self._exported:
+            del os.environ[SWEEP_ID_ENV]
+        self._id = self._exported = None
+
+
+#: this process's sweep id
+SWEEP_ID = SweepIdentity()
+
+
+def sweep_id() -> str:
+    """This sweep process's id (:class:`SweepIdentity`): ``SWEEP_ID.get()``."""
+    return SWEEP_ID.get()
 
 
 def data_root() -> Path:

@@ -110,6 +110,10 @@ class DeferredPlots:
         """Defer the PNGs of the jobs this process runs from now on."""
         self.active, self._pending = True, []
 
+    def reset(self) -> None:
+        """Stop deferring and drop what is pending, undrawn (a sweep that ended without its end)."""
+        self.active, self._pending = False, []
+
     def add(self, report_dir: Path, manifest: dict[str, Any], client: Any = None, run_id: str | None = None
             ) -> None:
         """Draw ``report_dir``'s PNGs at the end, and log them to MLflow run ``run_id`` (when given)."""

@@ -78,7 +78,9 @@ BY_DESIGN_WARNINGS = {
     "Enabling gradient checkpointing": "AutoQuant's gradient scoring enables gradient checkpointing on the "
     "trial's own model copy, which is discarded after the trial",
 }
-_EXPLAINED: set[str] = set()
+#: the by-design warnings this process has explained in the log (each once; reset between sweeps run in
+#: one interpreter: :mod:`autoquant_sweep.process_state`)
+EXPLAINED_WARNINGS: set[str] = set()
 
 
 @contextlib.contextmanager
@@ -106,8 +108,8 @@ def quiet_modelopt() -> Iterator[None]:
         known = next((key for key in BY_DESIGN_WARNINGS if key in text), None)
         if known is None:  # not known to be harmless: shown as ModelOpt raised it
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-        elif known not in _EXPLAINED:
-            _EXPLAINED.add(known)
+        elif known not in EXPLAINED_WARNINGS:
+            EXPLAINED_WARNINGS.add(known)
             log.info("ModelOpt warns %r: expected, %s (autoquant.verbose=true shows ModelOpt's output)",
                      text[:80], BY_DESIGN_WARNINGS[known])
 

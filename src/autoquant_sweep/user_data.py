@@ -26,7 +26,8 @@ __all__ = ["NEEDS_EVALUATION", "captions_only_dir", "check_evaluation", "check_s
 
 #: objectives whose value is the measured held-out loss increase
 NEEDS_EVALUATION = ("eval_loss_delta",)
-_LOGGED: set[str] = set()
+#: why evaluation is off, for each reason this process has logged (once each)
+EVALUATION_OFF_LOGGED: set[str] = set()
 
 
 def eval_split(c: Mapping[str, Any]) -> tuple[str, list[str]] | None:
@@ -63,8 +64,8 @@ def check_evaluation(c: Mapping[str, Any], split: Any) -> None:
         raise UserInputError(f"autoquant.objective={objective} needs the measured held-out loss, but {why}: "
                              "set dataset.eval_path=FILE (held-out text, never calibrated on), or rank by "
                              "constrained_score")
-    if why not in _LOGGED:
-        _LOGGED.add(why)
+    if why not in EVALUATION_OFF_LOGGED:
+        EVALUATION_OFF_LOGGED.add(why)
         log.warning("held-out evaluation is off (%s): eval_loss / eval_loss_delta are not measured; set "
                     "dataset.eval_path=FILE to measure them", why)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONF, REPO, run_app
+from tests.conftest import CONF, REPO, run_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +68,7 @@ def _parents(client) -> list:
 
 
 def _sweep(store: dict, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    result = run_app(["-m", *args, *store["overrides"]], cwd=cwd, timeout=240)
+    result = run_in_process(["-m", *args, *store["overrides"]], cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

@@ -39,6 +39,26 @@ def test_two_processes_claim_different_slots_and_a_dead_ones_slot_is_reused(tmp_
     assert again.stdout.strip() == "0"
 
 
+def test_a_released_claim_frees_its_slot_for_the_next_claim(tmp_path: Path) -> None:
+    """In one process: a claim is kept until :meth:`GpuClaim.release`, which unlocks the slot's file."""
+    from filelock import FileLock, Timeout
+
+    devices.GPU_CLAIM.release()
+    try:
+        assert devices.claim_slot(2, tmp_path) == 0
+        assert devices.claim_slot(2, tmp_path) == 0  # idempotent: one device per process
+        with pytest.raises(Timeout):  # held: another claimant (a flock of its own) cannot take slot 0
+            FileLock(tmp_path / "gpu0.lock", blocking=False, fallback_to_soft=False, thread_local=False,
+                     is_singleton=False).acquire()
+        devices.GPU_CLAIM.release()
+        assert devices.GPU_CLAIM.slot is None
+        other = FileLock(tmp_path / "gpu0.lock", blocking=False, is_singleton=False)
+        other.acquire()  # free again
+        other.release()
+    finally:
+        devices.GPU_CLAIM.release()
+
+
 def test_assign_worker_gpu_is_a_no_op_on_cpu_and_with_the_basic_launcher() -> None:
     from omegaconf import OmegaConf
 

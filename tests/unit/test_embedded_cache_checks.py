@@ -20,7 +20,7 @@ def cache_copy(tmp_path) -> Path:
     built = ensure_embedded_assets(verbose=False).root
     root = tmp_path / "cache"
     shutil.copytree(built, root / built.name)
-    getattr(assets_mod, "_verified", set()).discard(str(root / built.name))  # checked once per process
+    assets_mod.VERIFIED_TREES.discard(str(root / built.name))  # checked once per process
     return root
 
 

@@ -14,10 +14,11 @@ from autoquant_sweep.tracking.callbacks import PARENT_RUN_FILE, read_parent_run_
 
 
 @pytest.fixture
-def no_stop(monkeypatch):
-    """A process that is not being stopped (the stop state is module-global)."""
-    monkeypatch.setattr(faults, "_pending", None)
-    monkeypatch.setattr(faults, "_stop_reason", None)
+def no_stop():
+    """A process that is not being stopped: the process's stop state, reset before and after."""
+    faults.STOP.reset()
+    yield faults.STOP
+    faults.STOP.reset()
 
 
 def test_failure_kind_names_refused_input_and_other_errors() -> None:
@@ -40,8 +41,8 @@ def test_sweep_end_status(no_stop, in_flight, status, reason) -> None:
     assert sweep_end_status(in_flight) == (status, reason)
 
 
-def test_a_swallowed_stop_still_ends_the_sweep_killed(no_stop, monkeypatch) -> None:
-    monkeypatch.setattr(faults, "_stop_reason", "killed by SIGTERM")
+def test_a_swallowed_stop_still_ends_the_sweep_killed(no_stop) -> None:
+    faults.record_stop(faults.Terminated(signal.SIGTERM))
     assert sweep_end_status(None) == ("KILLED", "sweep stopped: killed by SIGTERM")
 
 

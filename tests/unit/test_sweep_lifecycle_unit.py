@@ -27,11 +27,9 @@ def _id_in_child(env: dict[str, str]) -> str:
 def test_sweep_id_is_per_process_and_reaches_only_direct_children(monkeypatch):
     from autoquant_sweep import layout
 
-    monkeypatch.setattr(layout, "_sweep_id", None)
-    # setenv first, so that the value sweep_id() exports is undone after the test: a leaked id would be
-    # inherited by every sweep this pytest worker starts as a subprocess (same folder for all of them)
-    monkeypatch.setenv(layout.SWEEP_ID_ENV, "")
-    monkeypatch.delenv(layout.SWEEP_ID_ENV)
+    # a leaked id would be inherited by every sweep this pytest worker starts (one folder for all of them)
+    monkeypatch.delenv(layout.SWEEP_ID_ENV, raising=False)
+    layout.SWEEP_ID.reset()
     mine = layout.sweep_id()
     host = re.escape(re.sub(r"[^A-Za-z0-9_.-]+", "_", socket.gethostname()))
     assert re.fullmatch(rf"\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d_{host}-{os.getpid()}-[0-9a-f]{{4}}", mine)
@@ -42,6 +40,11 @@ def test_sweep_id_is_per_process_and_reaches_only_direct_children(monkeypatch):
     # gets its own
     other = _id_in_child({layout.SWEEP_ID_ENV: f"{socket.gethostname()}:1 {mine}"})
     assert other != mine and f"-{os.getpid()}-" not in other
+    # a reset (the next sweep of this process) withdraws the exported id and makes a new one
+    layout.SWEEP_ID.reset()
+    assert layout.SWEEP_ID_ENV not in os.environ
+    assert layout.sweep_id() != mine
+    layout.SWEEP_ID.reset()
 
 
 def _damage(path: Path, *, header: bool) -> None:

@@ -81,7 +81,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-_verified: set[str] = set()  # trees whose files matched their recorded checksums in this process
+#: asset trees whose files matched their recorded checksums in this process (each checked once)
+VERIFIED_TREES: set[str] = set()
 
 
 def _check_cache_root(cache_root: Path, key: str) -> None:
@@ -106,7 +107,7 @@ def verify_checksums(root: Path, key: str = "AUTOQUANT_SWEEP_CACHE") -> None:
     """
     from ..errors import UserInputError
 
-    if str(root) in _verified:
+    if str(root) in VERIFIED_TREES:
         return
     files = json.loads((root / COMPLETE_MARKER).read_text(encoding="utf-8"))["files"]
     for rel, digest in sorted(files.items()):
@@ -117,7 +118,7 @@ def verify_checksums(root: Path, key: str = "AUTOQUANT_SWEEP_CACHE") -> None:
             raise UserInputError(
                 f"{key}: embedded asset cache '{root}' is damaged ('{rel}' {problem} in {COMPLETE_MARKER}); "
                 f"rebuild it: rm -rf '{root}' && autoquant-sweep generate")
-    _verified.add(str(root))
+    VERIFIED_TREES.add(str(root))
 
 
 def _remove_stale_builds(cache_root: Path, name: str) -> None:

@@ -189,7 +189,8 @@ def sqlite_path(url: str) -> Path | None:
     return Path(database)
 
 
-_checked_stores: set[str] = set()
+#: the SQLite files :func:`check_sqlite_store` passed in this process (``<path> <tool>``), each checked once
+CHECKED_STORES: set[str] = set()
 
 
 #: tables that only each tool's schema has: a store holding another tool's and none of its own belongs
@@ -235,7 +236,7 @@ def check_sqlite_store(url: str, key: str, *, create_parent: bool = False, tool:
     pass.
     """
     path = sqlite_path(url)
-    if path is None or (seen := f"{path.absolute()} {tool}") in _checked_stores:
+    if path is None or (seen := f"{path.absolute()} {tool}") in CHECKED_STORES:
         return
     if not path.exists():
         folder = path.parent
@@ -251,7 +252,7 @@ def check_sqlite_store(url: str, key: str, *, create_parent: bool = False, tool:
         if not os.access(folder, os.W_OK | os.X_OK):
             raise UserInputError(f"{key}: cannot create SQLite store '{path}': folder '{folder}' is not "
                                  "writable; choose a writable location")
-        _checked_stores.add(seen)
+        CHECKED_STORES.add(seen)
         return
     if not path.is_file():
         raise UserInputError(f"{key}: SQLite store '{path}' is not a file; point to a database file")
@@ -286,7 +287,7 @@ def check_sqlite_store(url: str, key: str, *, create_parent: bool = False, tool:
             f"{key}: SQLite store '{path}' is damaged ({problem}); nothing was written. Restore it from a "
             f"backup, or move it aside to start an empty store (its history is then lost): "
             f"mv '{path}' '{path}.damaged'")
-    _checked_stores.add(seen)
+    CHECKED_STORES.add(seen)
 
 
 def check_store(settings: TrackingSettings) -> None:
@@ -432,14 +433,15 @@ def create_sqlite_aside(path: Path, create: Any, key: str) -> None:
                 leftover.unlink()
 
 
-_logged_stores: set[tuple[str, str]] = set()
+#: the (store, source) pairs this process has logged (each once)
+LOGGED_STORES: set[tuple[str, str]] = set()
 
 
 def _log_store(settings: TrackingSettings) -> None:
     """``MLflow store: <uri> (from <source>)``, once per store and source in a process."""
     key = (str(settings.tracking_uri), settings.source)
-    if key not in _logged_stores:
-        _logged_stores.add(key)
+    if key not in LOGGED_STORES:
+        LOGGED_STORES.add(key)
         log.info("MLflow store: %s (from %s)", masked_url(str(settings.tracking_uri)), settings.source)
 
 
