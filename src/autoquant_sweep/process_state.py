@@ -8,7 +8,8 @@ its GPU slot (:data:`autoquant_sweep.devices.GPU_CLAIM`), the SQLite stores it c
 (:data:`autoquant_sweep.pipeline.DEFERRED_PLOTS`), its pristine models and batches
 (:data:`autoquant_sweep.compute.MODEL_CACHE`) and the notes it logs once
 (:data:`autoquant_sweep.sensitivity.EXPLAINED_WARNINGS`,
-:data:`autoquant_sweep.user_data.EVALUATION_OFF_LOGGED`, :data:`autoquant_sweep.tracking.store.LOGGED_STORES`). Each is an object of its module with a reset.
+:data:`autoquant_sweep.user_data.EVALUATION_OFF_LOGGED`,
+:data:`autoquant_sweep.tracking.store.LOGGED_STORES`). Each is an object of its module with a reset.
 
 :func:`reset_process_state` resets them all, so one interpreter (a notebook, the test suite) can run sweep
 after sweep as separate processes would. It imports nothing: state of a module never imported is fresh.
