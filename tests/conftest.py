@@ -156,7 +156,7 @@ def reference_study(tmp_path_factory: pytest.TempPathFactory, embedded, new_mlfl
     def sweep(folder: Path, name: str, args: list[str]) -> None:
         if not folder.exists():  # a migrated store: the sweep skips its schema creation (~7 CPU s)
             new_mlflow_store(folder / "mlflow.db")
-        result = run_app(["-m", *args, *study_stores(folder)], cwd=folder, timeout=900)
+        result = run_in_process(["-m", *args, *study_stores(folder)], cwd=folder)
         (folder / f"{name}.stdout").write_text(result.stdout)
         (folder / f"{name}.stderr").write_text(result.stderr)
         assert result.returncode == 0, f"reference sweep {name}: {result.stderr[-3000:]}"
