@@ -8,15 +8,12 @@ of a computed run's cost.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ..conftest import SENSITIVITY_APP
+from ..conftest import run_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -32,25 +29,25 @@ def _children(db: Path) -> list:
     return [run for run in runs if "mlflow.parentRunId" in run.data.tags]
 
 
-def test_store_follows_cwd_then_env_then_explicit_uri(tmp_path: Path) -> None:
+def test_store_follows_cwd_then_env_then_explicit_uri(tmp_path: Path, monkeypatch, new_mlflow_store) -> None:
     cases = {  # name -> (extra overrides, MLFLOW_TRACKING_URI or None)
         "cwd": ([], None),
         "env": ([], f"sqlite:///{tmp_path}/env-store/mlflow.db"),
         "explicit": ([f"tracking.tracking_uri=sqlite:///{tmp_path}/explicit/mlflow.db"],
                      f"sqlite:///{tmp_path}/env-store/unused.db"),
     }
-    procs = {}
+    # in this interpreter, one after the other, each from a shell without a store variable of its own
+    for variable in ("MLFLOW_TRACKING_URI", "AUTOQUANT_SWEEP_ROOT", "AUTOQUANT_SWEEP_ID"):
+        monkeypatch.delenv(variable, raising=False)
+    for store in ("cwd", "env-store", "explicit"):  # migrated stores: the runs skip the schema creation
+        new_mlflow_store(tmp_path / store / "mlflow.db")
+    out = {}
     for name, (overrides, env_uri) in cases.items():
         cwd = tmp_path / name
-        cwd.mkdir()
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("MLFLOW_TRACKING_URI", "AUTOQUANT_SWEEP_ROOT", "AUTOQUANT_SWEEP_ID")}
-        env["HYDRA_FULL_ERROR"] = "0"
-        if env_uri:
-            env["MLFLOW_TRACKING_URI"] = env_uri
-        procs[name] = subprocess.Popen([sys.executable, str(SENSITIVITY_APP), *REFUSED, *overrides], cwd=cwd,
-                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = {name: proc.communicate(timeout=240)[0] for name, proc in procs.items()}
+        cwd.mkdir(exist_ok=True)
+        result = run_in_process([*REFUSED, *overrides], cwd=cwd,
+                                env={"MLFLOW_TRACKING_URI": env_uri} if env_uri else None)
+        out[name] = result.stdout + result.stderr
 
     # no variable, no override: the working directory's own store, nothing next to the installed code
     assert f"MLflow store: sqlite:///{tmp_path}/cwd/mlflow.db (from paths.mlflow_db)" in out["cwd"]

@@ -8,14 +8,12 @@ exit 2, the other tool's file byte-for-byte unchanged, no run or sweep folder.
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SENSITIVITY_APP
+from tests.conftest import run_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -40,9 +38,8 @@ def stores(tmp_path_factory) -> Path:
 
 
 def _run(cwd: Path, args: list[str]) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "AUTOQUANT_SWEEP_ID"} | {"HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, str(SENSITIVITY_APP), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    """The app in this interpreter (the refusals are about stores and messages, not about a process)."""
+    return run_in_process(args, cwd=cwd)
 
 
 def _one_line(result: subprocess.CompletedProcess) -> str:

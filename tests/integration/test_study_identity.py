@@ -13,7 +13,7 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import run_app, study_name
+from tests.conftest import run_in_process, study_name
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ def _project_lines(result) -> list[str]:
 def root(tmp_path_factory, embedded, new_mlflow_store):
     folder = tmp_path_factory.mktemp("study-identity")
     new_mlflow_store(folder / "mlflow.db")  # migrated: the sweeps skip MLflow's schema creation
-    result = run_app(_args(folder, *SPACE), cwd=folder, timeout=300)
+    result = run_in_process(_args(folder, *SPACE), cwd=folder)
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name=study_name(space=SPACE), storage=f"sqlite:///{folder}/optuna.db")
     assert sorted(t.params["quant_pair"] for t in study.trials) == ["wint4_aint8", "wint8_aint8"]
@@ -63,7 +63,7 @@ def root(tmp_path_factory, embedded, new_mlflow_store):
 
 def test_a_rerun_of_a_used_up_grid_runs_nothing_says_so_and_registers_nothing(root) -> None:
     before = _state(root)
-    result = run_app(_args(root, *SPACE), cwd=root, timeout=300)
+    result = run_in_process(_args(root, *SPACE), cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     (line,) = _project_lines(result)
@@ -75,7 +75,7 @@ def test_a_rerun_of_a_used_up_grid_runs_nothing_says_so_and_registers_nothing(ro
 def test_a_rerun_at_another_budget_is_its_own_study(root) -> None:
     ten, eight = study_name(space=SPACE), study_name(["autoquant.effective_bits=8"], SPACE)
     assert ten != eight
-    result = run_app(_args(root, *SPACE, "autoquant.effective_bits=8"), cwd=root, timeout=300)
+    result = run_in_process(_args(root, *SPACE, "autoquant.effective_bits=8"), cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     storage = f"sqlite:///{root}/optuna.db"
     assert sorted(optuna.get_all_study_names(storage)) == sorted([ten, eight])
@@ -93,16 +93,16 @@ def test_a_rerun_at_another_budget_is_its_own_study(root) -> None:
 
 def test_a_sweep_without_a_result_exits_2_with_one_line_in_a_study_with_results(root) -> None:
     nine = study_name(["autoquant.effective_bits=9"], SPACE)
-    first = run_app(_args(root, *SPACE, "autoquant.effective_bits=9", "hydra.sweeper.n_trials=1"), cwd=root,
-                    timeout=300)
+    first = run_in_process(_args(root, *SPACE, "autoquant.effective_bits=9", "hydra.sweeper.n_trials=1"),
+                           cwd=root)
     assert first.returncode == 0, first.stderr[-3000:]
     before = _state(root)
     assert before["trials"][nine] == 1
     # the other combination, with a report folder that cannot be written: its trial fails after AutoQuant
     a_file = root / "a-file"
     a_file.write_text("not a folder")
-    result = run_app(_args(root, *SPACE, "autoquant.effective_bits=9", "output_layout=publish",
-                           f"output_layout.publish_root={a_file}/results"), cwd=root, timeout=300)
+    result = run_in_process(_args(root, *SPACE, "autoquant.effective_bits=9", "output_layout=publish",
+                           f"output_layout.publish_root={a_file}/results"), cwd=root)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     (line,) = _project_lines(result)
