@@ -9,14 +9,13 @@ mismatch, exit 2, no ``--out`` folder; ``--model-path`` problems come before the
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import CONF
+from tests.integration.test_tracking import cli_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +24,7 @@ ERROR = "autoquant-sweep: error:"
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory, embedded) -> dict:
+def registered(tmp_path_factory, embedded, new_mlflow_store) -> dict:
     """One real INT4 run of the tiny model, its recipe registered as version 1."""
     from hydra import compose, initialize_config_dir
     from mlflow import MlflowClient
@@ -34,7 +33,7 @@ def registered(tmp_path_factory, embedded) -> dict:
     from autoquant_sweep.pipeline import run_job
 
     root = tmp_path_factory.mktemp("apply-target")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = new_mlflow_store(root / "mlflow.db")
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose("sensitivity", overrides=["quant_pair=wint4_afp16", f"tracking.tracking_uri={uri}",
@@ -61,10 +60,8 @@ def _checkpoint(folder: Path, assets, **changes) -> Path:
 
 
 def _apply(registered: dict, cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", "autoquant_sweep.cli", "apply", *args, "--tracking-uri",
-                           registered["uri"], "--out", str(cwd / "quantized")], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    out = str(cwd / "quantized")
+    return cli_in_process(["apply", *args, "--tracking-uri", registered["uri"], "--out", out], cwd=cwd)
 
 
 def _one_line(result: subprocess.CompletedProcess) -> str:

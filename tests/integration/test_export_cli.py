@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_app
+from tests.conftest import run_in_process
+from tests.integration.test_tracking import cli_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -23,21 +23,20 @@ REFUSED = "autoquant-qwen3_tiny-total_sensitivity"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def store(tmp_path_factory: pytest.TempPathFactory, new_mlflow_store) -> dict:
     root = tmp_path_factory.mktemp("export-store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = new_mlflow_store(root / "mlflow.db")
     common = [f"tracking.tracking_uri={uri}", f"tracking.artifact_location={root / 'mlruns'}",
               "experiment=export_test", "quant_pair=wint8_aint8"]
     for args in (["model=qwen3_vl_tiny", "model.dtype=bfloat16"],
                  ["quant_granularity=w_per_in_channel", "autoquant.objective=total_sensitivity"]):
-        result = run_app(["-m", *args, *common], cwd=root, timeout=300)
+        result = run_in_process(["-m", *args, *common], cwd=root)
         assert result.returncode == 0, result.stderr[-3000:]
     return {"root": root, "uri": uri}
 
 
 def _cli(store: dict, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "autoquant_sweep.cli", *args, "--tracking-uri", store["uri"]]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd, check=False)
+    return cli_in_process([*args, "--tracking-uri", store["uri"]], cwd=cwd)
 
 
 @pytest.fixture(scope="module")

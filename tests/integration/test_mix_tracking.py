@@ -1,8 +1,9 @@
 """The mix end to end: two sweeps of one Optuna study in a real SQLite MLflow store (tiny Qwen3, CPU).
 
 The second sweep mixes its own trials at its end; ``autoquant-sweep mix --study`` then mixes the trials
-of both sweeps in a fresh process, registers the mix, and ``apply`` of that version reproduces the
-held-out loss the mix run logged.
+of both sweeps in a fresh process (one that did not run them), registers the mix, and ``apply`` of that
+version reproduces the held-out loss the mix run logged. The sweeps, ``lookup`` and ``apply`` run in the
+test's interpreter (``run_in_process`` / ``cli_in_process``); the mix stays a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import sys
 
 import pytest
 
-from tests.conftest import run_app, study_name
+from tests.conftest import run_in_process, study_name
+from tests.integration.test_tracking import cli_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -32,14 +34,15 @@ def _client(folder):
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, embedded):
+def study(tmp_path_factory, embedded, new_mlflow_store):
     tmp = tmp_path_factory.mktemp("mix-study")
+    new_mlflow_store(tmp / "mlflow.db")
     stores = [f"hydra.sweeper.storage=sqlite:///{tmp}/optuna.db",
               f"tracking.tracking_uri=sqlite:///{tmp}/mlflow.db", f"tracking.artifact_location={tmp}/mlruns"]
     sweep = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", *SPACE, *stores]
-    first = run_app([*sweep, "autoquant.mix=false"], cwd=tmp, timeout=400)
+    first = run_in_process([*sweep, "autoquant.mix=false"], cwd=tmp)
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run_app(sweep, cwd=tmp, timeout=400)
+    second = run_in_process(sweep, cwd=tmp)
     assert second.returncode == 0, second.stderr[-3000:]
     return {"tmp": tmp, "first": first, "second": second}
 
@@ -107,9 +110,8 @@ def test_mix_over_two_sweeps_of_one_study_in_a_fresh_process_registers_and_appli
     best = client.get_model_version_by_alias(NAME, "best")
     assert (best.version == mine.version) == (float(mine.tags["objective_value"]) < min(earlier))
     # lookup says what the registered mix quantizes and writes its recipe
-    looked = subprocess.run([sys.executable, "-m", "autoquant_sweep.cli", "lookup", NAME, "--version",
-                             str(mine.version), "--tracking-uri", uri, "--out", str(tmp_path / "mix.json")],
-                            cwd=tmp, capture_output=True, text=True, timeout=300, check=False)
+    looked = cli_in_process(["lookup", NAME, "--version", str(mine.version), "--tracking-uri", uri, "--out",
+                             str(tmp_path / "mix.json")], cwd=tmp)
     assert looked.returncode == 0, looked.stderr[-3000:]
     point = next(p for p in curve["curve"] if p["budget"] == 10.0)
     kept = sum(1 for f in point["choice"].values() if f == "16-bit")
@@ -118,9 +120,8 @@ def test_mix_over_two_sweeps_of_one_study_in_a_fresh_process_registers_and_appli
     logged = json.loads(open(f"{local}/quant_cfg.json").read())
     assert json.loads((tmp_path / "mix.json").read_text()) == logged
     # apply of the registered mix reproduces the held-out loss the mix run logged
-    applied = subprocess.run([sys.executable, "-m", "autoquant_sweep.cli", "apply", NAME, "--version",
-                              str(mine.version), "--tracking-uri", uri, "--out", str(tmp_path / "q")],
-                             cwd=tmp, capture_output=True, text=True, timeout=300, check=False)
+    applied = cli_in_process(["apply", NAME, "--version", str(mine.version), "--tracking-uri", uri, "--out",
+                              str(tmp_path / "q")], cwd=tmp)
     assert applied.returncode == 0, applied.stderr[-3000:]
     loss = float(re.search(r"held-out loss of the quantized model: ([0-9.]+)", applied.stdout).group(1))
     assert loss == pytest.approx(mix.data.metrics["mix_eval_loss"], abs=1e-5)
