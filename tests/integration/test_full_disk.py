@@ -1,6 +1,8 @@
 """A real full disk (a tiny tmpfs, mounted by the test; skipped where the machine does not allow a mount):
 one line naming the path, exit status 2, no traceback, nothing left RUNNING, no half-made store (issue 17,
 item 9). The same mechanisms with the error injected at the write functions: ``unit/test_full_disk_unit.py``.
+The runs are in this interpreter (:func:`run_in_process`): the assertions are about the message, the exit
+status and what is left on the disk.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import TIMEOUT_SCALE, run_app, study_name
+from tests.conftest import run_in_process, study_name
 
 pytestmark = pytest.mark.integration
 
@@ -54,8 +56,7 @@ def _one_line(result: subprocess.CompletedProcess) -> str:
 def test_a_new_store_on_a_full_disk_is_never_left_half_made(tiny_disk, tmp_path, embedded):
     disk = tiny_disk("150k")  # the MLflow schema does not fit
     for _ in range(2):  # was: a half-built mlflow.db, then "table ... already exists" for good
-        result = run_app([f"tracking.tracking_uri=sqlite:///{disk}/mlflow.db"], cwd=tmp_path,
-                         timeout=int(300 * TIMEOUT_SCALE))
+        result = run_in_process([f"tracking.tracking_uri=sqlite:///{disk}/mlflow.db"], cwd=tmp_path)
         assert _one_line(result) == (
             "tracking.tracking_uri: no space left on device while creating the SQLite store "
             f"'{disk}/mlflow.db' (nothing was left behind); free space in '{disk}' or choose another store, "
@@ -66,8 +67,8 @@ def test_a_new_store_on_a_full_disk_is_never_left_half_made(tiny_disk, tmp_path,
 
 def test_a_report_on_a_full_disk_is_one_line(tiny_disk, tmp_path, embedded):
     disk = tiny_disk("64k")  # a report is ~150 kB
-    result = run_app(["tracking=off", "output_layout=publish", f"output_layout.publish_root={disk}"],
-                     cwd=tmp_path, timeout=int(300 * TIMEOUT_SCALE))
+    result = run_in_process(["tracking=off", "output_layout=publish", f"output_layout.publish_root={disk}"],
+                            cwd=tmp_path)
     message = _one_line(result)
     assert message.startswith(f"output directory '{disk}/sensitivity/weight-int8-act-int8/default': no "
                               "space left on device while writing 'qwen3_tiny_wint8_aint8_small' (nothing "
@@ -78,10 +79,10 @@ def test_a_report_on_a_full_disk_is_one_line(tiny_disk, tmp_path, embedded):
 
 def test_a_sweep_that_fills_the_disk_stops_with_one_line_and_nothing_running(tiny_disk, embedded):
     disk = tiny_disk("1400k")  # the stores fit; the disk fills during the trials
-    result = run_app(["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "autoquant.cache=false",
-                      "quant_pair=choice(wint8_aint8,wint4_aint8,wint8_afp16)",
-                      "quant_granularity=choice(default)"],
-                     cwd=disk, timeout=int(600 * TIMEOUT_SCALE))
+    result = run_in_process(["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3",
+                             "autoquant.cache=false",
+                             "quant_pair=choice(wint8_aint8,wint4_aint8,wint8_afp16)",
+                             "quant_granularity=choice(default)"], cwd=disk)
     assert "no space left on device" in _one_line(result)
     assert len(result.stderr.splitlines()) < 40  # was: 1028 lines of tracebacks
     trials = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{disk}/optuna.db").trials

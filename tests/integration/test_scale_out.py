@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import run_app, study_name
+from tests.conftest import TIMEOUT_SCALE, run_app, study_name
 
 pytestmark = pytest.mark.integration
 
@@ -58,18 +58,20 @@ def _check_each_trial_once(study: optuna.Study, client, n_trials: int) -> None:
     assert client.get_run(best.run_id).info.status == "FINISHED"
 
 
-def test_two_joblib_workers_share_the_sqlite_study_and_mlflow_store(tmp_path, embedded):
+def test_two_joblib_workers_share_the_sqlite_study_and_mlflow_store(tmp_path, embedded, new_mlflow_store):
     from mlflow import MlflowClient
 
+    # the sweep (and its joblib workers) are fresh interpreters: two processes at once are the point; the
+    # MLflow store starts as a migrated empty one (its schema creation is not what is tested here)
+    uri = new_mlflow_store(tmp_path / "mlflow.db")
     args = [*_two_workers(2), f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
-            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            f"tracking.tracking_uri={uri}",
             f"tracking.artifact_location={tmp_path}/mlruns"]
-    result = run_app(args, cwd=tmp_path, timeout=300)
+    result = run_app(args, cwd=tmp_path, timeout=int(300 * TIMEOUT_SCALE))
     assert result.returncode == 0, result.stderr[-3000:]
     logs = result.stderr + "".join(p.read_text() for p in tmp_path.glob("multirun/**/*.log"))
     assert "database is locked" not in logs
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/optuna.db")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
     _check_each_trial_once(study, MlflowClient(tracking_uri=uri, registry_uri=uri), 2)
 
 
@@ -107,7 +109,7 @@ def test_two_workers_on_postgresql_and_an_mlflow_server(tmp_path, embedded):
         stdout=(tmp_path / "server.log").open("w"), stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 90 * TIMEOUT_SCALE
         while True:
             try:
                 with urllib.request.urlopen(f"{uri}/health", timeout=2):
@@ -117,7 +119,7 @@ def test_two_workers_on_postgresql_and_an_mlflow_server(tmp_path, embedded):
                 assert time.monotonic() < deadline, "mlflow server did not start"
                 time.sleep(0.5)
         result = run_app([*_two_workers(2), f"hydra.sweeper.storage={optuna_url}", "tracking=server"],
-                         cwd=tmp_path, timeout=300, env={"MLFLOW_TRACKING_URI": uri})
+                         cwd=tmp_path, timeout=int(300 * TIMEOUT_SCALE), env={"MLFLOW_TRACKING_URI": uri})
         assert result.returncode == 0, result.stderr[-3000:]
         study = optuna.load_study(study_name=STUDY, storage=optuna_url)
         _check_each_trial_once(study, MlflowClient(tracking_uri=uri, registry_uri=uri), 2)
