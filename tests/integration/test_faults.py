@@ -1,7 +1,9 @@
 """A sweep killed mid-trial (SIGTERM, then SIGKILL) and restarted with the same command.
 
 Real Optuna study and MLflow store (SQLite, temp dir), publish layout; the sweep is killed once its job
-log shows AutoQuant started on the trial to interrupt.
+log shows AutoQuant started on the trial to interrupt. The killed sweep is a fresh interpreter (the signal
+and its exit status are the point); the restart, about stores and folders only, runs in this interpreter
+(:func:`run_in_process`), a process other than the dead one, as a restart is.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import SENSITIVITY_APP, TIMEOUT_SCALE, run_app, study_name
+from tests.conftest import SENSITIVITY_APP, TIMEOUT_SCALE, run_in_process, study_name
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +41,11 @@ def _args(tmp: Path, n_trials: int) -> list[str]:
     ]
 
 
-def _start_and_kill(tmp: Path, n_trials: int, kill_at: int, sig: signal.Signals) -> tuple[int, str]:
-    """Start the sweep, send ``sig`` once the ``kill_at``-th trial started AutoQuant; (returncode, log)."""
+def _start_and_kill(tmp: Path, n_trials: int, kill_at: int, sig: signal.Signals,
+                    new_mlflow_store) -> tuple[int, str]:
+    """Start the sweep, send ``sig`` once the ``kill_at``-th trial started AutoQuant; (returncode, log).
+    Its MLflow store starts as a migrated empty one (no schema creation in the sweep)."""
+    new_mlflow_store(tmp / "mlflow.db")
     log_path = tmp / f"killed-{sig.name}.log"
     with log_path.open("w") as log:
         env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
@@ -88,7 +93,7 @@ def _staging(tmp: Path) -> list[Path]:
 
 def _restart_and_check(tmp: Path, n_trials: int, kept: int) -> None:
     """Same command again: the study grows by ``n_trials`` complete trials; alias on a finished run."""
-    result = run_app(_args(tmp, n_trials), cwd=tmp, timeout=300)
+    result = run_in_process(_args(tmp, n_trials), cwd=tmp)
     assert result.returncode == 0, result.stderr[-3000:]
     states = [t.state for t in _study(tmp).trials]
     assert states.count(optuna.trial.TrialState.RUNNING) == 0
@@ -107,8 +112,10 @@ def _restart_and_check(tmp: Path, n_trials: int, kept: int) -> None:
     assert manifests and all(len(list(m.parent.iterdir())) >= 5 for m in manifests)
 
 
-def test_sigterm_mid_trial_marks_it_failed_and_killed_and_restart_continues(tmp_path, embedded):
-    returncode, log = _start_and_kill(tmp_path, n_trials=3, kill_at=2, sig=signal.SIGTERM)
+def test_sigterm_mid_trial_marks_it_failed_and_killed_and_restart_continues(tmp_path, embedded,
+                                                                             new_mlflow_store):
+    returncode, log = _start_and_kill(tmp_path, n_trials=3, kill_at=2, sig=signal.SIGTERM,
+                                      new_mlflow_store=new_mlflow_store)
     assert returncode == 128 + signal.SIGTERM, log[-3000:]
     trials = _study(tmp_path).trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
@@ -124,8 +131,9 @@ def test_sigterm_mid_trial_marks_it_failed_and_killed_and_restart_continues(tmp_
     _restart_and_check(tmp_path, n_trials=2, kept=1)
 
 
-def test_sigkill_mid_trial_is_cleaned_up_by_the_restart(tmp_path, embedded):
-    returncode, log = _start_and_kill(tmp_path, n_trials=1, kill_at=1, sig=signal.SIGKILL)
+def test_sigkill_mid_trial_is_cleaned_up_by_the_restart(tmp_path, embedded, new_mlflow_store):
+    returncode, log = _start_and_kill(tmp_path, n_trials=1, kill_at=1, sig=signal.SIGKILL,
+                                      new_mlflow_store=new_mlflow_store)
     assert returncode == -signal.SIGKILL, log[-3000:]
     # what SIGKILL leaves: a RUNNING trial and RUNNING runs, plus (simulated) a staging folder of the
     # dead process inside the publish tree
