@@ -8,11 +8,14 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 
 from autoquant_sweep.embedded import CAPTION_SUBSET_SIZES, EmbeddedAssets, ensure_embedded_assets
+
+if TYPE_CHECKING:  # torch is imported by the tests that use it: collecting this module (the fast
+    import torch  # loop collects it, then deselects it) does not pay the import
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +92,7 @@ def test_second_call_is_cached(assets: EmbeddedAssets, cache_root: Path) -> None
 
 
 def test_qwen3_tiny_loads_and_is_trained(assets: EmbeddedAssets) -> None:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(assets.qwen3_tiny_dir)
@@ -113,6 +117,7 @@ def test_qwen3_tiny_loads_and_is_trained(assets: EmbeddedAssets) -> None:
 
 
 def test_qwen3_vl_tiny_loads_with_vision_tower(assets: EmbeddedAssets) -> None:
+    import torch
     from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
 
     tokenizer = AutoTokenizer.from_pretrained(assets.qwen3_vl_tiny_dir)

@@ -7,6 +7,7 @@ means two modules that need each other, which is one module's job split in two.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import autoquant_sweep
@@ -26,6 +27,11 @@ def _module_files() -> dict[str, Path]:
 def import_graph() -> dict[str, set[str]]:
     """Module -> the package's modules it imports anywhere in its body (``from pkg import sub`` counts as
     an import of ``pkg.sub``; of ``pkg`` only when ``sub`` is a name, not a module)."""
+    return {name: set(targets) for name, targets in _parsed_graph().items()}  # a copy the caller may change
+
+
+@functools.cache  # parsing the whole package takes ~0.5 s; two tests read the same graph
+def _parsed_graph() -> dict[str, frozenset[str]]:
     files = _module_files()
     graph: dict[str, set[str]] = {name: set() for name in files}
     for name, path in files.items():
@@ -42,7 +48,7 @@ def import_graph() -> dict[str, set[str]]:
             else:
                 continue
             graph[name].update(t for t in targets if t in files and t != name)
-    return graph
+    return {name: frozenset(targets) for name, targets in graph.items()}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:

@@ -14,22 +14,26 @@ import time
 
 import pytest
 
+from tests.unit.test_validation import VALID
+
 HEAVY = ("modelopt", "torch", "transformers")
 
-# what a fresh interpreter imported, printed as the last line
-_REPORT = "import sys, json; print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))"
-
-
-def _heavy_modules_after(code: str, env: dict | None = None) -> list[str]:
-    script = f"{code}\n{_REPORT.format(heavy=HEAVY)}\n"
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env={**os.environ, **(env or {})}, check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def test_search_space_resolves_pairs_without_modelopt_or_torch():
-    code = (
+# Each check is a snippet whose assertions must hold and after which none of its heavy modules may be
+# imported. They all run in ONE fresh interpreter, one after another (each in its own namespace): a
+# snippet that imported a heavy module would leave it in sys.modules, so it is reported by that snippet
+# and by every later one (the first failing test names the culprit); the earlier snippets only leave
+# light modules behind, which hide no heavy import from a later one.
+_VALIDATE = (
+    "import contextlib, io, json\n"
+    "from autoquant_sweep.cli import main\n"
+    "out = io.StringIO()\n"
+    "with contextlib.redirect_stdout(out):\n"
+    "    assert main(['validate', '--json', '--device', '{device}']) == 0\n"
+    "rows = json.loads(out.getvalue())\n"
+    "assert len(rows) == 90 and {{r['status'] for r in rows}} == {{'ok', 'noop', 'refused'}}\n"
+)
+CHECKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "search_space": (
         "from omegaconf import OmegaConf\n"
         "from autoquant_sweep.search.space import register_resolvers, searchable_pairs\n"
         "register_resolvers()\n"
@@ -37,23 +41,56 @@ def test_search_space_resolves_pairs_without_modelopt_or_torch():
         " 'grans': '${aqs_search_granularities:}'})\n"
         "assert cfg.pairs.startswith('choice(wint8_aint8,'), cfg.pairs\n"
         "assert 'wfp4_afp16' in searchable_pairs('cuda') and 'wfp4_afp16' not in searchable_pairs('cpu')\n"
-        "assert cfg.grans.startswith('choice(default,')\n"
-    )
-    assert _heavy_modules_after(code) == []
+        "assert cfg.grans.startswith('choice(default,')\n",
+        HEAVY),
+    **{f"validate_{device}": (_VALIDATE.format(device=device), HEAVY) for device in ("auto", "cpu", "cuda")},
+    "validation": (
+        "from autoquant_sweep.config.validation import validate_settings\n"
+        f"validate_settings({VALID!r})\n",
+        ("torch", "modelopt", "transformers", "mlflow")),
+}
+
+_RUNNER = """
+import json, sys, traceback
+checks = json.loads(sys.stdin.read())
+report = {}
+for name, (code, heavy) in checks.items():
+    try:
+        exec(compile(code, name, "exec"), {"__name__": "__check__"})
+        error = None
+    except BaseException:
+        error = traceback.format_exc()[-2000:]
+    report[name] = {"error": error, "heavy": sorted(m for m in heavy if m in sys.modules)}
+print(json.dumps(report))
+"""
+
+
+@pytest.fixture(scope="module")
+def import_report() -> dict:
+    """What each check raised and which of its heavy modules were imported after it: one interpreter."""
+    result = subprocess.run([sys.executable, "-c", _RUNNER], input=json.dumps(CHECKS), capture_output=True,
+                            text=True, env=dict(os.environ), check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _check(report: dict, name: str) -> list[str]:
+    assert report[name]["error"] is None, report[name]["error"]
+    return report[name]["heavy"]
+
+
+def test_search_space_resolves_pairs_without_modelopt_or_torch(import_report):
+    assert _check(import_report, "search_space") == []
 
 
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda"])
-def test_validate_command_imports_no_modelopt_or_torch(device):
-    code = (
-        "import contextlib, io, json\n"
-        "from autoquant_sweep.cli import main\n"
-        "out = io.StringIO()\n"
-        "with contextlib.redirect_stdout(out):\n"
-        f"    assert main(['validate', '--json', '--device', '{device}']) == 0\n"
-        "rows = json.loads(out.getvalue())\n"
-        "assert len(rows) == 90 and {r['status'] for r in rows} == {'ok', 'noop', 'refused'}\n"
-    )
-    assert _heavy_modules_after(code) == []
+def test_validate_command_imports_no_modelopt_or_torch(import_report, device):
+    assert _check(import_report, f"validate_{device}") == []
+
+
+def test_validation_imports_neither_torch_nor_modelopt(import_report):
+    """(was in test_validation.py: its own interpreter; now the same snippet in the shared one)"""
+    assert _check(import_report, "validation") == []
 
 
 def test_validate_command_is_fast():

@@ -54,3 +54,21 @@ def test_readme_main_command_installs_cpu_torch_first():
     assert match, "README must mark its main command with <!-- main-command -->"
     command = match.group(1)
     assert command.index("pip install torch==2.13.0") < command.index("pip install -e")
+
+
+def test_every_integration_module_is_marked_integration():
+    """The fast loop (``-m "not integration"``) may skip tests/integration whole only while each of its
+    modules marks all its tests ``integration``."""
+    marked = re.compile(r"^pytestmark = \[?pytest\.mark\.integration\b", re.MULTILINE)
+    unmarked = [p.name for p in sorted((REPO / "tests" / "integration").glob("test_*.py"))
+                if not marked.search(p.read_text())]
+    assert unmarked == []
+
+
+def test_the_modules_kept_out_of_doctest_collection_hold_no_examples():
+    """pyproject's ``--ignore`` keeps modules that import torch + transformers out of ``--doctest-modules``;
+    an example written there would never run: move it to a light module, or drop the ``--ignore``."""
+    addopts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"]
+    ignored = re.findall(r"--ignore=(src/\S+\.py)", addopts)
+    assert ignored, addopts
+    assert [path for path in ignored if ">>>" in (REPO / path).read_text()] == []

@@ -274,10 +274,12 @@ def test_summary_and_recommendation_logged_by_the_mlflow_client_are_their_texts(
         assert (logged / name).read_bytes()[:4] == b"\x89PNG", name
 
 
-def test_one_log_batch_call_logs_more_than_one_request_holds(tmp_path: Path) -> None:
+def test_one_log_batch_call_logs_more_than_one_request_holds(tmp_path: Path, new_mlflow_store) -> None:
     """MLflow 3.17's ``MlflowClient.log_batch`` splits into its per-request limits (100 params, 100 tags,
     1000 values) itself, so a run's values go in one call (run_logging._log_batch)."""
     from autoquant_sweep.tracking.run_logging import _log_batch
+
+    new_mlflow_store(tmp_path / "m.db")  # migrated: the test is about log_batch, not schema creation
 
     client = connect(settings_from_cfg({"tracking": {"mode": "local",
                                                      "tracking_uri": f"sqlite:///{tmp_path}/m.db"}}))
