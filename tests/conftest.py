@@ -31,6 +31,16 @@ TIMEOUT_SCALE = float(os.environ.get("AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE", "1"))
 os.environ.setdefault("AUTOQUANT_SWEEP_CACHE", str(REPO / ".cache" / "autoquant_sweep"))
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The fast loop (``-m "not integration"``) deselects every module of ``tests/integration`` (each is
+    marked: ``test_project_files.py`` guards it), so it does not import them (MLflow, Hydra composes at
+    import: 5-6 s of collection)."""
+    if (collection_path == REPO / "tests" / "integration"
+            and " ".join(str(config.getoption("markexpr", "") or "").split()) == "not integration"):
+        return True
+    return None
+
+
 def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
     """The folder ``name``, built once per test session by ``build(folder)`` and shared by every xdist worker.
 

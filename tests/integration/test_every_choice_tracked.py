@@ -81,9 +81,9 @@ def test_the_cases_cover_every_documented_choice() -> None:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def store(tmp_path_factory: pytest.TempPathFactory, new_mlflow_store) -> dict:
     root = tmp_path_factory.mktemp("every-choice")
-    return {"root": root, "uri": f"sqlite:///{root / 'mlflow.db'}"}
+    return {"root": root, "uri": new_mlflow_store(root / "mlflow.db")}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[" ".join(c).replace("quant_", "") for c in CASES])

@@ -137,7 +137,8 @@ def test_refused_single_run_is_one_line_exit_2_and_leaves_nothing(tmp_path: Path
     assert list(tmp_path.iterdir()) == []  # no outputs/, no mlflow.db, no mlruns/
 
 
-def test_a_sweeps_refused_trial_is_a_failed_run_with_its_reason(tmp_path: Path, compose_cfg, embedded):
+def test_a_sweeps_refused_trial_is_a_failed_run_with_its_reason(tmp_path: Path, compose_cfg, embedded,
+                                                                new_mlflow_store):
     """``record_plan_failures`` (a sweep's job): the refusal is a FAILED run with its reason and
     ``failure/plan.json``, dated from the job's start; no model loaded, no report."""
     import time
@@ -148,10 +149,10 @@ def test_a_sweeps_refused_trial_is_a_failed_run_with_its_reason(tmp_path: Path, 
     from autoquant_sweep.errors import CapabilityRefusedError
     from autoquant_sweep.pipeline import run_job
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_mlflow_store(tmp_path / "mlflow.db")
     cfg = compose_cfg(["tracking=local", f"tracking.tracking_uri={uri}",
                        f"tracking.artifact_location={tmp_path}/mlruns", "quant_pair=wfp4_afp4"])
-    MODEL_CACHE.__init__()
+    MODEL_CACHE.clear()
     started = int(time.time() * 1000)
     with pytest.raises(CapabilityRefusedError):
         run_job(cfg, tmp_path / "run", record_plan_failures=True)
