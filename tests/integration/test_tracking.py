@@ -196,7 +196,7 @@ def test_refused_combination_is_a_failed_run_without_model_load(store: dict, cli
     from autoquant_sweep.compute import MODEL_CACHE
     from autoquant_sweep.errors import CapabilityRefusedError
 
-    MODEL_CACHE._models.clear()
+    MODEL_CACHE.clear()
     cfg = _compose(["quant_pair=wfp4_afp8", "quant_granularity=w_per_out_channel", *store["overrides"]])
     with pytest.raises(CapabilityRefusedError):
         tracked_run(cfg, tmp_path)
