@@ -22,7 +22,9 @@ pytestmark = pytest.mark.integration
 def test_two_single_runs_started_together_own_their_folder_log_and_report(tmp_path, embedded) -> None:
     env = {k: v for k, v in os.environ.items() if k != "AUTOQUANT_SWEEP_ID"} | {"HYDRA_FULL_ERROR": "0"}
     budgets = (10, 12)
-    args = [sys.executable, str(SENSITIVITY_APP), "tracking=off", "autoquant.evaluate=false"]
+    # two processes at once (two pids, one second); each does the least work that writes a report and a log
+    args = [sys.executable, str(SENSITIVITY_APP), "tracking=off", "autoquant.evaluate=false",
+            "autoquant.num_calib_samples=8", "autoquant.num_score_samples=8"]
     procs = {bits: subprocess.Popen([*args, f"autoquant.effective_bits={bits}"], cwd=tmp_path, env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for bits in budgets}
