@@ -257,6 +257,14 @@ def run_in_process(args: Sequence[str], cwd: Path, env: dict | None = None) -> s
     saved_uri = os.environ.get("MLFLOW_TRACKING_URI")
     out, err = io.StringIO(), io.StringIO()
     code: int = 0
+    # handlers made before the run (Optuna's, at its import) hold the console stream they were made with:
+    # pointed at the captured streams for the run, as a fresh interpreter's would write to its stderr
+    consoles = {id(sys.stdout): out, id(sys.__stdout__): out, id(sys.stderr): err, id(sys.__stderr__): err}
+    loggers = [root, *(logger for logger in logging.Logger.manager.loggerDict.values()
+                       if isinstance(logger, logging.Logger))]
+    swapped = [(handler, handler.setStream(consoles[id(handler.stream)]))
+               for logger in loggers for handler in logger.handlers
+               if type(handler) is logging.StreamHandler and id(handler.stream) in consoles]
     reset_process_state()
     os.environ.pop("AUTOQUANT_SWEEP_ID", None)
     os.environ.update({"HYDRA_FULL_ERROR": "0", **(env or {})})
@@ -278,6 +286,8 @@ def run_in_process(args: Sequence[str], cwd: Path, env: dict | None = None) -> s
                 handler.close()
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+        for handler, stream in swapped:
+            handler.setStream(stream)
         GlobalHydra.instance().clear()
         HydraConfig.instance().cfg = None
         reset_process_state()
