@@ -22,23 +22,24 @@ CFG = {"quant_pair": {"name": "wint8_aint8"}, "quant_granularity": {"name": "def
        "dataset": {"size": "small"}}
 
 
-def _client(tmp: Path):
+def _client(tmp: Path, new_store=None):
+    """A client of ``tmp/mlflow.db``; ``new_store``: first made a migrated empty store (conftest)."""
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp}/mlflow.db"
+    uri = new_store(tmp / "mlflow.db") if new_store else f"sqlite:///{tmp}/mlflow.db"
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def test_a_run_is_created_with_its_owner_in_one_write(tmp_path):
-    client = _client(tmp_path)
+def test_a_run_is_created_with_its_owner_in_one_write(tmp_path, new_mlflow_store):
+    client = _client(tmp_path, new_mlflow_store)
     experiment = client.create_experiment("sensitivity", artifact_location=(tmp_path / "mlruns").as_uri())
     run = start_run(client, experiment, CFG, None, owner="node-a:123")
     assert run.data.tags[faults.OWNER_TAG] == "node-a:123"  # in the create_run answer: the same write
     assert client.get_run(run.info.run_id).data.tags[faults.OWNER_TAG] == "node-a:123"
 
 
-def test_ownerless_running_children_of_an_ended_sweep_are_killed(tmp_path):
-    client = _client(tmp_path)
+def test_ownerless_running_children_of_an_ended_sweep_are_killed(tmp_path, new_mlflow_store):
+    client = _client(tmp_path, new_mlflow_store)
     experiment = client.create_experiment("sensitivity", artifact_location=(tmp_path / "mlruns").as_uri())
     ended = client.create_run(experiment, tags={faults.OWNER_TAG: "elsewhere:1", "sweep": "true"})
     client.set_terminated(ended.info.run_id, "KILLED")  # the sweep ended (its stop handler closed it)
