@@ -231,14 +231,46 @@ def run_app(
 def run_in_process(args: Sequence[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the Hydra app (``experiments/sensitivity.py args``) in this interpreter, as :func:`run_app` runs
     it in a fresh one: the same ``main``, command line, working directory and shell environment, its exit
-    status and its stdout / stderr captured; torch and ModelOpt are imported once per worker, not per run.
+    status and its stdout / stderr captured; torch and ModelOpt are imported once per worker, not per run
+    (:func:`in_this_interpreter` says what is put back).
 
-    What the run changes in this process is put back afterwards: the working directory, the environment,
-    the root logger, Hydra's global state, MLflow's tracking URI, and the project's own process state
+    For the tests whose assertions are about stores, folders and messages; exit codes under signals,
+    output on a terminal, import-time checks and concurrent processes keep :func:`run_app` /
+    :func:`start_app`.
+    """
+    from autoquant_sweep.hydra_app import main
+
+    argv = [str(SENSITIVITY_APP), *map(str, args)]
+
+    def call() -> None:
+        saved, sys.argv = sys.argv, argv
+        try:
+            main()
+        finally:
+            sys.argv = saved
+
+    return in_this_interpreter(argv, call, cwd, env)
+
+
+def cli_in_process(args: Sequence[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``autoquant-sweep args`` (``autoquant_sweep.cli.main``) in this interpreter, as
+    :func:`run_in_process` runs the Hydra app."""
+    from autoquant_sweep.cli import main
+
+    argv = list(map(str, args))
+    return in_this_interpreter(["autoquant-sweep", *argv], lambda: main(argv), cwd, env)
+
+
+def in_this_interpreter(argv: list[str], call: Callable[[], int | None], cwd: Path, env: dict | None
+                        ) -> subprocess.CompletedProcess:
+    """``call()`` as a command ``argv`` run from a shell in ``cwd`` (plus ``env``): its return value or
+    ``SystemExit`` is the exit status, its stdout / stderr (and every console log handler's) are captured.
+
+    Put back afterwards: the working directory, the environment, the root logger's handlers and level,
+    console handlers made before (Optuna's, pointed at the captured streams for the call), Hydra's global
+    state, MLflow's tracking / registry URIs, and the project's own process state
     (:func:`autoquant_sweep.process_state.reset_process_state`: stop signals and their handlers, sweep id,
-    GPU slot, checked stores, deferred plots, model cache), reset before the run too. For the tests whose
-    assertions are about stores, folders and messages; exit codes under signals, output on a terminal and
-    import-time checks keep :func:`run_app` / :func:`start_app`.
+    GPU slot, checked stores, deferred plots, model cache), reset before the call too.
     """
     import contextlib
     import io
@@ -248,17 +280,16 @@ def run_in_process(args: Sequence[str], cwd: Path, env: dict | None = None) -> s
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    from autoquant_sweep.hydra_app import main
     from autoquant_sweep.process_state import reset_process_state
 
-    saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     saved_uri = os.environ.get("MLFLOW_TRACKING_URI")
     out, err = io.StringIO(), io.StringIO()
     code: int = 0
-    # handlers made before the run (Optuna's, at its import) hold the console stream they were made with:
-    # pointed at the captured streams for the run, as a fresh interpreter's would write to its stderr
+    # handlers made before the call (Optuna's, at its import) hold the console stream they were made with:
+    # pointed at the captured streams meanwhile, as a fresh interpreter's would write to its stderr
     consoles = {id(sys.stdout): out, id(sys.__stdout__): out, id(sys.stderr): err, id(sys.__stderr__): err}
     loggers = [root, *(logger for logger in logging.Logger.manager.loggerDict.values()
                        if isinstance(logger, logging.Logger))]
@@ -269,17 +300,15 @@ def run_in_process(args: Sequence[str], cwd: Path, env: dict | None = None) -> s
     os.environ.pop("AUTOQUANT_SWEEP_ID", None)
     os.environ.update({"HYDRA_FULL_ERROR": "0", **(env or {})})
     os.chdir(cwd)
-    sys.argv = [str(SENSITIVITY_APP), *map(str, args)]
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                main()
+                code = call() or 0
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
                 if exc.code is not None and not isinstance(exc.code, int):
                     print(exc.code, file=sys.stderr)
     finally:
-        sys.argv = saved_argv
         os.chdir(saved_cwd)
         for handler in root.handlers:
             if handler not in saved_handlers:
@@ -295,8 +324,7 @@ def run_in_process(args: Sequence[str], cwd: Path, env: dict | None = None) -> s
         mlflow.set_registry_uri(saved_uri)
         os.environ.clear()
         os.environ.update(saved_env)
-    return subprocess.CompletedProcess(sys.argv[:1] + list(map(str, args)), code, out.getvalue(),
-                                       err.getvalue())
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 #: a one-trial Optuna sweep that computes (no cache hit): the signal tests stop it at one point or another

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONF
-from tests.integration.test_tracking import cli_in_process
+from tests.conftest import CONF, cli_in_process
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_in_process
-from tests.integration.test_tracking import cli_in_process
+from tests.conftest import cli_in_process, run_in_process
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,7 @@ import sys
 
 import pytest
 
-from tests.conftest import run_in_process, study_name
-from tests.integration.test_tracking import cli_in_process
+from tests.conftest import cli_in_process, run_in_process, study_name
 
 pytestmark = pytest.mark.integration
 

@@ -6,20 +6,15 @@ sweep (cache), worse sweep (registry alias kept), lookup in a fresh process, app
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONF, REPO, run_in_process
+from tests.conftest import CONF, REPO, cli_in_process, run_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -27,50 +22,6 @@ GRID = ["quant_pair=wint8_aint8,wint4_aint8", "quant_granularity=default,w_group
         "autoquant.mix=false"]  # the sweep-end mix has its own test (test_mix_tracking)
 NAME = "autoquant-qwen3_tiny-constrained_score"
 EXPERIMENT = "tracking_test"
-
-
-def cli_in_process(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m autoquant_sweep.cli args`` run in this interpreter (``autoquant_sweep.cli.main``), as
-    :func:`tests.conftest.run_in_process` runs the Hydra app: the same working directory and shell
-    environment (no sweep id inherited), exit status and stdout / stderr captured; the working directory,
-    environment, root logger, MLflow's URIs and the project's process state (signal handlers the command
-    installs, model cache, ...: ``reset_process_state``) are put back afterwards. Shared by test_export_cli
-    and test_mix_tracking (a candidate for conftest)."""
-    import mlflow
-
-    from autoquant_sweep.cli import main
-    from autoquant_sweep.process_state import reset_process_state
-
-    saved_env, saved_cwd = dict(os.environ), os.getcwd()
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    saved_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    out, err = io.StringIO(), io.StringIO()
-    code: int = 0
-    reset_process_state()
-    os.environ.pop("AUTOQUANT_SWEEP_ID", None)
-    os.environ["HYDRA_FULL_ERROR"] = "0"
-    os.chdir(cwd)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main([str(a) for a in args])
-            except SystemExit as exc:  # argparse
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        os.chdir(saved_cwd)
-        for handler in root.handlers:
-            if handler not in saved_handlers:
-                handler.close()
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
-        reset_process_state()
-        mlflow.set_tracking_uri(saved_uri)
-        mlflow.set_registry_uri(saved_uri)
-        os.environ.clear()
-        os.environ.update(saved_env)
-    return subprocess.CompletedProcess(["autoquant-sweep", *map(str, args)], code, out.getvalue(),
-                                       err.getvalue())
 
 
 @pytest.fixture(scope="module")
