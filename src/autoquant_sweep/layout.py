@@ -35,6 +35,8 @@ _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 REPORT_DIRNAME = "report"
 ROOT_ENV = "AUTOQUANT_SWEEP_ROOT"  # moves every store and output folder at once (paths.root_dir)
 SWEEP_ID_ENV = "AUTOQUANT_SWEEP_ID"  # "<owner host>:<owner pid> <sweep id>", read by launcher workers
+
+
 class SweepIdentity:
     """This sweep process's id ``<time>_<host>-<pid>-<random>`` (the ``${aqs_sweep_id:}`` resolver).
 

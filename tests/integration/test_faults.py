@@ -41,11 +41,8 @@ def _args(tmp: Path, n_trials: int) -> list[str]:
     ]
 
 
-def _start_and_kill(tmp: Path, n_trials: int, kill_at: int, sig: signal.Signals,
-                    new_mlflow_store) -> tuple[int, str]:
-    """Start the sweep, send ``sig`` once the ``kill_at``-th trial started AutoQuant; (returncode, log).
-    Its MLflow store starts as a migrated empty one (no schema creation in the sweep)."""
-    new_mlflow_store(tmp / "mlflow.db")
+def _start_and_kill(tmp: Path, n_trials: int, kill_at: int, sig: signal.Signals) -> tuple[int, str]:
+    """Start the sweep, send ``sig`` once the ``kill_at``-th trial started AutoQuant; (returncode, log)."""
     log_path = tmp / f"killed-{sig.name}.log"
     with log_path.open("w") as log:
         env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
@@ -114,8 +111,8 @@ def _restart_and_check(tmp: Path, n_trials: int, kept: int) -> None:
 
 def test_sigterm_mid_trial_marks_it_failed_and_killed_and_restart_continues(tmp_path, embedded,
                                                                              new_mlflow_store):
-    returncode, log = _start_and_kill(tmp_path, n_trials=3, kill_at=2, sig=signal.SIGTERM,
-                                      new_mlflow_store=new_mlflow_store)
+    new_mlflow_store(tmp_path / "mlflow.db")  # a migrated empty store: the sweep skips schema creation
+    returncode, log = _start_and_kill(tmp_path, n_trials=3, kill_at=2, sig=signal.SIGTERM)
     assert returncode == 128 + signal.SIGTERM, log[-3000:]
     trials = _study(tmp_path).trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
@@ -132,8 +129,8 @@ def test_sigterm_mid_trial_marks_it_failed_and_killed_and_restart_continues(tmp_
 
 
 def test_sigkill_mid_trial_is_cleaned_up_by_the_restart(tmp_path, embedded, new_mlflow_store):
-    returncode, log = _start_and_kill(tmp_path, n_trials=1, kill_at=1, sig=signal.SIGKILL,
-                                      new_mlflow_store=new_mlflow_store)
+    new_mlflow_store(tmp_path / "mlflow.db")
+    returncode, log = _start_and_kill(tmp_path, n_trials=1, kill_at=1, sig=signal.SIGKILL)
     assert returncode == -signal.SIGKILL, log[-3000:]
     # what SIGKILL leaves: a RUNNING trial and RUNNING runs, plus (simulated) a staging folder of the
     # dead process inside the publish tree

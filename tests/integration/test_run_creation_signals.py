@@ -22,16 +22,16 @@ CFG = {"quant_pair": {"name": "wint8_aint8"}, "quant_granularity": {"name": "def
        "dataset": {"size": "small"}}
 
 
-def _client(tmp: Path, new_store=None):
-    """A client of ``tmp/mlflow.db``; ``new_store``: first made a migrated empty store (conftest)."""
+def _client(tmp: Path):
     from mlflow import MlflowClient
 
-    uri = new_store(tmp / "mlflow.db") if new_store else f"sqlite:///{tmp}/mlflow.db"
+    uri = f"sqlite:///{tmp}/mlflow.db"
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def test_a_run_is_created_with_its_owner_in_one_write(tmp_path, new_mlflow_store):
-    client = _client(tmp_path, new_mlflow_store)
+    new_mlflow_store(tmp_path / "mlflow.db")  # a migrated empty store: the client skips schema creation
+    client = _client(tmp_path)
     experiment = client.create_experiment("sensitivity", artifact_location=(tmp_path / "mlruns").as_uri())
     run = start_run(client, experiment, CFG, None, owner="node-a:123")
     assert run.data.tags[faults.OWNER_TAG] == "node-a:123"  # in the create_run answer: the same write
@@ -39,7 +39,8 @@ def test_a_run_is_created_with_its_owner_in_one_write(tmp_path, new_mlflow_store
 
 
 def test_ownerless_running_children_of_an_ended_sweep_are_killed(tmp_path, new_mlflow_store):
-    client = _client(tmp_path, new_mlflow_store)
+    new_mlflow_store(tmp_path / "mlflow.db")
+    client = _client(tmp_path)
     experiment = client.create_experiment("sensitivity", artifact_location=(tmp_path / "mlruns").as_uri())
     ended = client.create_run(experiment, tags={faults.OWNER_TAG: "elsewhere:1", "sweep": "true"})
     client.set_terminated(ended.info.run_id, "KILLED")  # the sweep ended (its stop handler closed it)

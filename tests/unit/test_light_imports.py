@@ -7,7 +7,6 @@ Importing ``modelopt.torch.quantization`` costs 8-12 s and torch about 2 s; the 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -69,7 +68,7 @@ print(json.dumps(report))
 def import_report() -> dict:
     """What each check raised and which of its heavy modules were imported after it: one interpreter."""
     result = subprocess.run([sys.executable, "-c", _RUNNER], input=json.dumps(CHECKS), capture_output=True,
-                            text=True, env=dict(os.environ), check=False)
+                            text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
