@@ -198,16 +198,17 @@ class _Store:
             raise UserInputError(f"tracking.tracking_uri: cannot open MLflow store "
                                  f"'{masked_url(str(self.settings.tracking_uri))}': {first}") from exc
 
-    def open_run(self, c: dict[str, Any], *, running: bool) -> str:
-        """Create the job's run (a child of the sweep's parent); ``running``: tag its owner process, so a
-        later sweep can mark it KILLED if this process dies without closing it."""
+    def open_run(self, c: dict[str, Any]) -> str:
+        """Create the job's run (a child of the sweep's parent), tagged with its owner process: a later
+        sweep can mark it KILLED if this process dies without closing it, and every run says who made it
+        (a cache hit's run too: it is RUNNING while its results are logged)."""
         from autoquant_sweep.faults import owner
         from autoquant_sweep.tracking.run_logging import start_run
 
         # dated from the job's start, not from after the plan and the lookup: the UI shows the job's duration;
         # the owner is written with the run (one write: a stop can never leave it RUNNING without one)
         run_id = start_run(self.client, self.experiment_id, c, self.parent_run_id,
-                           start_time=self.started_ms, owner=owner() if running else None).info.run_id
+                           start_time=self.started_ms, owner=owner()).info.run_id
         log.info("MLflow run %s in experiment '%s' (%s)", run_id, self.settings.experiment_name,
                  self.settings.tracking_uri)
         return run_id
@@ -224,7 +225,7 @@ class _Store:
             if self.client is None:
                 self.connect()
             if run_id is None:
-                run_id = self.open_run(c or {}, running=False) if c else self._bare_run()
+                run_id = self.open_run(c or {}) if c else self._bare_run()
             if interrupted(exc):  # SIGTERM, Ctrl-C: KILLED, not FAILED
                 self.client.set_tag(run_id, "failure_reason", stop_text(exc))
                 self.client.set_tag(run_id, "failure_kind", "killed")
@@ -250,7 +251,9 @@ class _Store:
 
     def _bare_run(self) -> str:
         """A run for a job whose config could not even be resolved (its reason is all there is)."""
-        tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {}
+        from autoquant_sweep.faults import OWNER_TAG, owner
+
+        tags = {OWNER_TAG: owner()} | ({"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {})
         return self.client.create_run(self.experiment_id, start_time=self.started_ms, tags=tags).info.run_id
 
 
@@ -316,14 +319,14 @@ def run_job(
         outcome = _lookup(plan, destination, store)
         if outcome is None:
             with signals_deferred():  # a stop while the run is created is raised once its id is known here
-                run_id = store.open_run(plan.cfg, running=True)
+                run_id = store.open_run(plan.cfg)
             why = f"cache miss: fingerprint {plan.fingerprint}" if plan.cfg["autoquant"].get("cache", True) \
                 else "autoquant.cache=false"
             log.info("%s; running AutoQuant", why)  # after the run is open: tests stop the job from here
             outcome = _compute_and_write(plan, destination, cache, plots=plots)
         else:
             with signals_deferred():
-                run_id = store.open_run(plan.cfg, running=False)
+                run_id = store.open_run(plan.cfg)
         hydra_yaml = OmegaConf.to_yaml(cfg, resolve=True) if isinstance(cfg, DictConfig) else None
         _record(store, run_id, plan, outcome, hydra_yaml)
         outcome.run_id = run_id

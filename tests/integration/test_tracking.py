@@ -212,6 +212,8 @@ def test_grid_makes_parent_children_summary_and_registers_best(store: dict, clie
 
 
 def test_repeated_grid_is_served_from_cache(store: dict, client, tmp_path: Path) -> None:
+    from autoquant_sweep import faults
+
     first = {(c.data.params["quant_pair"], c.data.params["quant_granularity"]): c
              for c in store["state"]["first_children"]}
     t0 = time.perf_counter()
@@ -225,6 +227,7 @@ def test_repeated_grid_is_served_from_cache(store: dict, client, tmp_path: Path)
     assert "running AutoQuant" not in logs and "Estimating auto_quantize scores" not in result.stderr
     for child in children:
         assert child.data.tags["cache_hit"] == "true"
+        assert child.data.tags[faults.OWNER_TAG] == faults.owner()  # a cache hit's run says who made it
         source = first[(child.data.params["quant_pair"], child.data.params["quant_granularity"])]
         assert child.data.tags["cache_source_run_id"] == source.info.run_id
         assert child.data.metrics == source.data.metrics
