@@ -253,7 +253,9 @@ class _Store:
         """A run for a job whose config could not even be resolved (its reason is all there is)."""
         from autoquant_sweep.faults import OWNER_TAG, owner
 
-        tags = {OWNER_TAG: owner()} | ({"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {})
+        tags = {OWNER_TAG: owner()}
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id
         return self.client.create_run(self.experiment_id, start_time=self.started_ms, tags=tags).info.run_id
 
 
