@@ -170,8 +170,17 @@ def plain_loop(plans: list[Any]) -> tuple[list[float], float]:
 
 def framework_sweep(base_overrides: list[str], study: str) -> list[float]:
     """(b)/(c): the Optuna sweep through experiments/sensitivity.py, in this process."""
+    import hydra
+
     sys.path.insert(0, str(REPO / "experiments"))
-    import sensitivity  # the Hydra app
+    from autoquant_sweep.app import sensitivity_task
+    from sensitivity import CONF_DIR, EXECUTION_WHITELIST  # the app's own config and whitelist
+
+    # the app's main, whose whitelist also lets Hydra instantiate this script's TrialTimer callback
+    @hydra.main(config_path=CONF_DIR, config_name="sensitivity",
+                execution_whitelist=[*EXECUTION_WHITELIST, "__main__.*"])
+    def app(cfg: Any) -> Any:
+        return sensitivity_task(cfg)
 
     TRIAL_SECONDS.clear()
     argv = [
@@ -187,7 +196,7 @@ def framework_sweep(base_overrides: list[str], study: str) -> list[float]:
         "+hydra.callbacks.bench_timer._target_=__main__.TrialTimer",
         *base_overrides,
     ]
-    run_app(sensitivity.main, argv)
+    run_app(app, argv)
     return list(TRIAL_SECONDS)
 
 

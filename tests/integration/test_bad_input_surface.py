@@ -1,8 +1,9 @@
 """Bad input across the rest of the surface, and the safety rules (issue 6).
 
 Complements ``test_bad_input.py`` (unknown format / size / key / objective, missing or non-UTF-8 captions,
-unknown group option). The command-line cases start together in one module fixture (each is a fresh
-``experiments/sensitivity.py`` process), so their import time overlaps.
+unknown group option). The command-line cases run in one module fixture, each the real
+``experiments/sensitivity.py`` command line in this interpreter (``run_in_process``: its exit status, stdout
+and stderr as a shell sees them); ``test_bad_input.py`` keeps one case in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import pickle
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import pytest
 from autoquant_sweep.errors import UserInputError
 from autoquant_sweep.plan import plan_run
 
-from ..conftest import CONF, REPO, SENSITIVITY_APP
+from ..conftest import CONF, REPO, run_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -81,26 +81,13 @@ def cli_cases(tmp_path_factory, embedded) -> dict[str, tuple[subprocess.Complete
         "unwritable-output": ["output_layout=publish", f"output_layout.publish_root={not_a_dir}/results",
                               "tracking=off"],
     }
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    procs = {}
-    for name, args in cases.items():
+    results = {}
+    for name, args in cases.items():  # in this interpreter: torch and ModelOpt imported once, not per case
         cwd = root / name
         cwd.mkdir()
-        procs[name] = (subprocess.Popen([sys.executable, str(SENSITIVITY_APP), *args], cwd=cwd, env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-                       cwd, time.monotonic())
-    results = {}
-    try:
-        for name, (proc, cwd, t0) in procs.items():
-            out, err = proc.communicate(timeout=240)
-            results[name] = (subprocess.CompletedProcess(proc.args, proc.returncode, out, err), cwd,
-                             time.monotonic() - t0)
-    finally:
-        for proc, _, _ in procs.values():
-            if proc.poll() is None:
-                proc.kill()
+        t0 = time.monotonic()
+        results[name] = (run_in_process(args, cwd=cwd), cwd, time.monotonic() - t0)
     return results
-
 
 def _one_error_line(result: subprocess.CompletedProcess) -> str:
     assert "Traceback" not in result.stderr, result.stderr[-3000:]

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from ..conftest import SENSITIVITY_APP, run_app
+from ..conftest import SENSITIVITY_APP, run_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,8 @@ def _check_lines(text: str) -> None:
 
 
 def test_plain_line_per_trial_when_stdout_is_not_a_terminal(tmp_path, embedded):
-    result = run_app(STUDY, cwd=tmp_path, timeout=600)
+    # in this interpreter: its captured stdout is no terminal, as a log file or a pipe is not
+    result = run_in_process(STUDY, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     _check_lines(result.stdout)
     assert "\x1b[" not in result.stdout  # no terminal control sequences in a log
