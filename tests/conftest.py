@@ -63,16 +63,26 @@ def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Call
 
 @pytest.fixture(scope="session")
 def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty MLflow SQLite store, its schema created and migrated (seconds) once per session, as MLflow
-    does when a client first opens a new store."""
+    """An empty MLflow SQLite store, its schema created and migrated as MLflow does when a client first
+    opens a new store (seconds), once per MLflow version: kept in the embedded cache
+    (``test-stores/mlflow-<version>.db``, renamed into place whole) for later sessions, and copied into
+    this session's shared folder."""
+    from importlib.metadata import version
+
+    kept = Path(os.environ["AUTOQUANT_SWEEP_CACHE"]) / "test-stores" / f"mlflow-{version('mlflow')}.db"
 
     def build(folder: Path) -> None:
-        from mlflow import MlflowClient
+        if not kept.is_file():
+            from mlflow import MlflowClient
 
-        uri = f"sqlite:///{folder}/mlflow.db"
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        client.search_experiments(max_results=1)
-        client.search_registered_models(max_results=1)
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            staging = kept.with_name(f".{kept.name}.{os.getpid()}.creating")
+            uri = f"sqlite:///{staging}"
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client.search_experiments(max_results=1)
+            client.search_registered_models(max_results=1)
+            os.replace(staging, kept)
+        shutil.copyfile(kept, folder / "mlflow.db")
 
     return shared_once(tmp_path_factory, "mlflow-template", build) / "mlflow.db"
 
