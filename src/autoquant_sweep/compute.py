@@ -265,13 +265,8 @@ def spare_full_collections() -> None:
     long-lived one), about a third of a tiny model's trial. Frozen before the first trial's model is
     loaded, those collections walk only what the trials create; the objects frozen are the imported
     modules and settings a process keeps anyway (no model, whose memory must come back). A frozen
-    process (``gc.get_freeze_count()`` > 0) is left as it is.
-
-    Example:
-        >>> import gc
-        >>> spare_full_collections()
-        >>> gc.get_freeze_count() > 0
-        True
+    process (``gc.get_freeze_count()`` > 0) is left as it is. Not an example here: run by the doctests it
+    would freeze the test worker (``tests/unit/test_process_state.py`` checks it in a fresh interpreter).
     """
     if gc.get_freeze_count() == 0:
         gc.collect()  # once: garbage of the imports is freed, not frozen

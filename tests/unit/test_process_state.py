@@ -59,3 +59,14 @@ def test_every_registered_state_exists_and_a_reset_imports_nothing() -> None:
             "process_state.reset_process_state(); print(sorted(set(sys.modules) - before))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_imported_heap_is_frozen_once_per_process_and_a_reset_leaves_it() -> None:
+    """``compute.spare_full_collections`` freezes what is alive once; a second call (the next trial) and a
+    reset change nothing: nothing frozen is a trial's, so it is no process state to forget."""
+    code = ("import gc; from autoquant_sweep import process_state; "
+            "from autoquant_sweep.compute import spare_full_collections; before = gc.get_freeze_count(); "
+            "spare_full_collections(); frozen = gc.get_freeze_count(); spare_full_collections(); "
+            "process_state.reset_process_state(); print(before, frozen > 0, gc.get_freeze_count() == frozen)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.split() == ["0", "True", "True"]
