@@ -225,7 +225,7 @@ class _Store:
             if self.client is None:
                 self.connect()
             if run_id is None:
-                run_id = self.open_run(c or {}) if c else self._bare_run()
+                run_id = self.open_run(c) if c else self._bare_run()
             if interrupted(exc):  # SIGTERM, Ctrl-C: KILLED, not FAILED
                 self.client.set_tag(run_id, "failure_reason", stop_text(exc))
                 self.client.set_tag(run_id, "failure_kind", "killed")
