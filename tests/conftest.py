@@ -62,29 +62,13 @@ def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Call
 
 
 @pytest.fixture(scope="session")
-def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty MLflow SQLite store, its schema created and migrated as MLflow does when a client first
-    opens a new store (seconds), once per MLflow version: kept in the embedded cache
-    (``test-stores/mlflow-<version>.db``, renamed into place whole) for later sessions, and copied into
-    this session's shared folder."""
-    from importlib.metadata import version
+def mlflow_template() -> Path:
+    """The migrated empty MLflow SQLite store every new store is copied from
+    (:func:`autoquant_sweep.tracking.store.empty_mlflow_store`: built once per MLflow version into the
+    embedded cache, ``store-templates/``)."""
+    from autoquant_sweep.tracking.store import empty_mlflow_store
 
-    kept = Path(os.environ["AUTOQUANT_SWEEP_CACHE"]) / "test-stores" / f"mlflow-{version('mlflow')}.db"
-
-    def build(folder: Path) -> None:
-        if not kept.is_file():
-            from mlflow import MlflowClient
-
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            staging = kept.with_name(f".{kept.name}.{os.getpid()}.creating")
-            uri = f"sqlite:///{staging}"
-            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-            client.search_experiments(max_results=1)
-            client.search_registered_models(max_results=1)
-            os.replace(staging, kept)
-        shutil.copyfile(kept, folder / "mlflow.db")
-
-    return shared_once(tmp_path_factory, "mlflow-template", build) / "mlflow.db"
+    return empty_mlflow_store()
 
 
 @pytest.fixture(scope="session")

@@ -380,8 +380,26 @@ _CREATE_MLFLOW_STORE = ("import sys; from mlflow.tracking import MlflowClient; c
 
 
 def _create_mlflow_store(uri: str) -> None:
-    """MLflow's schema in a new SQLite file, built by a short child process: no connection of this process
-    is left open on the file once it is linked into place under its real name."""
+    """MLflow's schema in a new SQLite file: a copy of this MLflow version's migrated empty store
+    (:func:`empty_mlflow_store`, milliseconds) or, where that cannot be kept, built in place by
+    :func:`build_mlflow_store` (seconds)."""
+    import shutil
+
+    target = sqlite_path(uri)
+    assert target is not None, uri
+    try:
+        template = empty_mlflow_store()
+    except OSError as exc:  # an unwritable cache: build it here, as before the template existed
+        log.debug("no MLflow store template (%s); creating the schema in place", exc)
+        build_mlflow_store(uri)
+        return
+    shutil.copyfile(template, target)
+
+
+def build_mlflow_store(uri: str) -> None:
+    """MLflow's schema in a new SQLite file, created and migrated by MLflow itself in a short child process
+    (~5 s: MLflow's import, then its migrations): no connection of this process is left open on the file
+    once it is linked into place under its real name."""
     import subprocess
     import sys
 
@@ -391,6 +409,49 @@ def _create_mlflow_store(uri: str) -> None:
         lines = [line for line in result.stderr.splitlines() if re.match(r"^[\w.]+(Error|Exception): ", line)]
         raise RuntimeError(lines[-1] if lines else f"exit status {result.returncode}") from RuntimeError(
             result.stderr[-4000:])
+
+
+#: where :func:`empty_mlflow_store` keeps its template, under the embedded asset cache
+STORE_TEMPLATES_DIR = "store-templates"
+
+
+def empty_mlflow_store(cache_root: Path | None = None) -> Path:
+    """An empty MLflow SQLite store, its schema created and migrated by this MLflow version
+    (:func:`build_mlflow_store`), kept at ``<cache>/store-templates/mlflow-<version>.db``: every new store
+    is a copy of it, so only the first one pays MLflow's ~5 s of schema creation.
+
+    ``cache_root``: the embedded asset cache (default ``$AUTOQUANT_SWEEP_CACHE``, else
+    ``<root>/.cache/autoquant_sweep``). Built aside and renamed into place whole, under a lock, so a
+    template is never half made or built twice at once; one that is not a migrated MLflow store (a
+    truncated copy) is built again. Raises ``OSError`` when the cache cannot hold it.
+    """
+    import sqlite3
+    from importlib.metadata import version
+
+    from autoquant_sweep.embedded.assets import default_cache_root
+    from autoquant_sweep.layout import staging_name
+
+    folder = (cache_root or default_cache_root()) / STORE_TEMPLATES_DIR
+    template = folder / f"mlflow-{version('mlflow')}.db"
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder / f".{template.name}.lock"):
+        if template.is_file():
+            try:
+                with contextlib.closing(sqlite3.connect(f"file:{template}?mode=ro", uri=True)) as con:
+                    if con.execute("SELECT version_num FROM alembic_version").fetchone():
+                        return template
+            except sqlite3.Error:
+                pass
+            log.info("rebuilding the MLflow store template %s (not a migrated MLflow store)", template)
+        staging = folder / staging_name(template.name, "creating")
+        try:
+            build_mlflow_store(f"sqlite:///{staging}")
+            os.replace(staging, template)
+        except RuntimeError as exc:  # MLflow could not write it here (a full disk): no template
+            raise OSError(f"cannot build the MLflow store template in {folder}: {exc}") from exc
+        finally:
+            staging.unlink(missing_ok=True)
+    return template
 
 
 def _init_mlflow_store(uri: str) -> Any:
