@@ -19,18 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_in_process
 
 sys.path.insert(0, str(REPO / "scripts"))
 
 from ui_browser import Chromium, find_chromium
 from ui_screenshots import (
     UiServer,
-    build_study,
     open_run,
     open_runs_table,
     open_version,
     prepare,
+    store_overrides,
     study_facts,
 )
 
@@ -46,7 +46,10 @@ def ui(tmp_path_factory: pytest.TempPathFactory, embedded):
     if find_chromium() is None:
         pytest.skip(NO_CHROMIUM)
     root = tmp_path_factory.mktemp("ui-study")
-    build_study(root, ("quant_pair=wint8_aint8", "quant_granularity=default,w_group64"), timeout=300)
+    # the two-run sweep of scripts/ui_screenshots.py's build_study, in this interpreter (it is about stores)
+    result = run_in_process(["-m", "quant_pair=wint8_aint8", "quant_granularity=default,w_group64",
+                             *store_overrides(root)[:2]], cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
     with UiServer(root) as server:
         yield server, study_facts(server)
 
