@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONF, REPO, cli_in_process, run_in_process
+from tests.conftest import CONF, cli_in_process, run_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -305,15 +305,3 @@ def test_apply_quantizes_with_the_registered_recipe(store: dict, client, tmp_pat
         assert wq.amax is not None  # calibrated
     for group in recipe["kept_16bit_groups"]:
         assert not model.get_submodule(group).weight_quantizer.is_enabled
-
-
-def test_ui_serves_the_runs_on_localhost(store: dict, client) -> None:
-    sys.path.insert(0, str(REPO / "scripts"))
-    from ui_screenshots import UiServer
-
-    experiment_id = _experiment_id(client)
-    with UiServer(store["root"]) as server:  # `autoquant-sweep ui` on 127.0.0.1, answering /health
-        runs = server.api("runs/search", {"experiment_ids": [experiment_id], "max_results": 1000})["runs"]
-    served = {run["info"]["run_id"] for run in runs}
-    expected = {run.info.run_id for run in client.search_runs([experiment_id], max_results=1000)}
-    assert served == expected and len(served) >= 14

@@ -3,7 +3,8 @@
 The browser test builds a two-run sweep of the tiny Qwen3 on CPU into temp stores, starts
 ``autoquant-sweep ui`` on 127.0.0.1 and checks the rendered text (not the REST API) of the pages the
 README sends people to. It is skipped when no ``chromium`` is installed (``.ci/run`` installs Debian's).
-The signal test needs no browser: Ctrl-C (SIGINT) and SIGTERM stop the UI and its server process group.
+The signal test needs no browser: the UI serves the study's runs (REST API), then Ctrl-C (SIGINT) and SIGTERM
+stop it and its server process group.
 """
 
 from __future__ import annotations
@@ -42,15 +43,21 @@ NO_CHROMIUM = (
 
 
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory: pytest.TempPathFactory, embedded):
-    if find_chromium() is None:
-        pytest.skip(NO_CHROMIUM)
+def ui_study(tmp_path_factory: pytest.TempPathFactory, embedded) -> Path:
+    """The two-run sweep of scripts/ui_screenshots.py's ``build_study``, in this interpreter (it is about
+    stores): its folder, holding ``mlflow.db`` and ``mlruns/``."""
     root = tmp_path_factory.mktemp("ui-study")
-    # the two-run sweep of scripts/ui_screenshots.py's build_study, in this interpreter (it is about stores)
     result = run_in_process(["-m", "quant_pair=wint8_aint8", "quant_granularity=default,w_group64",
                              *store_overrides(root)[:2]], cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
-    with UiServer(root) as server:
+    return root
+
+
+@pytest.fixture(scope="module")
+def ui(ui_study: Path):
+    if find_chromium() is None:
+        pytest.skip(NO_CHROMIUM)
+    with UiServer(ui_study) as server:
         yield server, study_facts(server)
 
 
@@ -146,11 +153,20 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_ui_stops_its_server_on_ctrl_c_and_sigterm(sig: int, tmp_path: Path) -> None:
-    server = UiServer(tmp_path).__enter__()  # started and answering /health; stopped by the signal below
+def test_ui_serves_the_runs_then_stops_its_server_on_ctrl_c_and_sigterm(sig: int, ui_study: Path) -> None:
+    from mlflow import MlflowClient
+
+    server = UiServer(ui_study).__enter__()  # started and answering /health; stopped by the signal below
     proc, port = server.proc, server.port
     assert proc is not None
     try:
+        # it serves the store's runs (every run id the store holds, over MLflow's REST API)
+        uri = f"sqlite:///{ui_study / 'mlflow.db'}"
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        experiment_id = client.get_experiment_by_name("sensitivity").experiment_id
+        runs = server.api("runs/search", {"experiment_ids": [experiment_id], "max_results": 1000})["runs"]
+        expected = {run.info.run_id for run in client.search_runs([experiment_id], max_results=1000)}
+        assert {run["info"]["run_id"] for run in runs} == expected and len(expected) >= 3  # parent, 2 trials
         server_side = _descendants(proc.pid)
         assert server_side, "mlflow server runs as a child of the ui command"
         proc.send_signal(sig)  # to the ui command only, as a terminal's Ctrl-C / a service manager would
