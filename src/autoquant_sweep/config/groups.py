@@ -39,7 +39,8 @@ def load_group(group: str, conf_dir: Path | None = None) -> list[dict]:
     from autoquant_sweep.paths import conf_dir as default_conf_dir
 
     paths = sorted(((conf_dir or default_conf_dir()) / group).glob("*.yaml"))
-    state = tuple((str(path), path.stat().st_mtime_ns, path.stat().st_size) for path in paths)
+    stats = [(str(path), path.stat()) for path in paths]
+    state = tuple((name, stat.st_mtime_ns, stat.st_size) for name, stat in stats)
     return copy.deepcopy(_read_group(group, state))
 
 

@@ -434,7 +434,7 @@ def empty_mlflow_store(cache_root: Path | None = None) -> Path:
     folder = (cache_root or default_cache_root()) / STORE_TEMPLATES_DIR
     template = folder / f"mlflow-{version('mlflow')}.db"
     folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(folder / f".{template.name}.lock"):
+    with store_lock(template):
         if template.is_file():
             try:
                 with contextlib.closing(sqlite3.connect(f"file:{template}?mode=ro", uri=True)) as con:
