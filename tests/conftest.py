@@ -24,6 +24,7 @@ from filelock import FileLock
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "src" / "autoquant_sweep" / "conf"
 SENSITIVITY_APP = REPO / "experiments" / "sensitivity.py"
+INTEGRATION = REPO / "tests" / "integration"
 #: test deadlines are multiplied by ``AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE`` (e.g. 2 on a loaded machine)
 TIMEOUT_SCALE = float(os.environ.get("AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE", "1"))
 # Runs follow the working directory (paths.root_dir); tests run them in temporary folders, so the embedded
@@ -43,7 +44,7 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     """The fast loop (``-m "not integration"``) deselects every module of ``tests/integration`` (each is
     marked: ``test_project_files.py`` guards it), so it does not import them (MLflow, Hydra composes at
     import: 5-6 s of collection)."""
-    if (collection_path == REPO / "tests" / "integration"
+    if (collection_path == INTEGRATION
             and " ".join(str(config.getoption("markexpr", "") or "").split()) == "not integration"):
         return True
     return None
@@ -60,7 +61,7 @@ LONGEST_FIRST = ("test_optuna_sweep.py", "test_ui_browser.py", "test_mix_trackin
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Collect the :data:`LONGEST_FIRST` files first (a stable sort: every other test keeps its place)."""
     rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)) if "integration" in item.path.parts
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)) if item.path.parent == INTEGRATION
                else len(rank))
 
 

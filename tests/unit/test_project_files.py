@@ -65,6 +65,14 @@ def test_every_integration_module_is_marked_integration():
     assert unmarked == []
 
 
+def test_the_files_scheduled_first_are_integration_modules():
+    """A renamed or removed file in ``LONGEST_FIRST`` would silently fall back to collection order."""
+    from tests.conftest import INTEGRATION, LONGEST_FIRST
+
+    missing = [name for name in LONGEST_FIRST if not (INTEGRATION / name).is_file()]
+    assert not missing, f"LONGEST_FIRST names no file in tests/integration: {missing}"
+
+
 def test_the_modules_kept_out_of_doctest_collection_hold_no_examples():
     """pyproject's ``--ignore`` keeps modules that import torch + transformers out of ``--doctest-modules``;
     an example written there would never run: move it to a light module, or drop the ``--ignore``."""
