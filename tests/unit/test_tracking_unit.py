@@ -328,3 +328,27 @@ def test_start_run_dates_a_job_from_its_start_and_names_it(tmp_path: Path, new_m
     assert dated.info.run_name == "wint4_aint8 w-g64"
     now = start_run(client, experiment, c, None)
     assert now.info.start_time >= job_start + 60_000 and "mlflow.parentRunId" not in now.data.tags
+
+
+def test_a_stop_swallowed_before_the_sweeps_end_still_exits_with_its_status(monkeypatch, capsys) -> None:
+    """A SIGINT recorded by the handler whose exception something swallowed on its way up: the sweep's end
+    says it stopped, then exits 130 as a Ctrl-C'd sweep does (an exit status 0 would read as success)."""
+    import signal
+
+    from autoquant_sweep import faults
+    from autoquant_sweep.process_state import reset_process_state
+    from autoquant_sweep.tracking.callbacks import MlflowSweepCallback
+
+    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
+    cfg = OmegaConf.create({"experiment": "e", "tracking": {"mode": "off"},
+                            "autoquant": {"objective": "total_sensitivity"}})
+    callback = MlflowSweepCallback()
+    callback.on_multirun_start(cfg)
+    faults.STOP.pending, faults.STOP.reason = signal.SIGINT, "interrupted by SIGINT (Ctrl-C)"
+    try:
+        with pytest.raises(faults.Interrupted) as stopped:
+            callback.on_multirun_end(cfg)
+    finally:
+        reset_process_state()
+    assert stopped.value.code == 130
+    assert "sweep stopped: interrupted by SIGINT (Ctrl-C); nothing registered" in capsys.readouterr().err
