@@ -2,7 +2,8 @@
 
 Built once per session and shared by the xdist workers (:func:`shared_once`): the reference studies that
 the tests reading a study's results use (``reference_study``; a test that writes copies it first) and a
-migrated empty MLflow store (``new_mlflow_store``). Helpers for the fresh-interpreter tests: signal
+migrated empty MLflow store (``new_mlflow_store``). Helpers for the tests with processes of their own
+(forked from the session's warm interpreter, :mod:`tests.warm`, unless they check imports): signal
 timing (:func:`start_app`, :func:`stop_when`) and one-line error cases (:func:`run_at_once`,
 :func:`one_error_line`); every deadline scales with ``AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE``.
 """
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import pytest
 from filelock import FileLock
+
+from tests import warm
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "src" / "autoquant_sweep" / "conf"
@@ -231,11 +234,12 @@ def run_app(
     env: dict | None = None,
     script: Path = SENSITIVITY_APP,
 ) -> subprocess.CompletedProcess:
-    """Run ``experiments/sensitivity.py`` (or another script) in a fresh interpreter."""
+    """Run ``experiments/sensitivity.py`` (or another script) in a process of its own: forked from the
+    session's warm interpreter (:mod:`tests.warm`), which is a fresh interpreter to the test."""
     # as from a shell: no sweep id inherited from this (pytest) process
     inherited = {k: v for k, v in os.environ.items() if k != "AUTOQUANT_SWEEP_ID"}
     full_env = {**inherited, "HYDRA_FULL_ERROR": "0", **(env or {})}
-    return subprocess.run(
+    return warm.run(
         [sys.executable, str(script), *args],
         cwd=cwd,
         env=full_env,
@@ -351,12 +355,12 @@ ONE_TRIAL_SWEEP = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1", "qu
 
 
 def start_app(args: Sequence[str], cwd: Path, stdout: int = subprocess.PIPE) -> subprocess.Popen:
-    """Start ``experiments/sensitivity.py`` in a fresh interpreter as from a shell (no MLflow store or sweep
-    id inherited from this process), without waiting for it."""
+    """Start ``experiments/sensitivity.py`` in a process of its own (:mod:`tests.warm`) as from a shell (no
+    MLflow store or sweep id inherited from this process), without waiting for it."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AUTOQUANT_SWEEP_ID")}
-    return subprocess.Popen([sys.executable, str(SENSITIVITY_APP), *args], cwd=cwd,
-                            env={**env, "HYDRA_FULL_ERROR": "0"}, stdout=stdout, stderr=subprocess.PIPE,
-                            text=True)
+    return warm.Popen([sys.executable, str(SENSITIVITY_APP), *args], cwd=cwd,
+                      env={**env, "HYDRA_FULL_ERROR": "0"}, stdout=stdout, stderr=subprocess.PIPE,
+                      text=True)
 
 
 def stop_when(proc: subprocess.Popen, ready: Callable[[], object], sig: int, what: str, *,
@@ -400,8 +404,8 @@ def run_at_once(commands: dict[str, tuple[list[str], Path, dict[str, str]]], tim
     shell (no MLflow store or sweep id inherited) plus its own, and wait for all:
     ``name -> {result, cwd, seconds}``. None is left running."""
     base = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AUTOQUANT_SWEEP_ID")}
-    procs = {name: (subprocess.Popen(cmd, cwd=cwd, env={**base, "HYDRA_FULL_ERROR": "0", **env},
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), cwd,
+    procs = {name: (warm.Popen(cmd, cwd=cwd, env={**base, "HYDRA_FULL_ERROR": "0", **env},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), cwd,
                     time.monotonic())
              for name, (cmd, cwd, env) in commands.items()}
     results = {}

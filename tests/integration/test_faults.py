@@ -19,6 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tests import warm
 from tests.conftest import SENSITIVITY_APP, TIMEOUT_SCALE, run_in_process, study_name
 
 pytestmark = pytest.mark.integration
@@ -46,8 +47,8 @@ def _start_and_kill(tmp: Path, n_trials: int, kill_at: int, sig: signal.Signals)
     log_path = tmp / f"killed-{sig.name}.log"
     with log_path.open("w") as log:
         env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-        proc = subprocess.Popen([sys.executable, str(SENSITIVITY_APP), *_args(tmp, n_trials)], cwd=tmp,
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = warm.Popen([sys.executable, str(SENSITIVITY_APP), *_args(tmp, n_trials)], cwd=tmp,
+                          stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.monotonic() + 120 * TIMEOUT_SCALE  # a loaded machine: scale it
             while log_path.read_text().count(STARTED) < kill_at:

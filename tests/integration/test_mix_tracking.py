@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 
 import pytest
 
+from tests import warm
 from tests.conftest import cli_in_process, run_in_process, study_name
 
 pytestmark = pytest.mark.integration
@@ -81,9 +81,9 @@ def test_mix_over_two_sweeps_of_one_study_in_a_fresh_process_registers_and_appli
 
     tmp = study["tmp"]
     uri = f"sqlite:///{tmp}/mlflow.db"
-    result = subprocess.run([sys.executable, "-m", "autoquant_sweep.cli", "mix", "--study", STUDY,
+    result = warm.run([sys.executable, "-m", "autoquant_sweep.cli", "mix", "--study", STUDY,
                              "--tracking-uri", uri, "--budgets", "6,8,10"], cwd=tmp, capture_output=True,
-                            text=True, timeout=300, check=False)
+                      text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"^mix of 4 formats \(run \w+\) at 10 effective bits: ", result.stdout, re.M)
     client = _client(tmp)

@@ -11,6 +11,8 @@ import threading
 
 import pytest
 
+from tests import warm
+
 from ..conftest import SENSITIVITY_APP, run_in_process
 
 pytestmark = pytest.mark.integration
@@ -53,8 +55,8 @@ def test_rich_progress_bar_on_a_terminal(tmp_path, embedded):
     main, secondary = pty.openpty()
     env = {k: v for k, v in os.environ.items() if k != "AUTOQUANT_SWEEP_ID"}
     env.update({"HYDRA_FULL_ERROR": "0", "COLUMNS": "400", "TERM": "xterm-256color"})
-    proc = subprocess.Popen([sys.executable, str(SENSITIVITY_APP), *STUDY], cwd=tmp_path, env=env,
-                            stdout=secondary, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc = warm.Popen([sys.executable, str(SENSITIVITY_APP), *STUDY], cwd=tmp_path, env=env,
+                      stdout=secondary, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     os.close(secondary)
     chunks: list[bytes] = []
 

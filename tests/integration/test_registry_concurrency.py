@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import warm
+
 pytestmark = pytest.mark.integration
 
 NAME = "autoquant-qwen3_tiny-constrained_score"
@@ -87,8 +89,8 @@ def test_two_sweeps_registering_at_once_leave_best_on_the_better_version(tmp_pat
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     env = {**os.environ}
-    procs = [subprocess.Popen([sys.executable, str(script), uri, run_id, role, str(barrier)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [warm.Popen([sys.executable, str(script), uri, run_id, role, str(barrier)], env=env,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for run_id, role in ((better, "better"), (worse, "worse"))]
     for proc in procs:
         _, err = proc.communicate(timeout=240)

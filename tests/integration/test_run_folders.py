@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from tests import warm
 from tests.conftest import SENSITIVITY_APP
 
 pytestmark = pytest.mark.integration
@@ -25,8 +26,8 @@ def test_two_single_runs_started_together_own_their_folder_log_and_report(tmp_pa
     # two processes at once (two pids, one second); each does the least work that writes a report and a log
     args = [sys.executable, str(SENSITIVITY_APP), "tracking=off", "autoquant.evaluate=false",
             "autoquant.num_calib_samples=8", "autoquant.num_score_samples=8"]
-    procs = {bits: subprocess.Popen([*args, f"autoquant.effective_bits={bits}"], cwd=tmp_path, env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = {bits: warm.Popen([*args, f"autoquant.effective_bits={bits}"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for bits in budgets}
     outputs = {bits: proc.communicate(timeout=300) for bits, proc in procs.items()}
     for bits, proc in procs.items():

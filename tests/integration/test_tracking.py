@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import warm
 from tests.conftest import CONF, cli_in_process, run_in_process
 
 pytestmark = pytest.mark.integration
@@ -259,7 +260,7 @@ def test_lookup_in_fresh_process_returns_same_bytes(store: dict, client, tmp_pat
     from autoquant_sweep.tracking.registry import lookup_best_config
 
     out = tmp_path / "best.json"
-    result = subprocess.run(
+    result = warm.run(
         [sys.executable, "-m", "autoquant_sweep.cli", "lookup", NAME, "--tracking-uri", store["uri"],
          "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
