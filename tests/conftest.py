@@ -5,7 +5,8 @@ the tests reading a study's results use (``reference_study``; a test that writes
 migrated empty MLflow store (``new_mlflow_store``). Helpers for the tests with processes of their own
 (forked from the session's warm interpreter, :mod:`tests.warm`, unless they check imports or time
 signals): signal timing (:func:`start_app`, :func:`stop_when`) and one-line error cases
-(:func:`run_at_once`, :func:`one_error_line`); every deadline scales with ``AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE``.
+(:func:`run_at_once`, :func:`one_error_line`); every deadline scales with
+``AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE``.
 """
 
 from __future__ import annotations
