@@ -35,16 +35,16 @@ TIMEOUT_SCALE = float(os.environ.get("AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE", "1"))
 # Runs follow the working directory (paths.root_dir); tests run them in temporary folders, so the embedded
 # assets are pinned to the checkout's cache: built once, reused by every test and subprocess.
 os.environ.setdefault("AUTOQUANT_SWEEP_CACHE", str(REPO / ".cache" / "autoquant_sweep"))
-# pytest-xdist runs its workers side by side on this machine's cores, and torch gives each one an intra-op
-# pool as wide as the machine: with OpenMP's threads spinning against each other a tiny-model run took twice
-# the wall time and CPU (test_every_choice_tracked + test_export with -n 2 on 2 cores: 99 s -> 51 s). Each
-# worker, and every interpreter it starts, gets its share of the cores instead (before torch is imported).
-# Only in a worker (the controller's environment is every worker's): an OMP_NUM_THREADS the caller set wins.
 # A test run started in the background of a non-interactive shell inherits SIGINT ignored, and so does every
 # process its tests start: their Ctrl-C then does nothing (exit 0 where 130 is asserted). The tests' processes
 # get Ctrl-C as from a terminal instead: a handler is reset to the default at exec, an ignored signal is not.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+# pytest-xdist runs its workers side by side on this machine's cores, and torch gives each one an intra-op
+# pool as wide as the machine: with OpenMP's threads spinning against each other a tiny-model run took twice
+# the wall time and CPU (test_every_choice_tracked + test_export with -n 2 on 2 cores: 99 s -> 51 s). Each
+# worker, and every interpreter it starts, gets its share of the cores instead (before torch is imported).
+# Only in a worker (the controller's environment is every worker's): an OMP_NUM_THREADS the caller set wins.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))

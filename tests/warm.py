@@ -1,17 +1,19 @@
 """Processes of their own that start warm: forked from an interpreter that has already imported torch,
 transformers, ModelOpt, MLflow, Optuna and Hydra (a zygote, as multiprocessing's forkserver does).
 
-The tests that need a process of their own (exit codes, signals, concurrent processes, a terminal) paid
-~10 CPU-s of third-party imports for each fresh interpreter (ModelOpt alone ~8 s), most of the suite's
-subprocess time. :func:`Popen` / :func:`run` take the same arguments as :mod:`subprocess`'s and give a
-process that is the same to the tests: its own pid, signal dispositions, working directory, environment,
-``sys.argv``, std streams on the given pipes / files / terminal, ``__main__`` run by :mod:`runpy`, exit
-through the interpreter's normal shutdown (atexit handlers, an uncaught ``KeyboardInterrupt`` ending it by
-SIGINT), ``returncode`` ``-N`` when signal N ended it. Its only difference from a fresh interpreter: the
-preloaded third-party modules are already in ``sys.modules`` (none of this project's), so import-time checks
-(what a command imports, how fast it starts) keep :mod:`subprocess`, and so does any command this module
-cannot start warm (another interpreter, ``-c`` / ``-X`` options, an environment that changes what the
-preloaded modules read at import): :func:`Popen` falls back to :class:`subprocess.Popen` for those.
+The tests that need a process of their own (exit codes, concurrent processes, a terminal) paid ~20 CPU-s of
+third-party imports for each fresh interpreter on the 2-core test VM (``import modelopt.torch.quantization``
+alone 18 s), most of the suite's subprocess time; the signal-timing tests keep fresh interpreters
+(``tests/conftest.py``'s ``start_app``). :func:`Popen` / :func:`run` take the same arguments as
+:mod:`subprocess`'s and give a process that is the same to the tests: its own pid, signal dispositions,
+working directory, environment, ``sys.argv``, std streams on the given pipes / files / terminal, ``__main__``
+run by :mod:`runpy`, exit through the interpreter's normal shutdown (atexit handlers, an uncaught
+``KeyboardInterrupt`` ending it by SIGINT), ``returncode`` ``-N`` when signal N ended it. Its only difference
+from a fresh interpreter: the preloaded third-party modules are already in ``sys.modules`` (none of this
+project's), so import-time checks (what a command imports, how fast it starts) keep :mod:`subprocess`, and so
+does any command this module cannot start warm (another interpreter, ``-c`` / ``-X`` options, an environment
+that changes what the preloaded modules read at import): :func:`Popen` falls back to :class:`subprocess.Popen`
+for those.
 
 One zygote per test session, shared by its pytest-xdist workers: the first to need it starts it (under a
 file lock), the others connect to its socket; it ends with the session's pytest process.
@@ -26,6 +28,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -36,7 +39,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-#: the third-party modules every app process imports (ModelOpt ~8 s, torch ~3 s, MLflow ~2 s of CPU)
+#: the third-party modules every app process imports (ModelOpt ~18 s, torch ~4 s, MLflow ~4 s of CPU here)
 PRELOAD = ("torch", "transformers", "modelopt.torch.quantization", "mlflow", "optuna", "hydra")
 #: environment variables the preloaded modules read at import: a command that sets one differently from
 #: this process starts fresh, so it sees them as a fresh interpreter would
@@ -47,7 +50,7 @@ ENABLED = os.environ.get("AUTOQUANT_SWEEP_TEST_WARM", "1") != "0"
 PIPE, DEVNULL, STDOUT = subprocess.PIPE, subprocess.DEVNULL, subprocess.STDOUT
 
 
-# --- the zygote (runs as ``python tests/warm.py SOCKET``) -------------------------------------------------
+# --- the zygote (runs as ``python tests/warm.py SOCKET SESSION_PID``) ------------------------------------
 
 def _serve(path: str, session: int) -> dict:
     """Preload, then fork one child per request while the process ``session`` lives. Returns only in a
@@ -99,6 +102,8 @@ def _serve(path: str, session: int) -> dict:
 
 
 def _alive(pid: int) -> bool:
+    # not autoquant_sweep.faults.pid_alive: the zygote imports nothing of the project (its children would
+    # start with it in sys.modules)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -192,7 +197,9 @@ class _Zygote:
         with FileLock(f"{folder}.lock"):
             if not self._answers():
                 Path(self.path).unlink(missing_ok=True)
-                # its own session: a Ctrl-C of the test run reaches the tests' processes, not the zygote
+                # its own session, as the processes forked from it: a Ctrl-C at the terminal stops the test
+                # run (whose tests end the processes they started) without killing the zygote under the
+                # other worker; it ends by itself once the session's pytest process is gone
                 proc = subprocess.Popen([sys.executable, __file__, self.path, str(session)],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
                                         start_new_session=True)
@@ -244,9 +251,7 @@ def _request(args: list[str], env: dict[str, str], base: dict[str, str]) -> dict
     # a console script pip made for this interpreter (``autoquant-sweep``)
     script = Path(args[0]) if os.sep in args[0] else None
     if script is None:
-        from shutil import which
-
-        found = which(args[0], path=env.get("PATH"))
+        found = shutil.which(args[0], path=env.get("PATH"))
         script = Path(found) if found else None
     if script is None or not script.is_file():
         return None
@@ -281,11 +286,12 @@ class Popen:
         env = kwargs.get("env")
         if not ENABLED or set(kwargs) - {"cwd", "env", "stdin", "stdout", "stderr", "text"}:
             return subprocess.Popen(args, **kwargs)
-        request = _request(list(args), dict(os.environ if env is None else env), _zygote().env)
+        zygote = _zygote()
+        request = _request(list(args), dict(os.environ if env is None else env), zygote.env)
         if request is None:
             return subprocess.Popen(args, **kwargs)
         self = super().__new__(cls)
-        self._request = request
+        self._request, self._zygote = request, zygote
         return self
 
     def __init__(self, args, *, cwd=None, env=None, stdin=None, stdout=None, stderr=None, text=False) -> None:
@@ -303,7 +309,7 @@ class Popen:
             child_err, self._err, close_err = _fd(stderr, 2, "w")
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self._conn.connect(_zygote().path)
+            self._conn.connect(self._zygote.path)
             socket.send_fds(self._conn, [json.dumps(request).encode()], [child_in, child_out, child_err])
             self.pid = int(self._conn.recv(64))
         finally:
@@ -366,10 +372,10 @@ class Popen:
             os.kill(self.pid, sig)
 
     def terminate(self) -> None:
-        self.send_signal(15)
+        self.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
-        self.send_signal(9)
+        self.send_signal(signal.SIGKILL)
 
     def __enter__(self) -> Popen:
         return self

@@ -82,7 +82,7 @@ def test_mix_over_two_sweeps_of_one_study_in_a_fresh_process_registers_and_appli
     tmp = study["tmp"]
     uri = f"sqlite:///{tmp}/mlflow.db"
     result = warm.run([sys.executable, "-m", "autoquant_sweep.cli", "mix", "--study", STUDY,
-                             "--tracking-uri", uri, "--budgets", "6,8,10"], cwd=tmp, capture_output=True,
+                       "--tracking-uri", uri, "--budgets", "6,8,10"], cwd=tmp, capture_output=True,
                       text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"^mix of 4 formats \(run \w+\) at 10 effective bits: ", result.stdout, re.M)
