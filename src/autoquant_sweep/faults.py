@@ -155,7 +155,15 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         return
     # a second signal during cleanup kills the process the default way
     signal.signal(signum, signal.SIG_DFL)
+    _cancel_retry()
     raise exc
+
+
+def _cancel_retry() -> None:
+    """The stop is being raised: a retry still armed (a stop that landed in a finalizer) must not raise it a
+    second time, somewhere in the cleanup it starts."""
+    if signal.SIGALRM in STOP.replaced:
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def _on_alarm(signum: int, frame: Any) -> None:
@@ -177,6 +185,7 @@ def check_stop() -> None:
     """Raise the stop exception when a stop signal arrived but was swallowed (called between jobs)."""
     if STOP.pending is not None:
         signal.signal(STOP.pending, signal.SIG_DFL)
+        _cancel_retry()
         raise _stop_exception(STOP.pending)
 
 

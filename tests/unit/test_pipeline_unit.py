@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -52,3 +53,51 @@ def test_parent_run_id_file(tmp_path: Path) -> None:
     assert read_parent_run_id(tmp_path) == "abc123"
     (tmp_path / PARENT_RUN_FILE).write_text("")
     assert read_parent_run_id(tmp_path) is None
+
+
+def test_a_stop_swallowed_before_the_sweeps_end_still_exits_with_its_status(no_stop, monkeypatch, capsys):
+    """A SIGINT recorded by the handler whose exception something swallowed on its way up: the sweep's end
+    says it stopped, then exits 130 as a Ctrl-C'd sweep does (an exit status 0 would read as success)."""
+    from omegaconf import OmegaConf
+
+    from autoquant_sweep.process_state import reset_process_state
+    from autoquant_sweep.tracking.callbacks import MlflowSweepCallback
+    from autoquant_sweep.tracking.store import PARENT_RUN_ENV
+
+    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
+    cfg = OmegaConf.create({"experiment": "e", "tracking": {"mode": "off"},
+                            "autoquant": {"objective": "total_sensitivity"}})
+    callback = MlflowSweepCallback()
+    callback.on_multirun_start(cfg)
+    no_stop.pending, no_stop.reason = signal.SIGINT, "interrupted by SIGINT (Ctrl-C)"
+    try:
+        with pytest.raises(faults.Interrupted) as stopped:
+            callback.on_multirun_end(cfg)
+    finally:
+        reset_process_state()  # what the sweep's start set up (its id, the deferred plots)
+    assert stopped.value.code == 130
+    assert "sweep stopped: interrupted by SIGINT (Ctrl-C); nothing registered" in capsys.readouterr().err
+
+
+def test_a_stop_that_landed_in_a_finalizer_is_raised_once(no_stop):
+    """A SIGTERM landing in a finalizer is retried 20 ms later (raised there, it would be lost). Raised
+    sooner, at a check point, it is not raised a second time by that retry, in the middle of the cleanup
+    the first one started."""
+    import time
+
+    class Finalized:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a fresh process: ours get installed
+    try:
+        assert faults.install_signal_handlers()
+        Finalized()  # collected at once: the signal lands in its __del__
+        assert faults.stop_requested()
+        with pytest.raises(faults.Terminated):
+            faults.check_stop()
+        time.sleep(0.1)  # the retry would have fired by now
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    finally:
+        faults.STOP.reset()
+        signal.signal(signal.SIGTERM, previous)

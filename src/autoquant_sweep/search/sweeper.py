@@ -22,6 +22,7 @@ The sweep itself is the plugin's, unchanged, driven through its public construct
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import sys
 import warnings
@@ -44,28 +45,34 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 warnings.filterwarnings("ignore", message=r"Argument ``(heartbeat_interval|grace_period)`` is an exper")
 
 
-# the storage writes a sweep makes (ask, tell, attrs, heartbeats): a stop signal inside one of them is
-# raised when it has committed, never in the middle (a write cut in half left its SQLite transaction open,
-# and the next write of the same thread waited on it for good)
-_WRITES = ("create_new_trial", "set_trial_state_values", "set_trial_param", "set_trial_user_attr",
-           "set_trial_system_attr", "set_trial_intermediate_value", "set_study_user_attr",
-           "set_study_system_attr", "record_heartbeat")
+# A stop signal inside any call on the study's storage is raised when the call has returned, never in the
+# middle: a write cut in half left its SQLite transaction open, and a read cut in half its statement (the
+# ORM closes it on ``Exception`` only; a stop is a ``SystemExit``); either way the stopped sweeper's next
+# write, failing its own trials, waited on that lock for the store's whole timeout. Every method the RDB
+# storage defines, not only the public ones: Optuna's cache in front of it calls private ones
+# (``_get_trials``, ``_create_new_trial``, ``_set_trial_param``).
+_NOT_DEFERRED = frozenset({"remove_session"})  # the sweeper's own cleanup after a stop
 
 
 def _deferring(method: Any) -> Any:
-    def write(self: Any, *args: Any, **kwargs: Any) -> Any:
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         with faults.signals_deferred():
             return method(self, *args, **kwargs)
 
-    write.__name__, write.__doc__ = method.__name__, method.__doc__
-    return write
+    return call
+
+
+def _storage_calls() -> dict[str, Any]:
+    return {name: _deferring(member) for name, member in vars(RDBStorage).items()
+            if inspect.isfunction(member) and not name.startswith("__") and name not in _NOT_DEFERRED}
 
 
 class StudyStorage(RDBStorage):
-    """Optuna's RDB storage, shown as its URL (password masked) instead of an object address; its writes
-    are never cut in half by SIGTERM / Ctrl-C (:func:`autoquant_sweep.faults.signals_deferred`)."""
+    """Optuna's RDB storage, shown as its URL (password masked) instead of an object address; a call on it
+    is never cut in half by SIGTERM / Ctrl-C (:func:`autoquant_sweep.faults.signals_deferred`)."""
 
-    locals().update({name: _deferring(getattr(RDBStorage, name)) for name in _WRITES})
+    locals().update(_storage_calls())
     stale_reason: str | None = None  # set while Optuna's fail_stale_trials runs: the FAIL trials' reason
 
     @_deferring

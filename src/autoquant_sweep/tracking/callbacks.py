@@ -247,6 +247,8 @@ class MlflowSweepCallback(Callback):
         # stop's contract (KILLED, nothing registered, the stop line), then the stop exits 143 / 130
         with faults.signals_deferred():
             self._end(config, in_flight)
+        if in_flight is None:  # a stop swallowed on its way here (a library's ``except``): the sweep still
+            faults.check_stop()  # exits 130 / 143 as it said, never 0 after "sweep stopped ... KILLED"
 
     def _end(self, config: DictConfig, in_flight: BaseException | None) -> None:
         from autoquant_sweep import faults
