@@ -3,10 +3,9 @@
 Built once per session and shared by the xdist workers (:func:`shared_once`): the reference studies that
 the tests reading a study's results use (``reference_study``; a test that writes copies it first) and a
 migrated empty MLflow store (``new_mlflow_store``). Helpers for the tests with processes of their own
-(forked from the session's warm interpreter, :mod:`tests.warm`, unless they check imports or time
-signals): signal timing (:func:`start_app`, :func:`stop_when`) and one-line error cases
-(:func:`run_at_once`, :func:`one_error_line`); every deadline scales with
-``AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE``.
+(forked from the session's warm interpreter, :mod:`tests.warm`, unless they check imports): signal
+timing (:func:`start_app`, :func:`stop_when`) and one-line error cases (:func:`run_at_once`,
+:func:`one_error_line`); every deadline scales with ``AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE``.
 """
 
 from __future__ import annotations
@@ -362,14 +361,12 @@ ONE_TRIAL_SWEEP = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1", "qu
 
 
 def start_app(args: Sequence[str], cwd: Path, stdout: int = subprocess.PIPE) -> subprocess.Popen:
-    """Start ``experiments/sensitivity.py`` in a fresh interpreter as from a shell (no MLflow store or sweep
-    id inherited from this process), without waiting for it. Fresh, not warm (:mod:`tests.warm`): the
-    signal-timing tests use it, and one of them hung past its 120 s deadline in a fresh-clone CI run with
-    warm processes (a Ctrl-C during the sweep's end); they keep the processes they passed with."""
+    """Start ``experiments/sensitivity.py`` in a process of its own (:mod:`tests.warm`) as from a shell (no
+    MLflow store or sweep id inherited from this process), without waiting for it."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AUTOQUANT_SWEEP_ID")}
-    return subprocess.Popen([sys.executable, str(SENSITIVITY_APP), *args], cwd=cwd,
-                            env={**env, "HYDRA_FULL_ERROR": "0"}, stdout=stdout, stderr=subprocess.PIPE,
-                            text=True)
+    return warm.Popen([sys.executable, str(SENSITIVITY_APP), *args], cwd=cwd,
+                      env={**env, "HYDRA_FULL_ERROR": "0"}, stdout=stdout, stderr=subprocess.PIPE,
+                      text=True)
 
 
 def stop_when(proc: subprocess.Popen, ready: Callable[[], object], sig: int, what: str, *,

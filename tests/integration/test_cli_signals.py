@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import warm
 from tests.conftest import stop_when
 
 # signal timing: run apart from the loaded main phase of the test command (README, .ci/run)
@@ -58,8 +59,8 @@ def test_ctrl_c_during_apply_is_one_line_and_leaves_no_checkpoint(tmp_path, embe
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "apply.out"
     with log.open("w") as stdout:
-        proc = subprocess.Popen([*CLI, "apply", NAME, "--uniform", "--out", str(out), "--tracking-uri", uri],
-                                cwd=tmp_path, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+        proc = warm.Popen([*CLI, "apply", NAME, "--uniform", "--out", str(out), "--tracking-uri", uri],
+                          cwd=tmp_path, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
         def writing_checkpoint() -> bool:  # its staging folder exists (after the ModelOpt import, quantize)
             return any(tmp_path.glob(".quantized.staging-*"))
 
@@ -72,8 +73,8 @@ def test_ctrl_c_during_apply_is_one_line_and_leaves_no_checkpoint(tmp_path, embe
 
 def test_sigterm_during_generate_removes_its_build_folder(tmp_path):
     cache = tmp_path / "cache"
-    proc = subprocess.Popen([*CLI, "generate", "--cache", str(cache)], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = warm.Popen([*CLI, "generate", "--cache", str(cache)], cwd=tmp_path,
+                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, stderr = stop_when(proc, lambda: any(cache.glob(".embedded-v1-seed0.tmp-*/captions")), signal.SIGTERM,
                           "generate", within=120, after=1.0)
     assert proc.returncode == 143, (proc.returncode, stderr[-3000:])

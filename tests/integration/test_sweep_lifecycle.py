@@ -17,13 +17,14 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
+
+from tests import warm
 
 from ..conftest import SENSITIVITY_APP, study_name
 
@@ -89,8 +90,8 @@ def sweeps(tmp_path_factory, embedded) -> dict[str, dict]:
     procs = {}
     for name, (root, args) in plans.items():  # a and b start within a few milliseconds of each other
         out, err = (root / f"{name}.out").open("w"), (root / f"{name}.err").open("w")
-        procs[name] = subprocess.Popen([sys.executable, str(SENSITIVITY_APP), *args], cwd=root, env=env,
-                                       stdout=out, stderr=err)
+        procs[name] = warm.Popen([sys.executable, str(SENSITIVITY_APP), *args], cwd=root, env=env,
+                                 stdout=out, stderr=err)
     started = {name: time.time() for name in procs}
     blocked = interrupted = False
     try:
@@ -229,7 +230,7 @@ def test_apply_force_replaces_a_non_empty_folder_as_a_whole(sweeps):
     out.mkdir()
     (out / "config.json").write_text('{"unrelated": true}')
     (out / "notes.txt").write_text("an unrelated file")
-    result = subprocess.run(
+    result = warm.run(
         [sys.executable, "-m", "autoquant_sweep.cli", "apply", NAME, "--tracking-uri",
          f"sqlite:///{store}/mlflow.db", "--out", str(out), "--force"],
         capture_output=True, text=True, timeout=300, cwd=store.parent, check=False)
