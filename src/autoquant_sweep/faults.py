@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -60,6 +61,7 @@ class StopSignals:
         self.received = 0  # stop signals received so far (a deferred block raises only for one inside it)
         self.reason: str | None = None  # why this process is being stopped ("killed by SIGTERM", ...)
         self.replaced: dict[int, Any] = {}  # signal -> the handler install_signal_handlers replaced
+        self.replaced_unraisablehook: Any = None  # sys.unraisablehook before install_signal_handlers
 
     @property
     def installed(self) -> bool:
@@ -71,6 +73,8 @@ class StopSignals:
             signal.setitimer(signal.ITIMER_REAL, 0)
             for signum, handler in self.replaced.items():
                 signal.signal(signum, handler)
+        if self.replaced_unraisablehook is not None:
+            sys.unraisablehook = self.replaced_unraisablehook
         self._forget()
 
 
@@ -166,6 +170,15 @@ def _cancel_retry() -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+def _on_unraisable(unraisable: Any) -> None:
+    """``sys.unraisablehook``: a stop raised in a finalizer deeper than :func:`_in_finalizer` looks (Python
+    prints "Exception ignored in ..." and goes on: the command would end 0) is raised again 20 ms later."""
+    if isinstance(unraisable.exc_value, Terminated) and signal.SIGALRM in STOP.replaced:
+        signal.setitimer(signal.ITIMER_REAL, 0.02)
+        return
+    (STOP.replaced_unraisablehook or sys.__unraisablehook__)(unraisable)
+
+
 def _on_alarm(signum: int, frame: Any) -> None:
     if STOP.pending is not None:
         _on_sigterm(STOP.pending, frame)
@@ -230,6 +243,7 @@ def install_signal_handlers() -> bool:
         STOP.replaced[signal.SIGINT] = signal.signal(signal.SIGINT, _on_sigterm)
     if signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None):
         STOP.replaced[signal.SIGALRM] = signal.signal(signal.SIGALRM, _on_alarm)
+        STOP.replaced_unraisablehook, sys.unraisablehook = sys.unraisablehook, _on_unraisable
     return True
 
 

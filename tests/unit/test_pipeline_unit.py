@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,32 @@ def test_a_stop_that_landed_in_a_finalizer_is_raised_once(no_stop):
     finally:
         faults.STOP.reset()
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_stop_lost_in_a_deep_finalizer_is_raised_after_it(no_stop, capsys):
+    """A SIGTERM landing deep inside a finalizer (below the frames the handler looks at) is raised there
+    and ignored by Python ("Exception ignored in ..."): it is raised again right after, never lost (a
+    Ctrl-C'd ``apply`` exited 0 that way in a loaded test run)."""
+    import time
+
+    def deep(levels: int) -> None:
+        if levels:
+            return deep(levels - 1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    class Finalized:
+        def __del__(self) -> None:
+            deep(5)
+
+    hook = sys.unraisablehook
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a fresh process: ours get installed
+    try:
+        assert faults.install_signal_handlers()
+        with pytest.raises(faults.Terminated):
+            Finalized()  # collected at once: the signal lands in its __del__, five calls down
+            time.sleep(1)  # the stop is raised here, 20 ms after
+        assert "Exception ignored" not in capsys.readouterr().err
+    finally:
+        faults.STOP.reset()
+        signal.signal(signal.SIGTERM, previous)
+    assert sys.unraisablehook is hook
