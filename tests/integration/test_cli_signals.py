@@ -18,7 +18,7 @@ import pytest
 from tests import warm
 from tests.conftest import stop_when
 
-# signal timing: run apart from the loaded main phase of the test command (README, .ci/run)
+# signal timing: deadlines scale with AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE; select them alone with -m signals
 pytestmark = [pytest.mark.integration, pytest.mark.signals]
 
 CLI = [sys.executable, "-m", "autoquant_sweep.cli"]
@@ -59,8 +59,10 @@ def test_ctrl_c_during_apply_is_one_line_and_leaves_no_checkpoint(tmp_path, embe
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "apply.out"
     with log.open("w") as stdout:
-        proc = warm.Popen([*CLI, "apply", NAME, "--uniform", "--out", str(out), "--tracking-uri", uri],
-                          cwd=tmp_path, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+        # a fresh interpreter: with a warm one, under the load of the whole suite, this Ctrl-C ended the
+        # process as SIGINT's default action (status -2, no line) once in two runs, cause not found
+        proc = subprocess.Popen([*CLI, "apply", NAME, "--uniform", "--out", str(out), "--tracking-uri", uri],
+                                cwd=tmp_path, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
         def writing_checkpoint() -> bool:  # its staging folder exists (after the ModelOpt import, quantize)
             return any(tmp_path.glob(".quantized.staging-*"))
 

@@ -15,7 +15,7 @@ from autoquant_sweep import faults
 from autoquant_sweep.tracking.run_logging import start_run
 from tests.conftest import ONE_TRIAL_SWEEP, start_app, stop_when
 
-# signal timing: run apart from the loaded main phase of the test command (README, .ci/run)
+# signal timing: deadlines scale with AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE; select them alone with -m signals
 pytestmark = [pytest.mark.integration, pytest.mark.signals]
 
 CFG = {"quant_pair": {"name": "wint8_aint8"}, "quant_granularity": {"name": "default"},

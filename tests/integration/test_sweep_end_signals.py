@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import ONE_TRIAL_SWEEP, start_app, stop_when
 
-# signal timing: run apart from the loaded main phase of the test command (README, .ci/run)
+# signal timing: deadlines scale with AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE; select them alone with -m signals
 pytestmark = [pytest.mark.integration, pytest.mark.signals]
 
 NAME = "autoquant-qwen3_tiny-constrained_score"

@@ -28,7 +28,7 @@ from tests import warm
 
 from ..conftest import SENSITIVITY_APP, study_name
 
-# signal timing: run apart from the loaded main phase of the test command (README, .ci/run)
+# signal timing: deadlines scale with AUTOQUANT_SWEEP_TEST_TIMEOUT_SCALE; select them alone with -m signals
 pytestmark = [pytest.mark.integration, pytest.mark.signals]
 
 NAME = "autoquant-qwen3_tiny-constrained_score"
