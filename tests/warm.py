@@ -4,7 +4,7 @@ transformers, ModelOpt, MLflow, Optuna and Hydra (a zygote, as multiprocessing's
 The tests that need a process of their own (exit codes, concurrent processes, a terminal) paid ~20 CPU-s of
 third-party imports for each fresh interpreter on the 2-core test VM (``import modelopt.torch.quantization``
 alone 18 s), most of the suite's subprocess time; the Ctrl-C-during-``apply`` test keeps a fresh interpreter
-(``tests/conftest.py``'s ``start_app``). :func:`Popen` / :func:`run` take the same arguments as
+(``tests/integration/test_cli_signals.py``). :func:`Popen` / :func:`run` take the same arguments as
 :mod:`subprocess`'s and give a process that is the same to the tests: its own pid, signal dispositions,
 working directory, environment, ``sys.argv``, std streams on the given pipes / files / terminal, ``__main__``
 run by :mod:`runpy`, exit through the interpreter's normal shutdown (atexit handlers, an uncaught
