@@ -17,8 +17,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from filelock import FileLock
@@ -115,6 +116,22 @@ def new_mlflow_store(mlflow_template: Path) -> Callable[[Path], str]:
         return f"sqlite:///{path}"
 
     return _copy
+
+
+@pytest.fixture
+def stop_handlers() -> Iterator[Any]:
+    """This process's stop handlers (:func:`autoquant_sweep.faults.install_signal_handlers`), installed as in
+    a fresh process (SIGTERM at its default first, so ours get installed); the stop state is forgotten and
+    the previous handlers put back after the test. Yields :data:`autoquant_sweep.faults.STOP`."""
+    from autoquant_sweep import faults
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        assert faults.install_signal_handlers()
+        yield faults.STOP
+    finally:
+        faults.STOP.reset()
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture(scope="session")

@@ -155,12 +155,17 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         signal.signal(signum, signal.SIG_DFL)  # a second signal still kills at once
         return
     if _in_finalizer(frame):  # retry in 20 ms, out of the finalizer
-        signal.setitimer(signal.ITIMER_REAL, 0.02)
+        _retry_soon()
         return
     # a second signal during cleanup kills the process the default way
     signal.signal(signum, signal.SIG_DFL)
     _cancel_retry()
     raise exc
+
+
+def _retry_soon() -> None:
+    """Raise the pending stop again in 20 ms (:func:`_on_alarm`), out of the finalizer it landed in."""
+    signal.setitimer(signal.ITIMER_REAL, 0.02)
 
 
 def _cancel_retry() -> None:
@@ -174,7 +179,7 @@ def _on_unraisable(unraisable: Any) -> None:
     """``sys.unraisablehook``: a stop raised in a finalizer deeper than :func:`_in_finalizer` looks (Python
     prints "Exception ignored in ..." and goes on: the command would end 0) is raised again 20 ms later."""
     if isinstance(unraisable.exc_value, Terminated) and signal.SIGALRM in STOP.replaced:
-        signal.setitimer(signal.ITIMER_REAL, 0.02)
+        _retry_soon()
         return
     (STOP.replaced_unraisablehook or sys.__unraisablehook__)(unraisable)
 

@@ -80,7 +80,7 @@ def test_a_stop_swallowed_before_the_sweeps_end_still_exits_with_its_status(no_s
     assert "sweep stopped: interrupted by SIGINT (Ctrl-C); nothing registered" in capsys.readouterr().err
 
 
-def test_a_stop_that_landed_in_a_finalizer_is_raised_once(no_stop):
+def test_a_stop_that_landed_in_a_finalizer_is_raised_once(stop_handlers):
     """A SIGTERM landing in a finalizer is retried 20 ms later (raised there, it would be lost). Raised
     sooner, at a check point, it is not raised a second time by that retry, in the middle of the cleanup
     the first one started."""
@@ -90,21 +90,15 @@ def test_a_stop_that_landed_in_a_finalizer_is_raised_once(no_stop):
         def __del__(self) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a fresh process: ours get installed
-    try:
-        assert faults.install_signal_handlers()
-        Finalized()  # collected at once: the signal lands in its __del__
-        assert faults.stop_requested()
-        with pytest.raises(faults.Terminated):
-            faults.check_stop()
-        time.sleep(0.1)  # the retry would have fired by now
-        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
-    finally:
-        faults.STOP.reset()
-        signal.signal(signal.SIGTERM, previous)
+    Finalized()  # collected at once: the signal lands in its __del__
+    assert faults.stop_requested()
+    with pytest.raises(faults.Terminated):
+        faults.check_stop()
+    time.sleep(0.1)  # the retry would have fired by now
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
-def test_a_stop_lost_in_a_deep_finalizer_is_raised_after_it(no_stop, capsys):
+def test_a_stop_lost_in_a_deep_finalizer_is_raised_after_it(stop_handlers, capsys):
     """A SIGTERM landing deep inside a finalizer (below the frames the handler looks at) is raised there
     and ignored by Python ("Exception ignored in ..."): it is raised again right after, never lost (a
     Ctrl-C'd ``apply`` exited 0 that way in a loaded test run)."""
@@ -119,15 +113,11 @@ def test_a_stop_lost_in_a_deep_finalizer_is_raised_after_it(no_stop, capsys):
         def __del__(self) -> None:
             deep(5)
 
-    hook = sys.unraisablehook
-    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a fresh process: ours get installed
-    try:
-        assert faults.install_signal_handlers()
-        with pytest.raises(faults.Terminated):
-            Finalized()  # collected at once: the signal lands in its __del__, five calls down
-            time.sleep(1)  # the stop is raised here, 20 ms after
-        assert "Exception ignored" not in capsys.readouterr().err
-    finally:
-        faults.STOP.reset()
-        signal.signal(signal.SIGTERM, previous)
+    hook = stop_handlers.replaced_unraisablehook  # the one before ours (pytest's)
+    assert hook is not None and sys.unraisablehook is not hook
+    with pytest.raises(faults.Terminated):
+        Finalized()  # collected at once: the signal lands in its __del__, five calls down
+        time.sleep(1)  # the stop is raised here, 20 ms after
+    assert "Exception ignored" not in capsys.readouterr().err
+    stop_handlers.reset()
     assert sys.unraisablehook is hook

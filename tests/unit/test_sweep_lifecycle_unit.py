@@ -126,7 +126,8 @@ def test_study_storage_prints_as_its_url_not_an_object_address(tmp_path):
 
 
 @pytest.mark.parametrize("operation", ["read the trials", "ask a trial"])
-def test_a_stop_inside_a_study_storage_call_is_raised_when_the_call_returns(tmp_path, operation):
+def test_a_stop_inside_a_study_storage_call_is_raised_when_the_call_returns(tmp_path, operation,
+                                                                           stop_handlers):
     """SIGTERM / Ctrl-C landing in the middle of any call on the study's storage, a read as well as a write,
     is raised once the call has returned, never inside SQLAlchemy. A read cut in half kept its SQLite
     statement open (SQLAlchemy's ORM closes it on ``Exception`` only, and a stop is a ``SystemExit``), and
@@ -151,19 +152,15 @@ def test_a_stop_inside_a_study_storage_call_is_raised_when_the_call_returns(tmp_
             sent.append(sql)
             os.kill(os.getpid(), signal.SIGTERM)
 
-    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a fresh process: ours get installed
     try:
-        assert faults.install_signal_handlers()
         sqlalchemy.event.listen(storage.engine, "after_cursor_execute", stop_after_the_statement)
         with pytest.raises(faults.Terminated) as stopped:
             study.get_trials() if operation == "read the trials" else study.ask()
         innermost = traceback.extract_tb(stopped.tb)[-1]
         assert (Path(innermost.filename).name, innermost.name) == ("faults.py", "check_stop"), innermost
         assert sent, f"no {statement} statement ran"
-        faults.STOP.reset()
+        stop_handlers.reset()
         assert len(study.get_trials()) == (1 if operation == "read the trials" else 2)  # the call completed
     finally:
-        faults.STOP.reset()
-        signal.signal(signal.SIGTERM, previous)
         storage.remove_session()
         storage.engine.dispose()
