@@ -106,7 +106,8 @@ def test_two_workers_on_postgresql_and_an_mlflow_server(tmp_path, embedded):
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", mlflow_url,
          "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
-        stdout=(tmp_path / "server.log").open("w"), stderr=subprocess.STDOUT)
+        stdout=(tmp_path / "server.log").open("w"), stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # its GenAI job runner: unused
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90 * TIMEOUT_SCALE

@@ -143,6 +143,13 @@ def _descendants(pid: int) -> set[int]:
     return out
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -168,6 +175,9 @@ def test_ui_serves_the_runs_then_stops_its_server_on_ctrl_c_and_sigterm(sig: int
         assert {run["info"]["run_id"] for run in runs} == expected and len(expected) >= 3  # parent, 2 trials
         server_side = _descendants(proc.pid)
         assert server_side, "mlflow server runs as a child of the ui command"
+        # MLflow's job runner (seven huey consumers, one interpreter each, for GenAI jobs) is left off
+        runners = [pid for pid in server_side if "mlflow.server.jobs" in _cmdline(pid)]
+        assert not runners, [_cmdline(pid) for pid in runners]
         proc.send_signal(sig)  # to the ui command only, as a terminal's Ctrl-C / a service manager would
         assert proc.wait(timeout=30) == 0
         deadline = time.monotonic() + 15

@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +262,23 @@ def ui_command(tracking_uri: str, artifact_root: str | None, host: str, port: in
     return cmd
 
 
+#: MLflow 3's server also starts a job runner (huey consumers, one fresh interpreter each) for GenAI jobs
+#: such as trace rollups and judges; browsing sweeps uses none, so the ui leaves it off unless you set it.
+JOB_EXECUTION_ENV = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
+
+
+def ui_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of the ``mlflow server`` the ``ui`` sub-command runs: ``environ`` with MLflow's job
+    runner off unless ``environ`` sets :data:`JOB_EXECUTION_ENV` itself.
+
+    >>> ui_environment({})[JOB_EXECUTION_ENV]
+    'false'
+    >>> ui_environment({JOB_EXECUTION_ENV: "true"})[JOB_EXECUTION_ENV]
+    'true'
+    """
+    return {JOB_EXECUTION_ENV: "false", **environ}
+
+
 UI_VIEW_QUERY = "workflowType=machine_learning"  # MLflow 3 opens in its GenAI view otherwise
 UI_STOP_TIMEOUT_S = 10.0
 DEFAULT_UI_PORT = 5000
@@ -323,7 +341,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     artifacts = args.artifact_location or default_artifact_location(uri)  # where runs put them
     cmd = ui_command(uri, artifacts, args.host, args.port)
     print(f"MLflow UI on {ui_url(args.host, args.port)}  (store {uri}); Ctrl-C stops it", flush=True)
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    proc = subprocess.Popen(cmd, start_new_session=True, env=ui_environment(os.environ))
 
     def on_signal(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
