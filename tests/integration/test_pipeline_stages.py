@@ -90,8 +90,12 @@ print(json.dumps({"messages": messages, "loads": len(loads), "heavy": imported})
 """
 
 
+#: what a test process has set that a user's shell would not (a store, a sweep id)
+NOT_FROM_THE_SHELL = ("MLFLOW_TRACKING_URI", "AUTOQUANT_SWEEP_ID")
+
+
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AUTOQUANT_SWEEP_ID")}
+    return {k: v for k, v in os.environ.items() if k not in NOT_FROM_THE_SHELL}
 
 
 def test_every_group_refused_in_plan_loads_and_imports_nothing_heavy(tmp_path: Path, embedded) -> None:
@@ -121,14 +125,21 @@ def test_refused_in_plan_after_modelopt_is_imported_loads_nothing(tmp_path: Path
     from hydra import compose, initialize_config_dir
 
     import autoquant_sweep.compute
+    from autoquant_sweep.compute import MODEL_CACHE
     from autoquant_sweep.config import register_configs
     from autoquant_sweep.errors import UserInputError
     from autoquant_sweep.pipeline import run_job
 
     loads: list[object] = []
-    monkeypatch.setattr(autoquant_sweep.compute, "load_model_and_tokenizer", lambda *a, **k: loads.append(a))
-    for key in ("MLFLOW_TRACKING_URI", "AUTOQUANT_SWEEP_ID"):
+
+    def counting_loader(*args: object, **kwargs: object) -> None:
+        loads.append(args)
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(autoquant_sweep.compute, "load_model_and_tokenizer", counting_loader)
+    for key in NOT_FROM_THE_SHELL:
         monkeypatch.delenv(key, raising=False)
+    MODEL_CACHE.clear()  # as in a fresh process: a model cached by an earlier test would hide a load
     monkeypatch.chdir(tmp_path)
     overrides, start = NEEDS_MODELOPT[name]
     register_configs()
@@ -137,7 +148,7 @@ def test_refused_in_plan_after_modelopt_is_imported_loads_nothing(tmp_path: Path
     with pytest.raises(UserInputError) as refused:
         run_job(cfg, tmp_path / "run", record_plan_failures=False)
     assert "\n" not in str(refused.value) and start in str(refused.value), str(refused.value)
-    assert loads == []
+    assert loads == [] and not MODEL_CACHE._models
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "a refused plan wrote something"
 
 
